@@ -1,0 +1,48 @@
+"""`embedstore store init|info|verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from embedstore.cli.options import StoreOption, store_path
+
+app = typer.Typer(help="Create, inspect and verify a store.", no_args_is_help=True)
+
+
+@app.command()
+def init(store: Path | None = StoreOption) -> None:
+    """Create a store (idempotent: an existing store of this version is left as it is)."""
+    from embedstore.store import Store
+
+    opened, created = Store.init(store_path(store))
+    typer.echo(f"{'created' if created else 'already a store'}: {opened.path}")
+
+
+@app.command()
+def info(store: Path | None = StoreOption) -> None:
+    """Tables with row counts, runs, and artefact sizes."""
+    from embedstore.info import store_info
+    from embedstore.sqlrun import render
+    from embedstore.store import Store
+
+    summary = store_info(Store.open(store_path(store)))
+    typer.echo(f"store {summary.path} (database {summary.database_bytes:,} bytes)")
+    for title, table in (("tables", summary.table_rows), ("runs", summary.runs), ("artefacts", summary.artefacts)):
+        typer.echo(f"\n{title}:")
+        typer.echo(render(table, "table").decode(), nl=False)
+
+
+@app.command()
+def verify(store: Path | None = StoreOption) -> None:
+    """Check every artefact's sha256 and every FAISS index against its table; non-zero exit on mismatch."""
+    from embedstore.errors import IntegrityError
+    from embedstore.integrity import verify_store
+    from embedstore.store import Store
+
+    report = verify_store(Store.open(store_path(store)))
+    for problem in report.problems:
+        typer.echo(f"MISMATCH {problem}", err=True)
+    if not report.ok:
+        raise IntegrityError(f"{len(report.problems)} mismatch(es) in {store_path(store)}")
+    typer.echo(f"ok: {report.checked_files} artefacts, {report.checked_indices} FAISS indices match")

@@ -1,0 +1,51 @@
+"""One error hierarchy for the library; the CLI maps it to a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class EmbedstoreError(Exception):
+    """Base class: a problem the user can act on, reported as one line."""
+
+    exit_code = 1
+
+
+class InputError(EmbedstoreError):
+    """Bad user input: a file, row, option or value that cannot be used."""
+
+    exit_code = 2
+
+
+class StoreNotFoundError(EmbedstoreError):
+    """No store exists at the given path."""
+
+
+class SchemaVersionError(EmbedstoreError):
+    """The store was written by a schema version this code does not know."""
+
+
+class StoreLockedError(EmbedstoreError):
+    """Another process is writing to the store."""
+
+    exit_code = 3
+
+
+class StoreBusyError(EmbedstoreError):
+    """The database stayed held by a committing writer longer than a reader waits."""
+
+    exit_code = 3
+
+
+class SqlRefusedError(EmbedstoreError):
+    """A query tried to write, read files, attach, install or change settings."""
+
+    exit_code = 4
+
+
+class SqlError(EmbedstoreError):
+    """A query failed (syntax error, unknown column, bad parameter)."""
+
+
+class IntegrityError(EmbedstoreError):
+    """`store verify` found mismatches between the manifest, the files and the tables."""
+
+    exit_code = 5

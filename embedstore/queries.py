@@ -1,0 +1,110 @@
+"""Named queries: one `.sql` file each in the `embedstore.sql` package, loaded by name.
+
+A file starts with comment lines that describe it::
+
+    -- Positives per label and split for one dataset.
+    -- param dataset VARCHAR: the dataset's name
+    -- internal            (optional: used by embedstore itself, hidden from `sql --list`)
+
+Parameters are bound by DuckDB (`$dataset`), never pasted into the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from embedstore.errors import InputError
+
+_PARAM_LINE = re.compile(r"^--\s*param\s+(\w+)\s+(\w+)\s*:\s*(.*)$")
+_PARAM_TYPES: dict[str, Callable[[str], Any]] = {
+    "VARCHAR": str,
+    "BIGINT": int,
+    "INTEGER": int,
+    "DOUBLE": float,
+}
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    name: str
+    sql_type: str
+    description: str
+
+    def convert(self, raw: str, query_name: str) -> Any:
+        """Turn a `--param key=value` string into the Python value DuckDB binds."""
+        try:
+            return _PARAM_TYPES[self.sql_type](raw)
+        except ValueError:
+            raise InputError(
+                f"--param {self.name}={raw!r}: query {query_name!r} expects {self.sql_type}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    name: str
+    description: str
+    params: tuple[QueryParam, ...]
+    internal: bool
+    text: str
+
+    def bind(self, raw_params: dict[str, str]) -> dict[str, Any]:
+        """Check and convert user parameters: every declared one given, no unknown ones."""
+        declared = {p.name: p for p in self.params}
+        unknown = sorted(set(raw_params) - set(declared))
+        if unknown:
+            raise InputError(f"--param {unknown[0]}: query {self.name!r} takes {sorted(declared) or 'none'}")
+        missing = sorted(set(declared) - set(raw_params))
+        if missing:
+            needed = declared[missing[0]]
+            raise InputError(f"query {self.name!r} needs --param {needed.name}=VALUE ({needed.description})")
+        return {key: declared[key].convert(value, self.name) for key, value in raw_params.items()}
+
+
+def _parse(name: str, text: str) -> NamedQuery:
+    description = ""
+    params: list[QueryParam] = []
+    internal = False
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        if match := _PARAM_LINE.match(line):
+            pname, ptype, pdesc = match.groups()
+            if ptype.upper() not in _PARAM_TYPES:
+                raise ValueError(f"sql/{name}.sql: unknown parameter type {ptype}")
+            params.append(QueryParam(pname, ptype.upper(), pdesc.strip()))
+        elif line.strip() == "-- internal":
+            internal = True
+        elif not description:
+            description = line[2:].strip()
+    return NamedQuery(name, description, tuple(params), internal, text)
+
+
+@cache
+def all_queries() -> dict[str, NamedQuery]:
+    """Every named query shipped in `embedstore.sql`, by name."""
+    found = {}
+    for entry in resources.files("embedstore.sql").iterdir():
+        if entry.name.endswith(".sql"):
+            name = entry.name[: -len(".sql")]
+            found[name] = _parse(name, entry.read_text(encoding="utf-8"))
+    return dict(sorted(found.items()))
+
+
+def load(name: str) -> NamedQuery:
+    """The named query `name`, or a clear error listing what exists."""
+    queries = all_queries()
+    if name not in queries:
+        public = [q for q, v in queries.items() if not v.internal]
+        raise InputError(f"--name {name}: no such query; `embedstore sql --list` shows {len(public)} queries")
+    return queries[name]
+
+
+def public_queries() -> list[NamedQuery]:
+    """Queries meant for users (`embedstore sql --list`)."""
+    return [q for q in all_queries().values() if not q.internal]

@@ -1,0 +1,10 @@
+-- Positive samples per label and split of one dataset (a label is positive where its value is 1).
+-- param dataset VARCHAR: the dataset's name, as given to `embedstore ingest --name`
+SELECT l.label, s.split, count(*) FILTER (WHERE l.value = 1) AS positives, count(*) AS samples
+FROM labels l
+JOIN samples s USING (sample_id)
+JOIN datasets d ON d.dataset_id = s.dataset_id
+LEFT JOIN label_names n ON n.label = l.label
+WHERE d.name = $dataset
+GROUP BY l.label, s.split, n.position
+ORDER BY n.position, l.label, s.split;

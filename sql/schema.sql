@@ -1,0 +1,112 @@
+-- Creates every table and view of the store (DESIGN section 6). Idempotent.
+-- internal
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS sample_id_seq START 1;
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_id VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL UNIQUE,
+    format VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    manifest_sha256 VARCHAR NOT NULL,
+    n_samples BIGINT NOT NULL,
+    split_method VARCHAR,
+    split_seed INTEGER,
+    skipped JSON,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    dataset_id VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL,
+    uid VARCHAR,
+    filename VARCHAR NOT NULL,
+    split VARCHAR,
+    report VARCHAR,
+    projection VARCHAR,
+    image_sha256 VARCHAR
+);
+CREATE TABLE IF NOT EXISTS labels (
+    dataset_id VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL,
+    label VARCHAR NOT NULL,
+    value TINYINT
+);
+CREATE TABLE IF NOT EXISTS label_names (
+    label VARCHAR PRIMARY KEY,
+    position INTEGER NOT NULL,
+    domain VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    mode VARCHAR NOT NULL,
+    protocol VARCHAR NOT NULL,
+    model_id VARCHAR NOT NULL,
+    model_sha256 VARCHAR,
+    dataset_id VARCHAR NOT NULL,
+    prompt_set VARCHAR,
+    config JSON,
+    status VARCHAR NOT NULL,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    train_seconds DOUBLE,
+    extract_seconds DOUBLE,
+    device VARCHAR,
+    versions JSON,
+    embedding_dim INTEGER
+);
+CREATE TABLE IF NOT EXISTS image_embeddings (
+    run_id VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL,
+    embedding FLOAT[] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS text_embeddings (
+    run_id VARCHAR NOT NULL,
+    label VARCHAR NOT NULL,
+    prompt VARCHAR NOT NULL,
+    embedding FLOAT[] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    run_id VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL,
+    label VARCHAR NOT NULL,
+    logit DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    protocol VARCHAR NOT NULL,
+    split VARCHAR,
+    metric VARCHAR NOT NULL,
+    label VARCHAR,
+    value DOUBLE,
+    ci_low DOUBLE,
+    ci_high DOUBLE,
+    n_resamples_skipped INTEGER,
+    params JSON,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS gradcam (
+    run_id VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL,
+    label VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    layer VARCHAR NOT NULL,
+    pointing_hit BOOLEAN,
+    energy_inside DOUBLE,
+    iou_top DOUBLE,
+    area_share DOUBLE,
+    deletion_auc DOUBLE,
+    insertion_auc DOUBLE,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS manifest (
+    path VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    run_id VARCHAR,
+    table_name VARCHAR,
+    sha256 VARCHAR NOT NULL,
+    bytes BIGINT NOT NULL,
+    n_rows BIGINT,
+    created_at TIMESTAMP NOT NULL
+);

@@ -1,0 +1,65 @@
+"""Shared fixtures: a fresh store, a CLI runner in a real subprocess, a run with embeddings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from embedstore.embeddings import insert_image_embeddings  # noqa: E402
+from embedstore.store import Store  # noqa: E402
+from embedstore.vector_index import write_index  # noqa: E402
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def tmp_store(tmp_path: Path) -> Store:
+    store, _ = Store.init(tmp_path / "store")
+    return store
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
+    """Run `embedstore ARGS...` as a real process; returns code, stdout and stderr."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+        full_env = {**os.environ, "EMBEDSTORE_CACHE": str(tmp_path / "cache"), **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "embedstore.cli", *args],
+            capture_output=True, text=True, env=full_env, timeout=timeout,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def add_embedding_run(store: Store, run_id: str = "run-a", n: int = 20, d: int = 8, seed: int = 0) -> np.ndarray:
+    """Write a complete run with `n` random embeddings and its FAISS index; returns the sample ids."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(100, 100 + n, dtype=np.int64)
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    with store.writer("test") as writer:
+        with writer.transaction() as con:
+            con.execute(
+                "INSERT INTO runs (run_id, mode, protocol, model_id, dataset_id, status)"
+                " VALUES (?, 'zs', 'study', 'test', 'd', 'complete')",
+                [run_id],
+            )
+            insert_image_embeddings(con, run_id, ids, vectors)
+        write_index(writer, run_id, ids, vectors)
+    return ids
