@@ -118,3 +118,18 @@ def test_every_shipped_query_parses_and_declares_its_parameters(tmp_store: Store
         assert named.description, f"{named.name}.sql has no description line"
         for param in named.params:
             assert f"${param.name}" in named.text
+
+
+def test_sql_path_imports_no_torch_or_faiss(tmp_store: Store) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from embedstore.cli.app import app\n"
+        f"app(['sql', 'SELECT 1', '--store', {str(tmp_store.path)!r}], standalone_mode=False)\n"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'open_clip', 'sklearn') if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "heavy: []" in proc.stdout
