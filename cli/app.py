@@ -8,7 +8,7 @@ import sys
 
 import click
 import typer
-from embedstore.cli import sql_cmd, store_cmd
+from embedstore.cli import data_cmd, sql_cmd, store_cmd
 
 from embedstore.errors import EmbedstoreError
 
@@ -20,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(store_cmd.app, name="store")
+app.add_typer(data_cmd.app, name="data")
+app.command("ingest")(data_cmd.ingest)
 app.command("sql")(sql_cmd.sql)
 
 
@@ -29,6 +31,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except EmbedstoreError as error:
+        for line in error.details:
+            typer.echo(line, err=True)
         typer.echo(f"embedstore: error: {error}", err=True)
         sys.exit(error.exit_code)
     except click.ClickException as error:

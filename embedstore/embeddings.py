@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore import queries
+from embedstore.store import append_rows
 
 
 def _list_column(vectors: np.ndarray) -> pa.ListArray:
@@ -29,12 +30,7 @@ def insert_image_embeddings(
             "embedding": _list_column(vectors),
         }
     )
-    con.register("_embedding_batch", batch)
-    try:
-        con.execute("INSERT INTO image_embeddings SELECT run_id, sample_id, embedding FROM _embedding_batch")
-    finally:
-        con.unregister("_embedding_batch")
-    return len(sample_ids)
+    return append_rows(con, "image_embeddings", batch)
 
 
 def read_image_embeddings(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 
 class EmbedstoreError(Exception):
-    """Base class: a problem the user can act on, reported as one line."""
+    """Base class: a problem the user can act on, reported as one line.
+
+    `details` are further lines (one per bad row, say) printed before the message.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = list(details or [])
 
 
 class InputError(EmbedstoreError):

@@ -105,6 +105,13 @@ def load(name: str) -> NamedQuery:
     return queries[name]
 
 
+def statements(name: str) -> list[str]:
+    """The statements of a multi-statement named query, in order, to run one by one with parameters."""
+    import duckdb
+
+    return [statement.query for statement in duckdb.connect().extract_statements(load(name).text)]
+
+
 def public_queries() -> list[NamedQuery]:
     """Queries meant for users (`embedstore sql --list`)."""
     return [q for q in all_queries().values() if not q.internal]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from embedstore import SCHEMA_VERSION, __version__, queries
 from embedstore.atomic import atomic_path, sha256_file
@@ -134,6 +135,22 @@ class Store:
     def resolve(self, relpath: str) -> Path:
         """Absolute path of an artefact recorded in the manifest."""
         return self.path / relpath
+
+
+#: Tables that bulk appends may target (identifiers are never taken from user input).
+APPENDABLE_TABLES = frozenset({"samples", "labels", "image_embeddings", "text_embeddings", "scores", "metrics", "gradcam"})
+
+
+def append_rows(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> int:
+    """Append an Arrow table (columns in the table's order) inside the caller's transaction."""
+    if table not in APPENDABLE_TABLES:
+        raise ValueError(f"not an appendable table: {table}")
+    con.register("_append_batch", batch)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _append_batch")
+    finally:
+        con.unregister("_append_batch")
+    return batch.num_rows
 
 
 def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:

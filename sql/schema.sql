@@ -110,3 +110,22 @@ CREATE TABLE IF NOT EXISTS manifest (
     n_rows BIGINT,
     created_at TIMESTAMP NOT NULL
 );
+CREATE OR REPLACE VIEW labels_wide AS
+SELECT dataset_id, sample_id,
+       max(value) FILTER (WHERE label = 'Enlarged Cardiomediastinum') AS "Enlarged Cardiomediastinum",
+       max(value) FILTER (WHERE label = 'Cardiomegaly') AS "Cardiomegaly",
+       max(value) FILTER (WHERE label = 'Lung Opacity') AS "Lung Opacity",
+       max(value) FILTER (WHERE label = 'Lung Lesion') AS "Lung Lesion",
+       max(value) FILTER (WHERE label = 'Edema') AS "Edema",
+       max(value) FILTER (WHERE label = 'Consolidation') AS "Consolidation",
+       max(value) FILTER (WHERE label = 'Pneumonia') AS "Pneumonia",
+       max(value) FILTER (WHERE label = 'Atelectasis') AS "Atelectasis",
+       max(value) FILTER (WHERE label = 'Pneumothorax') AS "Pneumothorax",
+       max(value) FILTER (WHERE label = 'Pleural Effusion') AS "Pleural Effusion",
+       max(value) FILTER (WHERE label = 'Pleural Other') AS "Pleural Other",
+       max(value) FILTER (WHERE label = 'Fracture') AS "Fracture",
+       max(value) FILTER (WHERE label = 'Support Devices') AS "Support Devices",
+       max(value) FILTER (WHERE label = 'No Finding') AS "No Finding",
+       list(label ORDER BY label) FILTER (WHERE value = 1) AS positives
+FROM labels
+GROUP BY dataset_id, sample_id;

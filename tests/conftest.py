@@ -63,3 +63,27 @@ def add_embedding_run(store: Store, run_id: str = "run-a", n: int = 20, d: int =
             insert_image_embeddings(con, run_id, ids, vectors)
         write_index(writer, run_id, ids, vectors)
     return ids
+
+
+SYNTHETIC_N = 120
+SYNTHETIC_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic IU-Xray copy (read-only: copy it before changing anything)."""
+    from embedstore.synthetic import SampleConfig, write_sample
+
+    out = tmp_path_factory.mktemp("synthetic") / "iuxray"
+    write_sample(SampleConfig(out=out, n=SYNTHETIC_N, seed=7, size=SYNTHETIC_SIZE, workers=1))
+    return out
+
+
+@pytest.fixture
+def synthetic_copy(synthetic_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic dataset that a test may damage."""
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(synthetic_dir, target)
+    return target

@@ -1,0 +1,559 @@
+"""`embedstore ingest`: read a dataset in one of the known formats, validate everything, split it,
+and write `datasets`, `samples`, `labels` and `label_names` in one transaction.
+
+Nothing is half-done: every bad row is collected (file and line named), and unless `--skip-bad`
+is given the store is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+
+from embedstore import queries
+from embedstore.errors import InputError
+from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
+from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF, NO_FINDING
+from embedstore.splits import SPLIT_NAMES, SPLITTERS
+from embedstore.store import Store, append_rows
+
+log = logging.getLogger(__name__)
+
+VALUE_OF = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": None}
+
+#: IU-Xray "Problems" terms and the CheXpert label each is taken as (approximate; see README).
+PROBLEM_TO_LABEL: dict[str, str] = {
+    "normal": NO_FINDING,
+    "mediastinum": "Enlarged Cardiomediastinum",
+    "cardiomegaly": "Cardiomegaly",
+    "opacity": "Lung Opacity",
+    "airspace disease": "Lung Opacity",
+    "infiltrate": "Lung Opacity",
+    "nodule": "Lung Lesion",
+    "mass": "Lung Lesion",
+    "granulomatous disease": "Lung Lesion",
+    "edema": "Edema",
+    "pulmonary edema": "Edema",
+    "consolidation": "Consolidation",
+    "pneumonia": "Pneumonia",
+    "pulmonary atelectasis": "Atelectasis",
+    "atelectasis": "Atelectasis",
+    "pneumothorax": "Pneumothorax",
+    "pleural effusion": "Pleural Effusion",
+    "thickening": "Pleural Other",
+    "pleural thickening": "Pleural Other",
+    "fractures, bone": "Fracture",
+    "fracture": "Fracture",
+    "medical device": "Support Devices",
+    "catheters, indwelling": "Support Devices",
+    "tube, inserted": "Support Devices",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad row (or file): where it is and what is wrong."""
+
+    file: str
+    row: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.row}: {self.message}" if self.row is not None else f"{self.file}: {self.message}"
+
+
+@dataclass
+class SourceRow:
+    """One image as read from the input, before validation."""
+
+    file: str
+    row: int
+    uid: str
+    filename: str
+    path: Path
+    report: str
+    projection: str | None
+    split: str | None
+    values: dict[str, int | None]
+    image_sha256: str = ""
+
+
+@dataclass
+class Loaded:
+    """What a format loader read: label names in order, rows, and problems found so far."""
+
+    format: str
+    source: Path
+    labels: list[str]
+    rows: list[SourceRow]
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Options of `embedstore ingest`."""
+
+    path: Path
+    name: str
+    format: str = "auto"
+    split: str | None = None
+    seed: int = 42
+    labels_csv: Path | None = None
+    all_projections: bool = False
+    skip_bad: bool = False
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    dataset_id: str
+    name: str
+    format: str
+    n_samples: int
+    split_counts: dict[str, int]
+    skipped: list[str]
+    warnings: list[str]
+    manifest_sha256: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+def _read_table(path: Path) -> pl.DataFrame:
+    """A CSV (all columns as text) or Parquet file; unreadable input is one clear line."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pl.read_parquet(path)
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            records = list(csv.DictReader(handle))
+            columns = list(records[0].keys()) if records else next(csv.reader(open(path, encoding="utf-8-sig")), [])
+        if None in columns:
+            raise InputError(f"{path}: a row has more fields than the header")
+        return pl.DataFrame(records, schema={c: pl.String for c in columns}) if records else pl.DataFrame(
+            schema={c: pl.String for c in columns})
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path}: cannot read as a table ({str(error).splitlines()[0][:120]})") from None
+
+
+def _require_columns(path: Path, frame: pl.DataFrame, required: Iterable[str], allowed: Iterable[str] | None) -> None:
+    columns = set(frame.columns)
+    missing = [c for c in required if c not in columns]
+    unknown = sorted(columns - set(allowed)) if allowed is not None else []
+    parts = []
+    if missing:
+        parts.append(f"missing column(s) {', '.join(missing)}")
+    if unknown:
+        parts.append(f"unknown column(s) {', '.join(unknown)}")
+    if parts:
+        raise InputError(f"{path}: {'; '.join(parts)}")
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _parse_values(file: str, line: int, record: dict[str, object], labels: Iterable[str],
+                  problems: list[Problem]) -> dict[str, int | None]:
+    values: dict[str, int | None] = {}
+    for label in labels:
+        raw = _text(record.get(label))
+        if raw not in VALUE_OF:
+            try:
+                numeric = float(raw)
+            except ValueError:
+                numeric = None
+            if numeric in (1.0, 0.0, -1.0):
+                values[label] = int(numeric)
+                continue
+            problems.append(Problem(file, line, f"column {label!r}: value {raw!r} is not 1, 0, -1 or blank"))
+            values[label] = None
+        else:
+            values[label] = VALUE_OF[raw]
+    return values
+
+
+def _report(record: dict[str, object]) -> str:
+    return " ".join(_text(record.get(c)) for c in TEXT_COLUMNS if _text(record.get(c)))
+
+
+def load_iuxray14(path: Path, config: IngestConfig) -> Loaded:
+    """The study's `iuxray_frontal_14labels.csv`; images under `images/images_normalized/`."""
+    csv_path = path / STUDY_CSV if path.is_dir() else path
+    root = csv_path.parent
+    frame = _read_table(csv_path)
+    required = ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS]
+    _require_columns(csv_path, frame, required, allowed=required)
+    loaded = Loaded("iuxray14", csv_path, list(CHEXPERT_LABELS), [])
+    for line, record in enumerate(frame.iter_rows(named=True), start=2):
+        filename = _text(record["filename"])
+        loaded.rows.append(SourceRow(
+            file=csv_path.name, row=line, uid=_text(record["uid"]), filename=filename,
+            path=root / IMAGE_DIR / filename, report=_report(record), projection="Frontal", split=None,
+            values=_parse_values(csv_path.name, line, record, CHEXPERT_LABELS, loaded.problems),
+        ))
+    return loaded
+
+
+def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
+    """The Kaggle pair `indiana_reports.csv` + `indiana_projections.csv`.
+
+    Labels come from a CheXpert-14 labels CSV joined by uid (`--labels`), or else from the
+    Problems column through PROBLEM_TO_LABEL, which is approximate (a warning says so).
+    """
+    root = path if path.is_dir() else path.parent
+    reports = _read_table(root / REPORTS_CSV)
+    projections = _read_table(root / PROJECTIONS_CSV)
+    _require_columns(root / REPORTS_CSV, reports, ["uid", "Problems", *TEXT_COLUMNS], None)
+    _require_columns(root / PROJECTIONS_CSV, projections, ["uid", "filename", "projection"], None)
+    loaded = Loaded("kaggle", root / PROJECTIONS_CSV, list(CHEXPERT_LABELS), [])
+    label_rows: dict[str, dict[str, object]] = {}
+    if config.labels_csv is not None:
+        table = _read_table(config.labels_csv)
+        _require_columns(config.labels_csv, table, ["uid", *CHEXPERT_LABELS], None)
+        duplicates = []
+        for line, record in enumerate(table.iter_rows(named=True), start=2):
+            uid = _text(record["uid"])
+            if uid in label_rows:
+                duplicates.append(str(Problem(config.labels_csv.name, line, f"uid {uid} has a second labels row")))
+            label_rows[uid] = record | {"_line": line}
+        if duplicates:
+            raise InputError(f"{config.labels_csv}: {len(duplicates)} duplicate uid(s) (listed above)", details=duplicates)
+    else:
+        loaded.warnings.append(
+            "labels derived from the Problems column of indiana_reports.csv through an approximate mapping "
+            "(README: Kaggle format); pass --labels FILE with CheXpert labeler output for the study's labels"
+        )
+    by_uid = {_text(r["uid"]): r | {"_line": i} for i, r in enumerate(reports.iter_rows(named=True), start=2)}
+    unmapped: set[str] = set()
+    for line, record in enumerate(projections.iter_rows(named=True), start=2):
+        projection = _text(record["projection"])
+        if projection != "Frontal" and not config.all_projections:
+            continue
+        uid = _text(record["uid"])
+        report = by_uid.get(uid)
+        if report is None:
+            loaded.problems.append(Problem(PROJECTIONS_CSV, line, f"uid {uid} has no row in {REPORTS_CSV}"))
+            continue
+        if config.labels_csv is not None:
+            if uid not in label_rows:
+                loaded.problems.append(Problem(PROJECTIONS_CSV, line, f"uid {uid} has no row in {config.labels_csv.name}"))
+                continue
+            label_record = label_rows[uid]
+            label_problems: list[Problem] = []
+            values = _parse_values(config.labels_csv.name, int(str(label_record["_line"])), label_record,
+                                   CHEXPERT_LABELS, label_problems)
+            loaded.problems.extend(Problem(PROJECTIONS_CSV, line, f"({p}) uid {uid}") for p in label_problems)
+        else:
+            values = {label: 0 for label in CHEXPERT_LABELS}
+            for term in _text(report["Problems"]).split(";"):
+                key = term.strip().lower()
+                if key in PROBLEM_TO_LABEL:
+                    values[PROBLEM_TO_LABEL[key]] = 1
+                elif key:
+                    unmapped.add(term.strip())
+        filename = _text(record["filename"])
+        loaded.rows.append(SourceRow(
+            file=PROJECTIONS_CSV, row=line, uid=uid, filename=filename, path=root / IMAGE_DIR / filename,
+            report=_report(report), projection=projection, split=None, values=values,
+        ))
+    if unmapped:
+        loaded.warnings.append(f"{len(unmapped)} Problems term(s) map to no CheXpert label, e.g. {sorted(unmapped)[:5]}")
+    return loaded
+
+
+MANIFEST_META = {"path", "filename", "uid", "split", "report", "projection", "labels"}
+
+
+def load_manifest(path: Path, config: IngestConfig) -> Loaded:
+    """A generic CSV or Parquet manifest: `path` (or `filename`) relative to the manifest's folder,
+    label columns (values 1/0/-1/blank) or a `labels` column (a list, or names joined by `|` or `;`),
+    and optional `uid`, `split`, `report`, `projection`."""
+    frame = _read_table(path)
+    path_column = "path" if "path" in frame.columns else "filename"
+    _require_columns(path, frame, [path_column], None)
+    list_labels = "labels" in frame.columns
+    label_columns = [c for c in frame.columns if c not in MANIFEST_META]
+    if list_labels and label_columns:
+        raise InputError(f"{path}: give labels either as a `labels` column or as label columns, not both "
+                         f"(found labels and {', '.join(label_columns[:3])})")
+    loaded = Loaded("manifest", path, [], [])
+    records = list(frame.iter_rows(named=True))
+    if list_labels:
+        names: list[str] = []
+        parsed = []
+        for record in records:
+            raw = record["labels"]
+            items = list(raw) if isinstance(raw, list | tuple) else _text(raw).replace(";", "|").split("|")
+            row_labels = [_text(item) for item in items if _text(item)]
+            parsed.append(row_labels)
+            names.extend(label for label in row_labels if label not in names)
+        loaded.labels = _ordered_labels(names)
+    else:
+        if not label_columns:
+            raise InputError(f"{path}: no label columns and no `labels` column")
+        loaded.labels = _ordered_labels(label_columns)
+    for index, record in enumerate(records):
+        line = index + 2
+        filename = _text(record[path_column])
+        if list_labels:
+            values: dict[str, int | None] = {label: int(label in parsed[index]) for label in loaded.labels}
+        else:
+            values = _parse_values(path.name, line, record, loaded.labels, loaded.problems)
+        image = Path(filename)
+        loaded.rows.append(SourceRow(
+            file=path.name, row=line, uid=_text(record.get("uid")) or filename, filename=filename,
+            path=image if image.is_absolute() else path.parent / image, report=_text(record.get("report")),
+            projection=_text(record.get("projection")) or None, split=_text(record.get("split")) or None,
+            values=values,
+        ))
+    return loaded
+
+
+def _ordered_labels(names: Iterable[str]) -> list[str]:
+    """CheXpert labels in the study's order first, any others after in the order given."""
+    names = list(dict.fromkeys(names))
+    known = [label for label in CHEXPERT_LABELS if label in names]
+    return known + [label for label in names if label not in CHEXPERT_LABELS]
+
+
+def _detect(path: Path) -> str:
+    root = path if path.is_dir() else path.parent
+    if path.is_file() and path.name != STUDY_CSV and path.suffix.lower() in {".csv", ".parquet"}:
+        return "manifest"
+    if (root / STUDY_CSV).exists():
+        return "iuxray14"
+    if (root / REPORTS_CSV).exists() and (root / PROJECTIONS_CSV).exists():
+        return "kaggle"
+    raise InputError(
+        f"{path}: cannot tell the format (no {STUDY_CSV}, no {REPORTS_CSV} + {PROJECTIONS_CSV}, "
+        "not a .csv/.parquet manifest); pass --format"
+    )
+
+
+FORMATS: dict[str, Callable[[Path, IngestConfig], Loaded]] = {
+    "iuxray14": load_iuxray14,
+    "kaggle": load_kaggle,
+    "manifest": load_manifest,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def _check_image(row: SourceRow) -> str | None:
+    """Hash the file and decode it fully; returns what is wrong, or None."""
+    try:
+        data = row.path.read_bytes()
+    except FileNotFoundError:
+        return f"image {row.filename} not found at {row.path}"
+    except OSError as error:
+        return f"image {row.filename} unreadable ({error.strerror})"
+    if not data:
+        return f"image {row.filename} is empty (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return f"image {row.filename} is truncated or not an image ({str(error)[:80]})"
+    row.image_sha256 = hashlib.sha256(data).hexdigest()
+    return None
+
+
+def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None) -> dict[int, list[Problem]]:
+    """Problems per row index: parsing, identity, duplicates, conflicting uids, image files."""
+    by_row: dict[int, list[Problem]] = {}
+    index_of = {(r.file, r.row): i for i, r in enumerate(loaded.rows)}
+    for problem in loaded.problems:
+        if (problem.file, problem.row) in index_of:
+            by_row.setdefault(index_of[problem.file, problem.row], []).append(problem)
+        else:  # a row the loader could not turn into a sample: never skippable
+            raise InputError(f"{loaded.source.name}: bad input", details=[str(problem)])
+
+    def add(i: int, message: str) -> None:
+        row = loaded.rows[i]
+        by_row.setdefault(i, []).append(Problem(row.file, row.row, message))
+
+    first_with: dict[str, int] = {}
+    uid_first: dict[str, int] = {}
+    for i, row in enumerate(loaded.rows):
+        if not row.filename:
+            add(i, "empty filename")
+            continue
+        if not row.uid:
+            add(i, "empty uid")
+        if row.split is not None and row.split not in SPLIT_NAMES:
+            add(i, f"split {row.split!r} is not one of {', '.join(SPLIT_NAMES)}")
+        if row.filename in first_with:
+            add(i, f"duplicate filename {row.filename} (first at row {loaded.rows[first_with[row.filename]].row})")
+            continue
+        first_with[row.filename] = i
+        if row.uid in uid_first:
+            first = loaded.rows[uid_first[row.uid]]
+            if first.values != row.values:
+                add(i, f"uid {row.uid} has labels that conflict with row {first.row}")
+        else:
+            uid_first[row.uid] = i
+    to_check = [i for i in range(len(loaded.rows)) if i not in by_row]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for i, message in zip(to_check, pool.map(lambda j: _check_image(loaded.rows[j]), to_check), strict=True):
+            if message:
+                add(i, message)
+            if progress:
+                progress(1)
+    return by_row
+
+
+def _apply_no_finding(loaded: Loaded) -> None:
+    """A sample with no positive label gets No Finding (DESIGN section 2)."""
+    if NO_FINDING not in loaded.labels:
+        return
+    for row in loaded.rows:
+        if not any(value == 1 for label, value in row.values.items() if label != NO_FINDING):
+            row.values[NO_FINDING] = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
+# ---------------------------------------------------------------------------------------------
+
+def _split(rows: list[SourceRow], labels: list[str], method: str, seed: int) -> list[str]:
+    if method == "given":
+        return [row.split or "" for row in rows]
+    uids = list(dict.fromkeys(row.uid for row in rows))
+    position = {uid: i for i, uid in enumerate(uids)}
+    positives = np.zeros((len(uids), len(labels)), dtype=bool)
+    for row in rows:
+        positives[position[row.uid]] |= np.array([row.values[label] == 1 for label in labels])
+    too_few = InputError(f"--split {method}: with {len(uids)} uid(s) a split would be empty; ingest more samples")
+    if len(uids) < len(SPLIT_NAMES):
+        raise too_few
+    try:
+        uid_split = dict(zip(uids, SPLITTERS[method](uids, positives, seed), strict=True))
+    except ValueError:  # sklearn's train_test_split refuses a split it would leave empty
+        raise too_few from None
+    return [uid_split[row.uid] for row in rows]
+
+
+def _manifest_sha256(rows: list[SourceRow], splits: list[str], labels: list[str]) -> str:
+    digest = hashlib.sha256()
+    for row, split in sorted(zip(rows, splits, strict=True), key=lambda pair: pair[0].filename):
+        record = [row.uid, row.filename, row.image_sha256, split, [row.values[label] for label in labels]]
+        digest.update(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] | None = None) -> IngestResult:
+    """Validate and write a dataset; on any problem (without `skip_bad`) the store is unchanged."""
+    fmt = _detect(config.path) if config.format == "auto" else config.format
+    if fmt not in FORMATS:
+        raise InputError(f"--format {config.format}: choose one of auto, {', '.join(FORMATS)}")
+    if not config.path.exists():
+        raise InputError(f"{config.path}: no such file or folder")
+    loaded = FORMATS[fmt](config.path, config)
+    has_given_split = any(row.split for row in loaded.rows)
+    method = config.split or ("given" if has_given_split else "study")
+    if method not in (*SPLITTERS, "given"):
+        raise InputError(f"--split {method}: choose one of {', '.join(SPLITTERS)}, given")
+    if method == "given" and not has_given_split:
+        raise InputError(f"--split given: {loaded.source.name} has no split column")
+    if not loaded.rows:
+        raise InputError(f"{loaded.source}: no rows to ingest")
+    problems = _row_problems(loaded, progress)
+    if problems and not config.skip_bad:
+        details = [str(p) for i in sorted(problems) for p in problems[i]]
+        raise InputError(
+            f"{len(problems)} bad row(s) in {loaded.source.name} (listed above); fix them or rerun with --skip-bad",
+            details=details,
+        )
+    skipped = [str(p) for i in sorted(problems) for p in problems[i]]
+    loaded.rows = [row for i, row in enumerate(loaded.rows) if i not in problems]
+    if not loaded.rows:
+        raise InputError(f"{loaded.source}: every row is bad; nothing to ingest")
+    _apply_no_finding(loaded)
+    splits = _split(loaded.rows, loaded.labels, method, config.seed)
+    counts = {name: splits.count(name) for name in SPLIT_NAMES}
+    empty = [name for name, count in counts.items() if count == 0]
+    if empty:
+        raise InputError(f"{loaded.source.name}: split(s) {', '.join(empty)} would be empty "
+                         f"({len(loaded.rows)} samples, --split {method}); ingest more samples")
+    for label in loaded.labels:
+        if not any(row.values[label] == 1 for row in loaded.rows):
+            loaded.warnings.append(f"label {label!r} has no positive sample")
+    manifest_sha = _manifest_sha256(loaded.rows, splits, loaded.labels)
+    dataset_id = f"ds_{uuid.uuid4().hex[:12]}"
+    with store.writer(f"embedstore ingest {config.name}") as writer, writer.transaction() as con:
+        existing = con.execute("SELECT dataset_id FROM datasets WHERE name = ?", [config.name]).fetchone()
+        if existing:
+            if not config.replace:
+                raise InputError(f"--name {config.name}: a dataset of that name exists; pass --replace to replace it")
+            n_runs = con.execute("SELECT count(*) FROM runs WHERE dataset_id = ?", [existing[0]]).fetchone()[0]
+            if n_runs:
+                raise InputError(f"--replace: dataset {config.name} has {n_runs} run(s) built on it; "
+                                 "ingest under a new --name instead")
+            for statement in queries.statements("delete_dataset"):
+                con.execute(statement, {"dataset_id": existing[0]})
+        _register_labels(con, loaded.labels)
+        sample_ids = con.execute("SELECT nextval('sample_id_seq') FROM range(?)", [len(loaded.rows)]).fetchnumpy()
+        ids = np.asarray(next(iter(sample_ids.values())), dtype=np.int64)
+        _insert_rows(con, dataset_id, ids, loaded, splits)
+        con.execute(
+            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [dataset_id, config.name, fmt, str(loaded.source.resolve()), manifest_sha, len(loaded.rows), method,
+             config.seed if method != "given" else None, json.dumps(skipped),
+             datetime.now(UTC).replace(tzinfo=None)],
+        )
+    for warning in loaded.warnings:
+        log.warning("warning: %s", warning)
+    return IngestResult(dataset_id, config.name, fmt, len(loaded.rows), counts, skipped, loaded.warnings, manifest_sha)
+
+
+def _register_labels(con: duckdb.DuckDBPyConnection, labels: list[str]) -> None:
+    known = {row[0] for row in con.execute("SELECT label FROM label_names").fetchall()}
+    start = con.execute("SELECT coalesce(max(position), -1) + 1 FROM label_names").fetchone()[0]
+    new = [label for label in labels if label not in known]
+    for offset, label in enumerate(new):
+        con.execute("INSERT INTO label_names VALUES (?, ?, ?)", [label, start + offset, DOMAIN_OF.get(label, "Other")])
+
+
+def _insert_rows(
+    con: duckdb.DuckDBPyConnection, dataset_id: str, ids: np.ndarray, loaded: Loaded, splits: list[str]
+) -> None:
+    rows = loaded.rows
+    samples = pa.table({
+        "dataset_id": pa.array([dataset_id] * len(rows)),
+        "sample_id": pa.array(ids),
+        "uid": pa.array([r.uid for r in rows]),
+        "filename": pa.array([r.filename for r in rows]),
+        "split": pa.array(splits),
+        "report": pa.array([r.report for r in rows]),
+        "projection": pa.array([r.projection for r in rows], pa.string()),
+        "image_sha256": pa.array([r.image_sha256 for r in rows]),
+    })
+    labels = pa.table({
+        "dataset_id": pa.array([dataset_id] * (len(rows) * len(loaded.labels))),
+        "sample_id": pa.array(np.repeat(ids, len(loaded.labels))),
+        "label": pa.array([label for _ in rows for label in loaded.labels]),
+        "value": pa.array([r.values[label] for r in rows for label in loaded.labels], pa.int8()),
+    })
+    append_rows(con, "samples", samples)
+    append_rows(con, "labels", labels)

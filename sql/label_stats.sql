@@ -1,0 +1,19 @@
+-- Per label of one dataset: positives per split, prevalence and imbalance ratio (negatives per positive).
+-- param dataset VARCHAR: the dataset's name
+WITH d AS (SELECT dataset_id FROM datasets WHERE name = $dataset),
+per AS (
+    SELECT l.label,
+           count(*) FILTER (WHERE l.value = 1 AND s.split = 'train') AS train,
+           count(*) FILTER (WHERE l.value = 1 AND s.split = 'val') AS val,
+           count(*) FILTER (WHERE l.value = 1 AND s.split = 'test') AS test,
+           count(*) FILTER (WHERE l.value = 1) AS positives,
+           count(*) AS samples
+    FROM labels l JOIN samples s USING (sample_id)
+    WHERE l.dataset_id = (SELECT dataset_id FROM d)
+    GROUP BY l.label
+)
+SELECT per.label, n.domain, per.train, per.val, per.test, per.positives,
+       round(per.positives / per.samples, 4) AS prevalence,
+       CASE WHEN per.positives > 0 THEN round((per.samples - per.positives) / per.positives, 2) END AS imbalance_ratio
+FROM per LEFT JOIN label_names n USING (label)
+ORDER BY n.position, per.label;
