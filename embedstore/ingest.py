@@ -246,7 +246,7 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
     unmapped: set[str] = set()
     for line, record in enumerate(projections.iter_rows(named=True), start=2):
         projection = _text(record["projection"])
-        if projection != "Frontal" and not config.all_projections:
+        if not _keep_projection(projection, config):
             continue
         uid = _text(record["uid"])
         report = by_uid.get(uid)
@@ -313,6 +313,8 @@ def load_manifest(path: Path, config: IngestConfig) -> Loaded:
         loaded.labels = _ordered_labels(label_columns)
     for index, record in enumerate(records):
         line = index + 2
+        if not _keep_projection(_text(record.get("projection")), config):
+            continue
         filename = _text(record[path_column])
         if list_labels:
             values: dict[str, int | None] = {label: int(label in parsed[index]) for label in loaded.labels}
@@ -326,6 +328,11 @@ def load_manifest(path: Path, config: IngestConfig) -> Loaded:
             values=values,
         ))
     return loaded
+
+
+def _keep_projection(projection: str, config: IngestConfig) -> bool:
+    """Frontal images only, where the projection is known, unless --all-projections."""
+    return config.all_projections or projection in ("", "Frontal")
 
 
 def _ordered_labels(names: Iterable[str]) -> list[str]:
@@ -544,6 +551,7 @@ def _insert_rows(
         "sample_id": pa.array(ids),
         "uid": pa.array([r.uid for r in rows]),
         "filename": pa.array([r.filename for r in rows]),
+        "path": pa.array([str(r.path.resolve()) for r in rows]),
         "split": pa.array(splits),
         "report": pa.array([r.report for r in rows]),
         "projection": pa.array([r.projection for r in rows], pa.string()),

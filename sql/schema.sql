@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS samples (
     sample_id BIGINT NOT NULL,
     uid VARCHAR,
     filename VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
     split VARCHAR,
     report VARCHAR,
     projection VARCHAR,
