@@ -8,7 +8,7 @@ import sys
 
 import click
 import typer
-from embedstore.cli import data_cmd, sql_cmd, store_cmd
+from embedstore.cli import data_cmd, extract_cmd, models_cmd, sql_cmd, store_cmd
 
 from embedstore.errors import EmbedstoreError
 
@@ -22,12 +22,15 @@ app = typer.Typer(
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(data_cmd.app, name="data")
 app.command("ingest")(data_cmd.ingest)
+app.add_typer(models_cmd.app, name="models")
+app.command("extract")(extract_cmd.extract)
 app.command("sql")(sql_cmd.sql)
 
 
 def main() -> None:
     """Entry point: run the app and map every library error to a clean exit."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("embedstore").setLevel(logging.INFO)
     try:
         code = app(standalone_mode=False)
     except EmbedstoreError as error:

@@ -30,7 +30,7 @@ from embedstore.errors import InputError
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
 from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF, NO_FINDING
 from embedstore.splits import SPLIT_NAMES, SPLITTERS
-from embedstore.store import Store, append_rows
+from embedstore.store import Store, append_rows, first_row
 
 log = logging.getLogger(__name__)
 
@@ -509,16 +509,15 @@ def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] |
     manifest_sha = _manifest_sha256(loaded.rows, splits, loaded.labels)
     dataset_id = f"ds_{uuid.uuid4().hex[:12]}"
     with store.writer(f"embedstore ingest {config.name}") as writer, writer.transaction() as con:
-        existing = con.execute("SELECT dataset_id FROM datasets WHERE name = ?", [config.name]).fetchone()
+        existing = first_row(con, "SELECT dataset_id FROM datasets WHERE name = ?", [config.name])
         if existing:
             if not config.replace:
                 raise InputError(f"--name {config.name}: a dataset of that name exists; pass --replace to replace it")
-            n_runs = con.execute("SELECT count(*) FROM runs WHERE dataset_id = ?", [existing[0]]).fetchone()[0]
+            n_runs = first_row(con, "SELECT count(*) FROM runs WHERE dataset_id = ?", [existing[0]])[0]
             if n_runs:
                 raise InputError(f"--replace: dataset {config.name} has {n_runs} run(s) built on it; "
                                  "ingest under a new --name instead")
-            for statement in queries.statements("delete_dataset"):
-                con.execute(statement, {"dataset_id": existing[0]})
+            queries.execute_all(con, "delete_dataset", {"dataset_id": existing[0]})
         _register_labels(con, loaded.labels)
         sample_ids = con.execute("SELECT nextval('sample_id_seq') FROM range(?)", [len(loaded.rows)]).fetchnumpy()
         ids = np.asarray(next(iter(sample_ids.values())), dtype=np.int64)
@@ -536,7 +535,7 @@ def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] |
 
 def _register_labels(con: duckdb.DuckDBPyConnection, labels: list[str]) -> None:
     known = {row[0] for row in con.execute("SELECT label FROM label_names").fetchall()}
-    start = con.execute("SELECT coalesce(max(position), -1) + 1 FROM label_names").fetchone()[0]
+    start = first_row(con, "SELECT coalesce(max(position), -1) + 1 FROM label_names")[0]
     new = [label for label in labels if label not in known]
     for offset, label in enumerate(new):
         con.execute("INSERT INTO label_names VALUES (?, ?, ?)", [label, start + offset, DOMAIN_OF.get(label, "Other")])

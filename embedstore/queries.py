@@ -105,11 +105,13 @@ def load(name: str) -> NamedQuery:
     return queries[name]
 
 
-def statements(name: str) -> list[str]:
-    """The statements of a multi-statement named query, in order, to run one by one with parameters."""
+def execute_all(con: Any, name: str, params: dict[str, Any]) -> None:
+    """Run a multi-statement named query statement by statement, each bound to the parameters it uses."""
     import duckdb
 
-    return [statement.query for statement in duckdb.connect().extract_statements(load(name).text)]
+    for statement in duckdb.connect().extract_statements(load(name).text):
+        used = {key: value for key, value in params.items() if f"${key}" in statement.query}
+        con.execute(statement.query, used)
 
 
 def public_queries() -> list[NamedQuery]:

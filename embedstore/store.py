@@ -137,6 +137,12 @@ class Store:
         return self.path / relpath
 
 
+def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple[Any, ...] | None:
+    """The first row of a query, with the result fully consumed (DuckDB needs that before the next query)."""
+    rows = con.execute(sql, params if params is not None else []).fetchall()
+    return rows[0] if rows else None
+
+
 #: Tables that bulk appends may target (identifiers are never taken from user input).
 APPENDABLE_TABLES = frozenset({"samples", "labels", "image_embeddings", "text_embeddings", "scores", "metrics", "gradcam"})
 
@@ -155,7 +161,7 @@ def append_rows(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> 
 
 def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     try:
-        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = first_row(con, "SELECT value FROM meta WHERE key = 'schema_version'")
     except duckdb.CatalogException:
         raise SchemaVersionError(f"{path / DB_NAME} is not an embedstore store (no meta table)") from None
     found = row[0] if row else None

@@ -52,7 +52,7 @@ class DomainStyle:
 
 
 DOMAINS: dict[str, DomainStyle] = {
-    "target": DomainStyle(contrast=(0.75, 1.2), brightness=(-0.06, 0.10), gamma=(0.75, 1.35), noise=0.045,
+    "target": DomainStyle(contrast=(0.85, 1.15), brightness=(-0.04, 0.08), gamma=(0.85, 1.2), noise=0.035,
                           balanced=False),
     "source": DomainStyle(contrast=(0.95, 1.05), brightness=(0.0, 0.04), gamma=(0.95, 1.05), noise=0.02,
                           balanced=True),

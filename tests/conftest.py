@@ -38,7 +38,7 @@ def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
     """Run `embedstore ARGS...` as a real process; returns code, stdout and stderr."""
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
-        full_env = {**os.environ, "EMBEDSTORE_CACHE": str(tmp_path / "cache"), **(env or {})}
+        full_env = {**os.environ, **(env or {})}
         proc = subprocess.run(
             [sys.executable, "-m", "embedstore.cli", *args],
             capture_output=True, text=True, env=full_env, timeout=timeout,
@@ -87,3 +87,32 @@ def synthetic_copy(synthetic_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(synthetic_dir, target)
     return target
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensor and model caches in a per-session temp folder, never the user's."""
+    monkeypatch.setenv("EMBEDSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "embedstore-cache"))
+
+
+@pytest.fixture(scope="session")
+def native_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.model_fixtures import make_native_clip
+
+    return "local-dir:" + str(make_native_clip(tmp_path_factory.mktemp("native-clip")))
+
+
+@pytest.fixture(scope="session")
+def biomedclip_shaped(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.model_fixtures import make_biomedclip_shaped
+
+    return "local-dir:" + str(make_biomedclip_shaped(tmp_path_factory.mktemp("biomedclip-shaped")))
+
+
+@pytest.fixture
+def synthetic_store(tmp_store: Store, synthetic_dir: Path) -> Store:
+    """A store with the small synthetic dataset ingested as `syn` (study split)."""
+    from embedstore.ingest import IngestConfig, ingest
+
+    ingest(tmp_store, IngestConfig(path=synthetic_dir, name="syn"))
+    return tmp_store

@@ -1,0 +1,49 @@
+"""`embedstore extract`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+from embedstore.cli.options import StoreOption, store_path
+
+
+def extract(
+    mode: str = typer.Option(..., "--mode", help="zs (zero-shot), lp (linear probe) or ft (fine-tune)."),
+    model: str = typer.Option(..., "--model", help="demo, biomedclip, hf-hub:…, local-dir:…, or an open_clip name."),
+    data: str = typer.Option(..., "--data", help="Dataset name (from `embedstore ingest --name`)."),
+    protocol: str = typer.Option("multilabel", "--protocol", help="study (the notebook's exact protocol) or multilabel."),
+    prompts: str | None = typer.Option(None, "--prompts",
+                                       help="zs prompts: names, templates or posneg (default: names for study, "
+                                            "templates for multilabel)."),
+    epochs: int = typer.Option(10, "--epochs", help="lp/ft: at most this many epochs (early stopping on val)."),
+    batch_size: int = typer.Option(24, "--batch-size", help="lp/ft training batch size (the study: 24)."),
+    encode_batch_size: int = typer.Option(128, "--encode-batch-size", help="Images per encoding batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(42, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="Image-decoding worker processes (0: in the main process)."),
+    chunk_size: int = typer.Option(1024, "--chunk-size", help="Embeddings committed per transaction."),
+    resume: bool = typer.Option(False, "--resume", help="Finish a run that was interrupted."),
+    store: Path | None = StoreOption,
+) -> None:
+    """Write a complete run (embeddings, scores, FAISS index, artefacts) for every split."""
+    from embedstore.extract import ExtractConfig
+    from embedstore.extract import extract as run_extract
+    from embedstore.progress import progress_bar
+    from embedstore.store import Store
+
+    config = ExtractConfig(mode=mode, model=model, data=data, protocol=protocol, prompts=prompts, epochs=epochs,
+                           batch_size=batch_size, encode_batch_size=encode_batch_size, device=device, seed=seed,
+                           resume=resume, workers=workers, chunk_size=chunk_size)
+    config.validate()
+    with ExitStack() as bars:
+        def progress(total: int, description: str) -> Callable[[int], None]:
+            return bars.enter_context(progress_bar(total, description, "img"))
+
+        result = run_extract(Store.open(store_path(store)), config, progress=progress)
+    timing = ", ".join(f"{name} {value:.1f} s" for name, value in
+                       (("train", result.train_seconds), ("extract", result.extract_seconds)) if value is not None)
+    reused = f"; embeddings reused from {result.embeddings_from}" if result.embeddings_from else ""
+    typer.echo(f"{result.status}: run {result.run_id} ({result.n_samples} samples; {timing}{reused})")

@@ -1,0 +1,456 @@
+"""`embedstore extract`: a complete run (zs, lp or ft) into the store, resumable at any point.
+
+A run's id is a hash of everything that determines its result (mode, protocol, prompts, model
+weights sha256, preprocessing, dataset manifest, recipe, seed), so asking again for a finished run
+reuses it, and `--resume` finishes an interrupted one. Embeddings are committed in chunks; scores,
+text embeddings, the FAISS index and the `complete` status come last, so a run that never
+finishes is never shown as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedstore import __version__, queries
+from embedstore.embeddings import insert_image_embeddings, read_image_embeddings
+from embedstore.errors import InputError
+from embedstore.images import CachedImages, ImageItem, TensorCache, batches, normalize
+from embedstore.models import LoadedModel, load_model
+from embedstore.paths import default_cache_path
+from embedstore.prompts import DEFAULT_PROMPTS, PROMPT_SETS, ZERO_SHOT_SCORERS, build_prompts
+from embedstore.store import Store, StoreWriter, append_rows, first_row
+from embedstore.vector_index import write_index
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("study", "multilabel")
+DEVICES = ("auto", "cpu", "cuda")
+VERSIONED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers", "faiss-cpu",
+                      "faiss-gpu-cu12-cuvs", "duckdb", "numpy", "scikit-learn", "polars", "pyarrow", "grad-cam")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Options of `embedstore extract`."""
+
+    mode: str
+    model: str
+    data: str
+    protocol: str = "multilabel"
+    prompts: str | None = None
+    epochs: int = 10
+    batch_size: int = 24
+    encode_batch_size: int = 128
+    device: str = "auto"
+    seed: int = 42
+    resume: bool = False
+    workers: int = 0
+    chunk_size: int = 1024
+
+    def validate(self) -> None:
+        checks = [
+            (self.mode in MODES, f"--mode {self.mode}: choose one of {', '.join(MODES)}"),
+            (self.protocol in PROTOCOLS, f"--protocol {self.protocol}: choose one of {', '.join(PROTOCOLS)}"),
+            (self.prompts is None or self.prompts in PROMPT_SETS,
+             f"--prompts {self.prompts}: choose one of {', '.join(PROMPT_SETS)}"),
+            (self.device in DEVICES, f"--device {self.device}: choose one of {', '.join(DEVICES)}"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
+            (self.encode_batch_size >= 1, f"--encode-batch-size {self.encode_batch_size}: must be at least 1"),
+            (self.workers >= 0, f"--workers {self.workers}: must be 0 or more"),
+            (self.chunk_size >= 1, f"--chunk-size {self.chunk_size}: must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    @property
+    def prompt_set(self) -> str | None:
+        if self.mode != "zs":
+            return None
+        return self.prompts or DEFAULT_PROMPTS[self.protocol]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    run_id: str
+    mode: str
+    protocol: str
+    status: str
+    n_samples: int
+    train_seconds: float | None
+    extract_seconds: float | None
+    embeddings_from: str | None
+
+
+@dataclass
+class RunContext:
+    """Everything a mode needs: the store and writer, the model, the dataset's samples and targets."""
+
+    store: Store
+    writer: StoreWriter
+    config: ExtractConfig
+    run_id: str
+    model: LoadedModel
+    dataset_id: str
+    items: list[ImageItem]
+    splits: np.ndarray
+    labels: list[str]
+    targets: np.ndarray
+    device: Any
+    cache: TensorCache
+    progress: Callable[[int, str], Callable[[int], None]] | None
+
+
+@dataclass
+class StageOutput:
+    """What a mode produced, for the final commit."""
+
+    scores: np.ndarray
+    text_rows: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
+    train_seconds: float | None = None
+    extract_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def describe_device(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "embedstore": __version__}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset access
+# ---------------------------------------------------------------------------------------------
+
+def _dataset(store: Store, name: str) -> tuple[str, str, list[ImageItem], np.ndarray, list[str], np.ndarray]:
+    with store.reader() as con:
+        row = first_row(con, "SELECT dataset_id, manifest_sha256 FROM datasets WHERE name = ?", [name])
+        if row is None:
+            raise InputError(f"--data {name}: no such dataset in {store.path}; ingest it with `embedstore ingest`")
+        dataset_id, manifest_sha = row
+        samples = con.sql(queries.load("dataset_samples").text, params={"dataset_id": dataset_id}).fetchall()
+        label_rows = con.sql(queries.load("dataset_positives").text, params={"dataset_id": dataset_id}).fetchall()
+        labels = [r[0] for r in con.sql(queries.load("dataset_labels").text,
+                                         params={"dataset_id": dataset_id}).fetchall()]
+    items = [ImageItem(int(sid), path, sha) for sid, path, sha, _ in samples]
+    splits = np.array([split for *_, split in samples])
+    position = {item.sample_id: i for i, item in enumerate(items)}
+    column = {label: j for j, label in enumerate(labels)}
+    targets = np.zeros((len(items), len(labels)), dtype=np.float32)
+    for sample_id, label in label_rows:
+        targets[position[int(sample_id)], column[label]] = 1.0
+    return dataset_id, manifest_sha, items, splits, labels, targets
+
+
+def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, manifest_sha: str) -> dict[str, Any]:
+    identity: dict[str, Any] = {
+        "mode": config.mode, "protocol": config.protocol, "prompt_set": config.prompt_set,
+        "model_sha256": model.sha256, "preprocess_key": model.preprocess_key,
+        "dataset_id": dataset_id, "dataset_manifest_sha256": manifest_sha, "seed": config.seed,
+    }
+    if config.mode != "zs":
+        identity |= {"epochs": config.epochs, "batch_size": config.batch_size}
+    return identity
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding (shared by every mode)
+# ---------------------------------------------------------------------------------------------
+
+def _done_ids(ctx: RunContext) -> set[int]:
+    with ctx.writer.transaction() as con:
+        rows = con.execute("SELECT sample_id FROM image_embeddings WHERE run_id = ?", [ctx.run_id]).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
+    """Encode every image not yet in the run with `visual` (default: the model's image tower),
+    committing every `chunk_size` rows. Returns the seconds spent."""
+    import torch
+
+    visual = visual if visual is not None else ctx.model.model.visual
+    done = _done_ids(ctx)
+    todo = [item for item in ctx.items if item.sample_id not in done]
+    if not todo:
+        return 0.0
+    started = time.perf_counter()
+    visual = visual.to(ctx.device).eval()
+    autocast_dtype = torch.bfloat16 if ctx.device.type == "cuda" else None
+    if ctx.device.type == "cuda":
+        visual = visual.to(memory_format=torch.channels_last)
+    dataset = CachedImages(todo, ctx.cache, ctx.model.pixel_transform)
+    pending_ids: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+
+    def commit() -> None:
+        if pending_ids:
+            with ctx.writer.transaction() as con:
+                insert_image_embeddings(con, ctx.run_id, np.concatenate(pending_ids), np.concatenate(pending))
+            pending_ids.clear()
+            pending.clear()
+
+    advance = ctx.progress(len(todo), "encoding images") if ctx.progress else None
+    with torch.no_grad():
+        for sample_ids, images in batches(dataset, ctx.config.encode_batch_size, ctx.config.workers):
+            x = normalize(images, ctx.model.mean, ctx.model.std, ctx.device)
+            if autocast_dtype is not None:
+                with torch.autocast(device_type="cuda", dtype=autocast_dtype):
+                    features = visual(x)
+            else:
+                features = visual(x)
+            pending_ids.append(sample_ids.numpy().astype(np.int64))
+            pending.append(features.float().cpu().numpy())
+            if sum(len(p) for p in pending_ids) >= ctx.config.chunk_size:
+                commit()
+            if advance:
+                advance(len(sample_ids))
+    commit()
+    return time.perf_counter() - started
+
+
+def _run_embeddings(ctx: RunContext) -> np.ndarray:
+    """The run's embeddings in the order of `ctx.items` (one per sample, checked)."""
+    with ctx.writer.transaction() as con:
+        ids, matrix = read_image_embeddings(con, ctx.run_id)
+    expected = np.array([item.sample_id for item in ctx.items], dtype=np.int64)
+    if not np.array_equal(ids, expected):
+        raise InputError(f"run {ctx.run_id}: embeddings do not cover the dataset's samples one for one")
+    return matrix
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+# ---------------------------------------------------------------------------------------------
+
+def run_zero_shot(ctx: RunContext) -> StageOutput:
+    """Encode images and prompts; score per protocol (raw dot product, or cosine × logit scale)."""
+    seconds = encode_into_run(ctx)
+    image = _run_embeddings(ctx)
+    prompts = build_prompts(str(ctx.config.prompt_set), ctx.labels)
+    text = ctx.model.encode_text([p.text for p in prompts]).cpu().numpy()
+    logit_scale = float(ctx.model.model.logit_scale.detach().exp()) if hasattr(ctx.model.model, "logit_scale") else 1.0
+    scores = ZERO_SHOT_SCORERS[ctx.config.protocol](image, text, prompts, ctx.labels, logit_scale)
+    rows = [(p.label, p.text, text[i]) for i, p in enumerate(prompts)]
+    return StageOutput(scores, rows, None, seconds, {"prompts": [p.text for p in prompts], "logit_scale": logit_scale})
+
+
+def _reusable_source(ctx: RunContext) -> str | None:
+    """A complete frozen-encoder run of the same weights, preprocessing and dataset."""
+    with ctx.writer.transaction() as con:
+        row = first_row(con, queries.load("reusable_embeddings").text, {
+            "model_sha256": ctx.model.sha256, "dataset_id": ctx.dataset_id,
+            "preprocess_key": ctx.model.preprocess_key, "run_id": ctx.run_id,
+        })
+    return row[0] if row else None
+
+
+def _fit_split(ctx: RunContext, embeddings: np.ndarray) -> tuple[np.ndarray, ...]:
+    train, val = ctx.splits == "train", ctx.splits == "val"
+    if not train.any() or not val.any():
+        raise InputError(f"--data {ctx.config.data}: lp and ft need samples in both train and val splits")
+    return embeddings[train], ctx.targets[train], embeddings[val], ctx.targets[val]
+
+
+def run_linear_probe(ctx: RunContext) -> StageOutput:
+    """Fit the head on cached embeddings; encode images only if this encoder has none stored."""
+    from embedstore.heads import LP_RECIPES
+
+    source = _reusable_source(ctx)
+    seconds = 0.0
+    if source is not None:
+        with ctx.writer.transaction() as con:
+            queries.execute_all(con, "copy_embeddings", {"run_id": ctx.run_id, "source_run_id": source})
+        log.info("lp: reusing the embeddings of run %s (no image is encoded)", source)
+    else:
+        seconds = encode_into_run(ctx)
+    embeddings = _run_embeddings(ctx)
+    fit = LP_RECIPES[ctx.config.protocol](*_fit_split(ctx, embeddings), ctx.config.epochs, ctx.config.batch_size,
+                                          ctx.config.seed)
+    head_sha = ctx.writer.write_artefact(
+        f"artefacts/{ctx.run_id}/head.npz", "head",
+        lambda tmp: np.savez(open(tmp, "wb"), **fit.head.state(), labels=np.array(ctx.labels)),
+        run_id=ctx.run_id,
+    )
+    details = {"embeddings_from": source, "fit": fit.detail, "best_epoch": fit.best_epoch,
+               "epochs_run": fit.epochs_run, "val_bce": fit.val_loss, "head_sha256": head_sha}
+    return StageOutput(fit.head.logits(embeddings), [], fit.seconds, seconds, details)
+
+
+def _finetune_data(ctx: RunContext) -> Any:
+    import torch
+
+    from embedstore.heads import FineTuneData
+
+    index_of = {item.sample_id: i for i, item in enumerate(ctx.items)}
+    targets = torch.from_numpy(ctx.targets)
+    subsets = {name: [item for item, split in zip(ctx.items, ctx.splits, strict=True) if split == name]
+               for name in ("train", "val")}
+    if not subsets["train"] or not subsets["val"]:
+        raise InputError(f"--data {ctx.config.data}: ft needs samples in both train and val splits")
+    autocast = {"study": torch.float16, "multilabel": torch.bfloat16}[ctx.config.protocol]
+
+    def generate(subset: list[ImageItem], shuffle: bool, epoch: int) -> Any:
+        dataset = CachedImages(subset, ctx.cache, ctx.model.pixel_transform)
+        for sample_ids, images in batches(dataset, ctx.config.batch_size, ctx.config.workers, shuffle=shuffle,
+                                          seed=ctx.config.seed + epoch):
+            rows = torch.tensor([index_of[int(s)] for s in sample_ids])
+            yield normalize(images, ctx.model.mean, ctx.model.std, ctx.device), targets[rows].to(ctx.device)
+
+    return FineTuneData(
+        train_batches=lambda epoch: generate(subsets["train"], True, epoch),
+        val_batches=lambda: generate(subsets["val"], False, 0),
+        device=ctx.device,
+        autocast_dtype=autocast if ctx.device.type == "cuda" else None,
+        batches_per_epoch=int(np.ceil(len(subsets["train"]) / ctx.config.batch_size)),
+    )
+
+
+def run_fine_tune(ctx: RunContext) -> StageOutput:
+    """Fine-tune per protocol (or load the run's checkpoint when resuming), then encode every image
+    with the fine-tuned encoder and score with its head."""
+    import torch
+
+    from embedstore.heads import FT_RECIPES, Head
+
+    relpath = f"artefacts/{ctx.run_id}/finetuned.pt"
+    visual = ctx.model.model.visual.to(ctx.device)
+    with ctx.writer.transaction() as con:
+        recorded = first_row(con, "SELECT sha256 FROM manifest WHERE path = ?", [relpath])
+    train_seconds: float | None
+    if recorded:
+        state = torch.load(ctx.store.resolve(relpath), map_location=ctx.device, weights_only=False)
+        visual.load_state_dict(state["visual"])
+        head, details, train_seconds = Head.from_state(state["head"]), state["details"], state["train_seconds"]
+        log.info("ft: resuming from the run's checkpoint (training already done)")
+    else:
+        fit = FT_RECIPES[ctx.config.protocol](visual, ctx.model.embed_dim, len(ctx.labels), _finetune_data(ctx),
+                                              ctx.config.epochs, ctx.config.seed)
+        head, train_seconds = fit.head, fit.seconds
+        details = {"fit": fit.detail, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+                   "val_bce": fit.val_loss}
+        state = {"visual": visual.state_dict(), "head": head.state(), "details": details,
+                 "train_seconds": train_seconds}
+        details["checkpoint_sha256"] = ctx.writer.write_artefact(
+            relpath, "checkpoint", lambda tmp: torch.save(state, tmp), run_id=ctx.run_id)
+    seconds = encode_into_run(ctx, visual)
+    embeddings = _run_embeddings(ctx)
+    return StageOutput(head.logits(embeddings), [], train_seconds, seconds, details)
+
+
+MODES: dict[str, Callable[[RunContext], StageOutput]] = {
+    "zs": run_zero_shot,
+    "lp": run_linear_probe,
+    "ft": run_fine_tune,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> None:
+    embeddings = _run_embeddings(ctx)
+    ids = np.array([item.sample_id for item in ctx.items], dtype=np.int64)
+    write_index(ctx.writer, ctx.run_id, ids, embeddings)
+    n, n_labels = output.scores.shape
+    scores = pa.table({
+        "run_id": pa.array([ctx.run_id] * (n * n_labels)),
+        "sample_id": pa.array(np.repeat(ids, n_labels)),
+        "label": pa.array(ctx.labels * n),
+        "logit": pa.array(output.scores.reshape(-1).astype(np.float64)),
+    })
+    config = identity | {"labels": ctx.labels, "image_size": ctx.model.image_size,
+                         "encode_batch_size": ctx.config.encode_batch_size} | output.details
+    with ctx.writer.transaction() as con:
+        queries.execute_all(con, "clear_run_outputs", {"run_id": ctx.run_id})
+        append_rows(con, "scores", scores)
+        if output.text_rows:
+            append_rows(con, "text_embeddings", pa.table({
+                "run_id": pa.array([ctx.run_id] * len(output.text_rows)),
+                "label": pa.array([r[0] for r in output.text_rows]),
+                "prompt": pa.array([r[1] for r in output.text_rows]),
+                "embedding": pa.array([r[2].astype(np.float32).tolist() for r in output.text_rows],
+                                      pa.list_(pa.float32())),
+            }))
+        con.execute(queries.load("complete_run").text, {
+            "run_id": ctx.run_id, "finished_at": _now(), "train_seconds": output.train_seconds,
+            "extract_seconds": output.extract_seconds, "config": json.dumps(config, default=str),
+            "embedding_dim": int(embeddings.shape[1]),
+        })
+
+
+def extract(store: Store, config: ExtractConfig,
+            progress: Callable[[int, str], Callable[[int], None]] | None = None) -> ExtractResult:
+    """Produce (or reuse, or resume) one complete run."""
+    import torch
+
+    config.validate()
+    device = _resolve_device(config.device)
+    dataset_id, manifest_sha, items, splits, labels, targets = _dataset(store, config.data)
+    model = load_model(config.model)
+    identity = _run_identity(config, model, dataset_id, manifest_sha)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
+    with store.writer(f"embedstore extract --mode {config.mode} ({run_id})") as writer:
+        with writer.transaction() as con:
+            existing = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
+            if existing and existing[0] == "complete":
+                log.info("run %s is already complete: reusing it", run_id)
+                row = first_row(con, "SELECT train_seconds, extract_seconds, json_extract_string(config, "
+                                  "'$.embeddings_from') FROM runs WHERE run_id = ?", [run_id])
+                return ExtractResult(run_id, config.mode, config.protocol, "reused", len(items), *row)
+            if existing and not config.resume:
+                raise InputError(f"run {run_id} was started before and did not finish; "
+                                 "rerun the same command with --resume to finish it")
+            if not existing:
+                con.execute(queries.load("start_run").text, {
+                    "run_id": run_id, "mode": config.mode, "protocol": config.protocol, "model_id": config.model,
+                    "model_sha256": model.sha256, "dataset_id": dataset_id, "prompt_set": config.prompt_set,
+                    "config": json.dumps(identity), "started_at": _now(), "device": describe_device(device),
+                    "versions": json.dumps(library_versions()),
+                })
+        torch.manual_seed(config.seed)
+        ctx = RunContext(store, writer, config, run_id, model, dataset_id, items, splits, labels, targets, device,
+                         TensorCache(default_cache_path(), model.preprocess_key), progress)
+        output = MODES[config.mode](ctx)
+        _finish(ctx, output, identity)
+    log.info("run %s complete", run_id)
+    return ExtractResult(run_id, config.mode, config.protocol, "complete", len(items), output.train_seconds,
+                         output.extract_seconds, output.details.get("embeddings_from"))

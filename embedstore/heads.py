@@ -1,0 +1,319 @@
+"""Linear heads on frozen features (lp) and the fine-tuning recipes (ft), per protocol.
+
+`study` reproduces the notebook: head `Linear(d, L)` (Xavier), BCE-with-logits, batch 24, AdamW,
+cosine schedule stepped once per epoch, early stopping on val BCE with patience 5 (best kept);
+its ft builds a fresh AdamW and cosine schedule at the start of every epoch, as the notebook does.
+`multilabel` fits an L2-regularised logistic head on normalised cached features (strength chosen on
+val), and fine-tunes with one warm-up epoch on the head, then one optimizer and schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PATIENCE = 5
+
+
+@dataclass
+class Head:
+    """A linear head: logits = W · f(x) + b, with f = L2 normalisation when `normalize_input`."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    normalize_input: bool
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        x = features.astype(np.float64)
+        if self.normalize_input:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
+
+    def to_module(self) -> Any:
+        import torch
+
+        layer = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(self.weight))
+            layer.bias.copy_(torch.from_numpy(self.bias))
+        return layer
+
+    def state(self) -> dict[str, Any]:
+        return {"weight": self.weight, "bias": self.bias, "normalize_input": self.normalize_input}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Head:
+        return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), bool(state["normalize_input"]))
+
+    @classmethod
+    def from_module(cls, layer: Any, normalize_input: bool = False) -> Head:
+        return cls(layer.weight.detach().cpu().float().numpy().copy(), layer.bias.detach().cpu().float().numpy().copy(),
+                   normalize_input)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    head: Head
+    seconds: float
+    epochs_run: int
+    best_epoch: int
+    val_loss: float
+    detail: dict[str, Any]
+
+
+def _xavier_head(dim: int, n_labels: int) -> Any:
+    import torch
+
+    head = torch.nn.Linear(dim, n_labels)
+    torch.nn.init.xavier_uniform_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+class EarlyStopping:
+    """Track val loss; keep the best state; stop after PATIENCE epochs without improvement."""
+
+    def __init__(self, patience: int = PATIENCE) -> None:
+        self.patience = patience
+        self.best_loss = float("inf")
+        self.best_epoch = -1
+        self.best_state: Any = None
+        self.bad_epochs = 0
+
+    def update(self, epoch: int, loss: float, state: Callable[[], Any]) -> bool:
+        """Record an epoch's val loss; returns True when training should stop."""
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.best_state = loss, epoch, copy.deepcopy(state())
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+def fit_study_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                   epochs: int = 10, batch_size: int = 24, seed: int = 42) -> FitResult:
+    """The study's linear probe, on cached raw features instead of re-encoding every epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    head = _xavier_head(train_x.shape[1], train_y.shape[1])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).float()
+    vx, vy = torch.from_numpy(val_x).float(), torch.from_numpy(val_y).float()
+    generator = torch.Generator().manual_seed(seed)
+    stopper = EarlyStopping()
+    epoch = 0
+    for epoch in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            loss = F.binary_cross_entropy_with_logits(head(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            val_loss = float(F.binary_cross_entropy_with_logits(head(vx), vy))
+        if stopper.update(epoch, val_loss, head.state_dict):
+            break
+    head.load_state_dict(stopper.best_state)
+    return FitResult(Head.from_module(head), time.perf_counter() - started, epoch + 1, stopper.best_epoch,
+                     stopper.best_loss, {"recipe": "study", "lr": 1e-4, "weight_decay": 1e-2, "batch_size": batch_size})
+
+
+LOGISTIC_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> FitResult:
+    """Multi-label logistic regression on L2-normalised features, full-batch L-BFGS per L2 strength;
+    the strength with the lowest val BCE wins."""
+    import torch
+    import torch.nn.functional as F
+
+    started = time.perf_counter()
+    unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=1)  # noqa: E731
+    x, vx = unit(train_x), unit(val_x)
+    y, vy = torch.from_numpy(train_y).double(), torch.from_numpy(val_y).double()
+    best: tuple[float, float, Any] | None = None
+    losses = {}
+    for penalty in LOGISTIC_PENALTIES:
+        weight, bias = _lbfgs_logistic(x, y, penalty)
+        with torch.no_grad():
+            val_loss = float(F.binary_cross_entropy_with_logits(vx @ weight.T + bias, vy))
+        losses[penalty] = val_loss
+        if best is None or val_loss < best[0]:
+            best = (val_loss, penalty, (weight.numpy().copy(), bias.numpy().copy()))
+    assert best is not None
+    head = Head(best[2][0].astype(np.float32), best[2][1].astype(np.float32), normalize_input=True)
+    return FitResult(head, time.perf_counter() - started, 1, 0, best[0],
+                     {"recipe": "logistic-lbfgs", "l2": best[1], "val_bce_by_l2": losses})
+
+
+def _lbfgs_logistic(x: Any, y: Any, penalty: float) -> tuple[Any, Any]:
+    """Full-batch L-BFGS on BCE + penalty/2 · |W|², bias started at the log prior odds."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)
+    prior = y.mean(0).clamp(1e-4, 1 - 1e-4)
+    bias = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y) + penalty * (weight**2).sum() / 2
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+LP_RECIPES: dict[str, Callable[..., FitResult]] = {
+    "study": lambda tx, ty, vx, vy, epochs, batch_size, seed: fit_study_head(tx, ty, vx, vy, epochs, batch_size, seed),
+    "multilabel": lambda tx, ty, vx, vy, epochs, batch_size, seed: fit_logistic_head(tx, ty, vx, vy),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FineTuneData:
+    """What a fine-tuning recipe needs: batches of normalised images with their targets."""
+
+    train_batches: Callable[[int], Iterator[tuple[Any, Any]]]
+    val_batches: Callable[[], Iterator[tuple[Any, Any]]]
+    device: Any
+    autocast_dtype: Any
+    batches_per_epoch: int
+
+
+def _autocast(data: FineTuneData) -> Any:
+    import contextlib
+
+    import torch
+
+    if data.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=data.device.type, dtype=data.autocast_dtype)
+
+
+def _val_loss(visual: Any, head: Any, data: FineTuneData) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    visual.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), _autocast(data):
+        for images, targets in data.val_batches():
+            logits = head(visual(images).float())
+            total += float(F.binary_cross_entropy_with_logits(logits, targets, reduction="sum"))
+            count += targets.numel()
+    return total / max(count, 1)
+
+
+def _train_epoch(visual: Any, head: Any, optimizer: Any, data: FineTuneData, epoch: int,
+                 step_schedule: Any = None, scaler: Any = None) -> float:
+    import torch.nn.functional as F
+
+    visual.train()
+    total, count = 0.0, 0
+    for images, targets in data.train_batches(epoch):
+        with _autocast(data):
+            logits = head(visual(images).float())
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        optimizer.zero_grad()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if step_schedule is not None:
+            step_schedule.step()
+        total += float(loss.detach()) * len(targets)
+        count += len(targets)
+    return total / max(count, 1)
+
+
+def _states(visual: Any, head: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: {"visual": visual.state_dict(), "head": head.state_dict()}
+
+
+def finetune_study(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int, seed: int) -> FitResult:
+    """The notebook's ft as it actually runs: the whole model trains from the first epoch, and a
+    fresh AdamW (lr 1e-5, wd 1e-2) with a fresh cosine schedule is built every epoch."""
+    import torch
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    head = _xavier_head(dim, n_labels).to(data.device)
+    scaler = torch.amp.GradScaler("cuda") if data.device.type == "cuda" else None
+    stopper = EarlyStopping()
+    epoch = 0
+    for epoch in range(epochs):
+        optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=1e-5, weight_decay=1e-2)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        train_loss = _train_epoch(visual, head, optimizer, data, epoch, scaler=scaler)
+        schedule.step()
+        val_loss = _val_loss(visual, head, data)
+        log.info("ft (study) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
+        if stopper.update(epoch, val_loss, _states(visual, head)):
+            break
+    visual.load_state_dict(stopper.best_state["visual"])
+    head.load_state_dict(stopper.best_state["head"])
+    return FitResult(Head.from_module(head), time.perf_counter() - started, epoch + 1, stopper.best_epoch,
+                     stopper.best_loss, {"recipe": "study", "lr": 1e-5, "optimizer": "AdamW rebuilt every epoch"})
+
+
+def finetune_multilabel(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int,
+                        seed: int) -> FitResult:
+    """The study recipe with its bugs fixed: one warm-up epoch on the head (encoder frozen), then
+    unfreeze once; one AdamW (encoder 1e-5, head 1e-3) and one cosine schedule for the whole run."""
+    import torch
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    head = _xavier_head(dim, n_labels).to(data.device)
+    for parameter in visual.parameters():
+        parameter.requires_grad_(False)
+    warmup = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
+    _train_epoch(visual, head, warmup, data, 0)
+    for parameter in visual.parameters():
+        parameter.requires_grad_(True)
+    stopper = EarlyStopping()
+    stopper.update(0, _val_loss(visual, head, data), _states(visual, head))
+    optimizer = torch.optim.AdamW([{"params": visual.parameters(), "lr": 1e-5},
+                                   {"params": head.parameters(), "lr": 1e-3}], weight_decay=1e-2)
+    steps = max(1, (epochs - 1) * data.batches_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    epoch = 0
+    for epoch in range(1, epochs):
+        train_loss = _train_epoch(visual, head, optimizer, data, epoch, step_schedule=schedule)
+        val_loss = _val_loss(visual, head, data)
+        log.info("ft (multilabel) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
+        if stopper.update(epoch, val_loss, _states(visual, head)):
+            break
+    visual.load_state_dict(stopper.best_state["visual"])
+    head.load_state_dict(stopper.best_state["head"])
+    return FitResult(Head.from_module(head), time.perf_counter() - started, epoch + 1, stopper.best_epoch,
+                     stopper.best_loss, {"recipe": "multilabel", "warmup_epochs": 1, "lr_encoder": 1e-5,
+                                         "lr_head": 1e-3})
+
+
+FT_RECIPES: dict[str, Callable[..., FitResult]] = {
+    "study": finetune_study,
+    "multilabel": finetune_multilabel,
+}

@@ -1,0 +1,5 @@
+-- Remove a run's scores and text embeddings before they are written again (final commit, resume).
+-- internal
+-- param run_id VARCHAR: the run
+DELETE FROM scores WHERE run_id = $run_id;
+DELETE FROM text_embeddings WHERE run_id = $run_id;
