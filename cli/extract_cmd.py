@@ -23,7 +23,8 @@ def extract(
     encode_batch_size: int = typer.Option(128, "--encode-batch-size", help="Images per encoding batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(42, "--seed"),
-    workers: int = typer.Option(0, "--workers", help="Image-decoding worker processes (0: in the main process)."),
+    workers: int | None = typer.Option(None, "--workers",
+                                       help="Image-decoding worker processes (default: cores - 1; 0: none)."),
     chunk_size: int = typer.Option(1024, "--chunk-size", help="Embeddings committed per transaction."),
     resume: bool = typer.Option(False, "--resume", help="Finish a run that was interrupted."),
     store: Path | None = StoreOption,
@@ -36,7 +37,8 @@ def extract(
 
     config = ExtractConfig(mode=mode, model=model, data=data, protocol=protocol, prompts=prompts, epochs=epochs,
                            batch_size=batch_size, encode_batch_size=encode_batch_size, device=device, seed=seed,
-                           resume=resume, workers=workers, chunk_size=chunk_size)
+                           resume=resume, chunk_size=chunk_size,
+                           **({"workers": workers} if workers is not None else {}))
     config.validate()
     with ExitStack() as bars:
         def progress(total: int, description: str) -> Callable[[int], None]:

@@ -161,7 +161,7 @@ def _pretrain(config: DemoConfig, folder: Path, progress: Callable[[int], None] 
             schedule.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, np.log(100))
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         log.info("demo pretraining epoch %d/%d: contrastive loss %.3f", epoch + 1, config.epochs, total / len(images))
         if progress:
             progress(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class ExtractConfig:
     device: str = "auto"
     seed: int = 42
     resume: bool = False
-    workers: int = 0
+    workers: int = field(default_factory=lambda: default_workers())
     chunk_size: int = 1024
 
     def validate(self) -> None:
@@ -123,6 +124,11 @@ class StageOutput:
     train_seconds: float | None = None
     extract_seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def default_workers() -> int:
+    """Decoding processes beside the main one: all cores but one, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def _resolve_device(name: str) -> Any:

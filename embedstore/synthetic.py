@@ -443,7 +443,7 @@ def _fracture(a: Anatomy, side: int, rng: np.random.Generator) -> np.ndarray:
     broken = broken + 0.11 * (fragment & (np.abs(a.canvas.y - curve - 0.014) <= 0.009))
     y_mid = float(_rib_curve(rib_y, bend, np.float32(start + 0.02), cx))
     mask = (np.abs(a.canvas.x - (start + 0.03)) <= 0.045) & (np.abs(a.canvas.y - y_mid) <= 0.035)
-    a.rib_layer = np.where(mask, broken, before)
+    a.rib_layer = np.where(mask, broken, before).astype(np.float32)
     return mask
 
 

@@ -122,10 +122,12 @@ def test_linear_probe_scores_are_its_stored_heads_logits(synthetic_store: Store,
 
 @pytest.mark.parametrize("model_fixture", ["native_model", "biomedclip_shaped"])
 @pytest.mark.parametrize("protocol", ["study", "multilabel"])
-def test_fine_tuning_on_both_vit_kinds(synthetic_store: Store, model_fixture: str, protocol: str,
+def test_zs_lp_and_ft_on_both_vit_kinds(synthetic_store: Store, model_fixture: str, protocol: str,
                                        request: pytest.FixtureRequest) -> None:
     model = request.getfixturevalue(model_fixture)
     zs = _run(synthetic_store, model, "zs")
+    lp = _run(synthetic_store, model, "lp", protocol=protocol)
+    assert lp.embeddings_from == zs.run_id
     ft = _run(synthetic_store, model, "ft", protocol=protocol)
     assert ft.train_seconds is not None and ft.train_seconds > 0
     with synthetic_store.reader() as con:
