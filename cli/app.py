@@ -8,7 +8,7 @@ import sys
 
 import click
 import typer
-from embedstore.cli import data_cmd, extract_cmd, models_cmd, sql_cmd, store_cmd
+from embedstore.cli import analyze_cmd, data_cmd, extract_cmd, models_cmd, sql_cmd, store_cmd
 
 from embedstore.errors import EmbedstoreError
 
@@ -24,6 +24,8 @@ app.add_typer(data_cmd.app, name="data")
 app.command("ingest")(data_cmd.ingest)
 app.add_typer(models_cmd.app, name="models")
 app.command("extract")(extract_cmd.extract)
+app.command("analyze")(analyze_cmd.analyze)
+app.command("neighbors")(analyze_cmd.neighbors)
 app.command("sql")(sql_cmd.sql)
 
 

@@ -128,6 +128,7 @@ def _pretrain(config: DemoConfig, folder: Path, progress: Callable[[int], None] 
     from PIL import Image
 
     started = time.perf_counter()
+    torch.use_deterministic_algorithms(True, warn_only=True)
     (folder / "open_clip_config.json").write_text(json.dumps({
         "model_cfg": config.model_cfg(),
         "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
@@ -166,5 +167,6 @@ def _pretrain(config: DemoConfig, folder: Path, progress: Callable[[int], None] 
         if progress:
             progress(1)
     model.eval()
+    torch.use_deterministic_algorithms(False)
     torch.save(model.state_dict(), folder / WEIGHTS_NAME)
     return time.perf_counter() - started

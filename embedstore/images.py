@@ -45,7 +45,7 @@ class TensorCache:
             return None
 
     def put(self, sha256: str, array: np.ndarray) -> None:
-        with atomic_path(self._path(sha256)) as tmp:
+        with atomic_path(self._path(sha256), durable=False) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
 

@@ -1,0 +1,136 @@
+"""Nearest-neighbour label agreement from the run's FAISS index (cosine), leave-one-out.
+
+For each query sample, its k nearest neighbours (never itself) among the samples of the same split
+("within"), and among the train split ("test→train"). Figures: mean label-set Jaccard between a
+sample and its neighbours, per-label precision@k (share of a positive sample's neighbours that share
+the label), and the kNN vote (share of neighbours with the label) scored as macro AUROC and as
+macro F1 at a majority vote.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+from embedstore.analyses.classification import thresholded, weighted_auroc
+from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
+from embedstore.analyses.rundata import RunData
+
+from embedstore import queries
+from embedstore.errors import InputError
+from embedstore.store import Store, first_row
+from embedstore.vector_index import index_relpath, read_index
+
+
+def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allowed_ids: np.ndarray,
+           k: int) -> np.ndarray:
+    """Ids of the k nearest allowed neighbours of each query, the query itself excluded."""
+    unit = np.ascontiguousarray(queries, dtype=np.float32).copy()
+    faiss.normalize_L2(unit)
+    params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64)))
+    _, found = index.search(unit, k + 1, params=params)
+    keep = (found != query_ids[:, None]) & (found >= 0)
+    first_kept = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
+
+
+def agreement(query_targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-query Jaccard and vote shares. neighbour_targets: queries × k × labels; valid: queries × k."""
+    count = np.maximum(valid.sum(axis=1), 1)
+    weight = valid[:, :, None].astype(np.float64)
+    votes = (neighbour_targets * weight).sum(axis=1) / count[:, None]
+    union = np.maximum(query_targets[:, None, :], neighbour_targets).sum(-1)
+    shared = np.minimum(query_targets[:, None, :], neighbour_targets).sum(-1)
+    jaccard = np.where(union > 0, shared / np.maximum(union, 1), 1.0)
+    return {"jaccard": (jaccard * valid).sum(axis=1) / count, "votes": votes}
+
+
+def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarray, labels: list[str],
+            options: AnalysisOptions, params: dict[str, object]) -> list[MetricRow]:
+    """Jaccard, precision@k, vote AUROC and vote F1 with bootstrap intervals over query samples."""
+    result = agreement(targets, neighbour_targets, valid)
+    jaccard, votes = result["jaccard"], result["votes"]
+    predicted = (votes >= 0.5).astype(np.float64)
+    tp, fp, fn = predicted * targets, predicted * (1 - targets), (1 - predicted) * targets
+
+    def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
+        total = weights.sum(axis=1)
+        auroc = np.stack([weighted_auroc(votes[:, j], targets[:, j], weights) for j in range(len(labels))], axis=1)
+        positives = weights @ targets
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision_at_k = np.where(positives > 0, (weights @ (votes * targets)) / positives, np.nan)
+        valid_auroc = np.isfinite(auroc)
+        out = {
+            "knn_jaccard": weights @ jaccard / total,
+            "knn_vote_macro_auroc": np.where(valid_auroc.any(1), np.nansum(auroc, 1) / np.maximum(valid_auroc.sum(1), 1),
+                                             np.nan),
+            "knn_vote_macro_f1": thresholded(tp, fp, fn, weights)["macro_f1"],
+        }
+        for j, label in enumerate(labels):
+            out[f"knn_precision_at_k|{label}"] = precision_at_k[:, j]
+        return out
+
+    point = {name: float(values[0]) for name, values in compute(np.ones((1, len(targets)))).items()}
+    return with_intervals({k: v for k, v in point.items() if np.isfinite(v)}, compute, len(targets), options,
+                          params=params)
+
+
+def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
+    """Within-split leave-one-out agreement, and the split's queries against the train index."""
+    index = read_index(run.index_path)
+    mask = run.split(options.split)
+    rows: list[MetricRow] = []
+    targets = run.targets.astype(np.float64)
+    pools = {"within": run.sample_ids[mask], f"{options.split}_to_train": run.sample_ids[run.split("train")]}
+    if options.split == "train":
+        pools.pop("train_to_train")
+    for scope, pool in pools.items():
+        k = min(options.k, len(pool) - 1)
+        if k < 1:
+            continue
+        neighbours = search(index, run.embeddings[mask], run.sample_ids[mask], pool, k)
+        valid = neighbours >= 0
+        rows_of = np.searchsorted(run.sample_ids, np.where(valid, neighbours, run.sample_ids[0]))
+        neighbour_targets = targets[rows_of] * valid[:, :, None]
+        rows += figures(targets[mask], neighbour_targets, valid, run.labels, options,
+                        {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True})
+    return [MetricRow(f"{row.metric}:{row.params['scope']}", row.value, row.label, row.ci_low, row.ci_high,
+                      row.n_resamples_skipped, row.params) for row in rows]
+
+
+def nearest(store: Store, run_id: str, sample: int | None = None, text: str | None = None,
+            k: int = 10) -> list[dict[str, object]]:
+    """The k nearest samples (cosine) of a sample's embedding or of a stored prompt embedding.
+
+    Text queries use only text embeddings already in the store (zs runs store their prompts):
+    answering never loads a model.
+    """
+    with store.reader() as con:
+        status = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
+        if status is None or status[0] != "complete":
+            raise InputError(f"--run {run_id}: no complete run of that id in {store.path}")
+        if sample is not None:
+            found = first_row(con, "SELECT embedding FROM image_embeddings WHERE run_id = ? AND sample_id = ?",
+                              [run_id, sample])
+            if found is None:
+                raise InputError(f"--sample {sample}: not a sample of run {run_id}")
+            vector, query = np.asarray(found[0], dtype=np.float32), f"sample {sample}"
+        else:
+            found = first_row(con, queries.load("text_query_vector").text, {"run_id": run_id, "text": text})
+            if found is None:
+                prompts = [r[0] for r in con.execute("SELECT DISTINCT prompt FROM text_embeddings WHERE run_id = ? "
+                                                     "LIMIT 6", [run_id]).fetchall()]
+                stored = f"stored prompts include {', '.join(prompts)}" if prompts else "only zs runs store prompts"
+                raise InputError(f"--text {text!r}: run {run_id} has no stored text embedding for it ({stored}); "
+                                 "embedstore answers from stored vectors and never loads a model here")
+            vector, query = np.asarray(found[1], dtype=np.float32), f"prompt {found[0]!r}"
+    index = read_index(store.resolve(index_relpath(run_id)))
+    unit = vector[None, :].copy()
+    faiss.normalize_L2(unit)
+    similarity, ids = index.search(unit, k + (sample is not None))
+    pairs = [(int(i), float(s)) for i, s in zip(ids[0], similarity[0], strict=True) if i >= 0 and i != sample][:k]
+    with store.reader() as con:
+        details = {row[0]: row[1:] for row in con.execute(queries.load("sample_details").text,
+                                                          {"ids": [i for i, _ in pairs]}).fetchall()}
+    return [{"rank": rank, "query": query, "sample_id": i, "similarity": round(s, 4), "split": details[i][1],
+             "labels": ", ".join(details[i][2]), "filename": details[i][0]}
+            for rank, (i, s) in enumerate(pairs, start=1)]
