@@ -20,13 +20,39 @@ from embedstore.errors import InputError
 from embedstore.store import Store, first_row
 from embedstore.vector_index import index_relpath, read_index
 
+#: Above this many query × pool pairs, exact search gives way to an IVF index over the pool (approximate;
+#: the figures' params say so). 45,000 test queries against 210,000 train vectors is 9.5e9 pairs.
+EXACT_PAIRS_LIMIT = 2e9
 
-def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allowed_ids: np.ndarray,
-           k: int) -> np.ndarray:
-    """Ids of the k nearest allowed neighbours of each query, the query itself excluded."""
-    unit = np.ascontiguousarray(queries, dtype=np.float32).copy()
+
+def _unit32(x: np.ndarray) -> np.ndarray:
+    unit = np.ascontiguousarray(x, dtype=np.float32).copy()
     faiss.normalize_L2(unit)
-    params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64)))
+    return unit
+
+
+def ivf_index(ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> tuple[faiss.Index, dict[str, object]]:
+    """An inverted-file cosine index over a large pool, trained on a seeded sample."""
+    unit = _unit32(vectors)
+    nlist = int(min(1024, max(16, np.sqrt(len(unit)) * 2)))
+    quantizer = faiss.IndexFlatIP(unit.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, unit.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).choice(len(unit), min(len(unit), 40 * nlist), replace=False)
+    index.cp.niter = 10
+    index.train(unit[sample])
+    index.add_with_ids(unit, np.ascontiguousarray(ids, dtype=np.int64))
+    index.nprobe = 8
+    return index, {"search": f"IVF approximate (nlist {nlist}, nprobe 8)"}
+
+
+def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allowed_ids: np.ndarray | None,
+           k: int) -> np.ndarray:
+    """Ids of the k nearest neighbours of each query (among `allowed_ids` when given; otherwise the
+    whole index), the query itself excluded."""
+    unit = _unit32(queries)
+    params = None
+    if allowed_ids is not None:
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64)))
     _, found = index.search(unit, k + 1, params=params)
     keep = (found != query_ids[:, None]) & (found >= 0)
     first_kept = np.argsort(~keep, axis=1, kind="stable")[:, :k]
@@ -87,12 +113,18 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
         k = min(options.k, len(pool) - 1)
         if k < 1:
             continue
-        neighbours = search(index, run.embeddings[mask], run.sample_ids[mask], pool, k)
+        exactness: dict[str, object] = {"search": "exact"}
+        pool_index, allowed = index, pool
+        if mask.sum() * len(pool) > EXACT_PAIRS_LIMIT:
+            in_pool = np.isin(run.sample_ids, pool)
+            pool_index, exactness = ivf_index(run.sample_ids[in_pool], run.embeddings[in_pool], options.seed)
+            allowed = None
+        neighbours = search(pool_index, run.embeddings[mask], run.sample_ids[mask], allowed, k)
         valid = neighbours >= 0
         rows_of = np.searchsorted(run.sample_ids, np.where(valid, neighbours, run.sample_ids[0]))
         neighbour_targets = targets[rows_of] * valid[:, :, None]
         rows += figures(targets[mask], neighbour_targets, valid, run.labels, options,
-                        {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True})
+                        {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True} | exactness)
     return [MetricRow(f"{row.metric}:{row.params['scope']}", row.value, row.label, row.ci_low, row.ci_high,
                       row.n_resamples_skipped, row.params) for row in rows]
 

@@ -71,19 +71,18 @@ def load_run(store: Store, run_id: str) -> RunData:
         if status != "complete":
             raise InputError(f"--runs {run_id}: the run is {status}, not complete; finish it with --resume")
         ids, embeddings = read_image_embeddings(con, run_id)
-        rows = con.execute(queries.load("run_scores").text, {"run_id": run_id}).fetchnumpy()
+        labels: list[str] = list(json.loads(config)["labels"])
+        rows = con.execute(queries.load("run_scores").text, {"run_id": run_id, "labels": labels}).fetchnumpy()
+        split_rows = con.execute(queries.load("run_splits").text, {"run_id": run_id}).fetchnumpy()
     config = json.loads(config)
-    labels: list[str] = list(config["labels"])
-    index = {int(s): i for i, s in enumerate(ids)}
-    column = {label: j for j, label in enumerate(labels)}
     scores = np.zeros((len(ids), len(labels)))
     targets = np.zeros((len(ids), len(labels)), dtype=np.int8)
-    splits = np.empty(len(ids), dtype=object)
-    row_index = np.array([index[int(s)] for s in rows["sample_id"]])
-    col_index = np.array([column[str(label)] for label in rows["label"]])
+    row_index = np.searchsorted(ids, np.asarray(rows["sample_id"], dtype=np.int64))
+    col_index = np.asarray(rows["label_column"], dtype=np.int64)
     scores[row_index, col_index] = rows["logit"]
-    targets[row_index, col_index] = rows["truth"].astype(np.int8)
-    splits[row_index] = rows["split"]
+    targets[row_index, col_index] = np.asarray(rows["truth"], dtype=np.int8)
+    splits = np.empty(len(ids), dtype=object)
+    splits[np.searchsorted(ids, np.asarray(split_rows["sample_id"], dtype=np.int64))] = split_rows["split"]
     return RunData(run_id, mode, protocol, prompt_set, model_id, dataset, train_s, extract_s, config, ids,
                    splits.astype(str), labels, embeddings, scores, targets, store.resolve(index_relpath(run_id)))
 

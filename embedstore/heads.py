@@ -252,6 +252,15 @@ def _states(visual: Any, head: Any) -> Callable[[], dict[str, Any]]:
     return lambda: {"visual": visual.state_dict(), "head": head.state_dict()}
 
 
+def _best_fit(visual: Any, head: Any, stopper: EarlyStopping, started: float, last_epoch: int,
+              detail: dict[str, Any]) -> FitResult:
+    """Restore the best checkpoint (lowest val BCE) and describe the fit."""
+    visual.load_state_dict(stopper.best_state["visual"])
+    head.load_state_dict(stopper.best_state["head"])
+    return FitResult(Head.from_module(head), time.perf_counter() - started, last_epoch + 1, stopper.best_epoch,
+                     stopper.best_loss, detail)
+
+
 def finetune_study(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int, seed: int) -> FitResult:
     """The notebook's ft as it actually runs: the whole model trains from the first epoch, and a
     fresh AdamW (lr 1e-5, wd 1e-2) with a fresh cosine schedule is built every epoch."""
@@ -272,10 +281,8 @@ def finetune_study(visual: Any, dim: int, n_labels: int, data: FineTuneData, epo
         log.info("ft (study) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
         if stopper.update(epoch, val_loss, _states(visual, head)):
             break
-    visual.load_state_dict(stopper.best_state["visual"])
-    head.load_state_dict(stopper.best_state["head"])
-    return FitResult(Head.from_module(head), time.perf_counter() - started, epoch + 1, stopper.best_epoch,
-                     stopper.best_loss, {"recipe": "study", "lr": 1e-5, "optimizer": "AdamW rebuilt every epoch"})
+    return _best_fit(visual, head, stopper, started, epoch,
+                     {"recipe": "study", "lr": 1e-5, "optimizer": "AdamW rebuilt every epoch"})
 
 
 def finetune_multilabel(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int,
@@ -306,11 +313,8 @@ def finetune_multilabel(visual: Any, dim: int, n_labels: int, data: FineTuneData
         log.info("ft (multilabel) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
         if stopper.update(epoch, val_loss, _states(visual, head)):
             break
-    visual.load_state_dict(stopper.best_state["visual"])
-    head.load_state_dict(stopper.best_state["head"])
-    return FitResult(Head.from_module(head), time.perf_counter() - started, epoch + 1, stopper.best_epoch,
-                     stopper.best_loss, {"recipe": "multilabel", "warmup_epochs": 1, "lr_encoder": 1e-5,
-                                         "lr_head": 1e-3})
+    return _best_fit(visual, head, stopper, started, epoch,
+                     {"recipe": "multilabel", "warmup_epochs": 1, "lr_encoder": 1e-5, "lr_head": 1e-3})
 
 
 FT_RECIPES: dict[str, Callable[..., FitResult]] = {

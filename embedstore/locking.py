@@ -1,4 +1,7 @@
-"""The store's single-writer lock: an advisory `flock` on `writer.lock`, holding who took it.
+"""The store's single-writer lock: a POSIX record lock (`lockf`) on `writer.lock`, holding who took it.
+
+A record lock belongs to the process, not to the file description, so worker processes forked by
+the writer (image decoding) do not keep the store locked after the writer is killed.
 
 DuckDB admits one read-write process and no readers beside it, so a writer opens the database
 only for short commits; this lock is what keeps a second writer out for the writer's whole life.
@@ -45,8 +48,8 @@ class WriterLock:
     def __enter__(self) -> WriterLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             os.close(fd)
             raise StoreLockedError(
                 f"store {self.store_dir} is being written by {describe_holder(self.path)}; "
@@ -68,6 +71,6 @@ class WriterLock:
     ) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
