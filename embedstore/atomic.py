@@ -34,6 +34,9 @@ def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; finished files get the usual permissions
         if durable:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -63,6 +63,8 @@ class DemoConfig:
 
 
 DEFAULT_CONFIG = DemoConfig()
+#: `demo-fast`: the same recipe on fewer pairs and epochs (for `embedstore demo --fast` and smoke runs).
+FAST_CONFIG = DemoConfig(n_images=600, epochs=6)
 
 
 def demo_model_dir(config: DemoConfig | None = None, cache: Path | None = None) -> Path:

@@ -14,6 +14,9 @@ from embedstore.store import STORE_FILES, Store
 
 log = logging.getLogger(__name__)
 
+#: Folders whose every file must be in the manifest (beside the store's own files at the top level).
+MANAGED_FOLDERS = ("indices", "artefacts")
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -87,7 +90,8 @@ def verify_store(store: Store) -> VerifyReport:
             n_indices += 1
             problems.extend(_check_index(store, relpath, run_id, table_name))
     recorded = {relpath for relpath, *_ in rows}
-    for path in sorted(store.path.rglob("*")):
+    managed = [path for folder in MANAGED_FOLDERS for path in (store.path / folder).rglob("*")]
+    for path in sorted([*managed, *store.path.glob("*")]):
         relpath = path.relative_to(store.path).as_posix()
         if path.is_file() and relpath not in recorded and relpath not in STORE_FILES and not path.name.endswith(".tmp"):
             problems.append(Problem(relpath, "file not recorded in the manifest"))

@@ -138,6 +138,12 @@ def _resolve_demo(model_id: str) -> tuple[str, str | None]:
     return f"local-dir:{ensure_demo_model()}", None
 
 
+def _resolve_demo_fast(model_id: str) -> tuple[str, str | None]:
+    from embedstore.demo_model import FAST_CONFIG, ensure_demo_model
+
+    return f"local-dir:{ensure_demo_model(FAST_CONFIG)}", None
+
+
 def _resolve_local_dir(model_id: str) -> tuple[str, str | None]:
     folder = Path(model_id.removeprefix("local-dir:")).expanduser()
     if not (folder / "open_clip_config.json").is_file():
@@ -164,6 +170,7 @@ def _resolve_builtin(model_id: str) -> tuple[str, str | None]:
 #: How each kind of model id is turned into an open_clip id (and pretrained tag).
 RESOLVERS: dict[str, Callable[[str], tuple[str, str | None]]] = {
     "demo": _resolve_demo,
+    "demo-fast": _resolve_demo_fast,
     "local-dir:": _resolve_local_dir,
     "hf-hub:": _resolve_hub,
 }

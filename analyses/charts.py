@@ -1,0 +1,246 @@
+"""Altair charts of stored results. Charts draw what `analyze` (and `ingest`, `extract`) stored; they
+compute no metric. Each is saved as self-contained HTML (Vega inlined, no network), PNG and the
+Vega-Lite JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstore import queries
+from embedstore.atomic import atomic_path
+from embedstore.errors import InputError
+from embedstore.labels import DOMAIN_OF, NO_FINDING
+from embedstore.store import Store
+
+SPLIT_ORDER = ["train", "val", "test"]
+MODE_ORDER = ["zs", "lp", "ft"]
+
+
+@dataclass(frozen=True)
+class ChartOptions:
+    """Options of `embedstore chart`."""
+
+    runs: tuple[str, ...] = ()
+    protocol: str | None = None
+    data: str | None = None
+    color_by: str = "domain"
+    metric: str = "f1"
+    max_points: int = 1500
+
+
+def _records(store: Store, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with store.reader() as con:
+        result = con.execute(queries.load(name).text, params or {})
+        columns = [d[0] for d in result.description]
+        return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+def _dataset(store: Store, options: ChartOptions) -> str:
+    if options.data:
+        return options.data
+    names = [r["name"] for r in _records(store, "dataset_names")]
+    if len(names) != 1:
+        raise InputError(f"--data: the store has {len(names)} datasets ({', '.join(names) or 'none'}); name one")
+    return names[0]
+
+
+def _metric_rows(store: Store, options: ChartOptions, metrics: list[str]) -> list[dict[str, Any]]:
+    rows = _records(store, "chart_metrics", {"metrics": metrics})
+    rows = [r for r in rows if (not options.runs or r["run_id"] in options.runs)
+            and (options.protocol is None or r["protocol"] == options.protocol)]
+    if not rows:
+        raise InputError("no stored figures to draw; run `embedstore analyze` first")
+    for row in rows:
+        row["setting"] = f"{row['mode']} ({row['run_id'][-6:]})"
+    return rows
+
+
+def labels_chart(store: Store, options: ChartOptions) -> Any:
+    """Label distribution per split (the study's bar chart)."""
+    import altair as alt
+
+    rows = _records(store, "label_stats", {"dataset": _dataset(store, options)})
+    values = [{"label": r["label"], "split": split, "positives": r[split]} for r in rows for split in SPLIT_ORDER]
+    return alt.Chart(alt.Data(values=values), title="Positive images per label and split").mark_bar().encode(
+        x=alt.X("positives:Q", title="positive images"),
+        y=alt.Y("label:N", sort=[r["label"] for r in rows], title=None),
+        color=alt.Color("split:N", sort=SPLIT_ORDER),
+        yOffset=alt.YOffset("split:N", sort=SPLIT_ORDER),
+        tooltip=["label:N", "split:N", "positives:Q"],
+    ).properties(width=480)
+
+
+def _interval_bars(rows: list[dict[str, Any]], title: str, column: str) -> Any:
+    import altair as alt
+
+    base = alt.Chart(alt.Data(values=rows))
+    bars = base.mark_bar().encode(
+        x=alt.X("mode:N", sort=MODE_ORDER, title=None), y=alt.Y("value:Q", title=None),
+        color=alt.Color("mode:N", sort=MODE_ORDER, legend=None),
+        tooltip=["run_id:N", "mode:N", "protocol:N", "metric:N", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    errors = base.mark_rule(color="black").encode(x=alt.X("mode:N", sort=MODE_ORDER), y="ci_low:Q", y2="ci_high:Q")
+    return (bars + errors).properties(width=110, height=160).facet(
+        column=alt.Column(f"{column}:N", title=None), row=alt.Row("protocol:N", title=None), title=title,
+    ).resolve_scale(y="independent")
+
+
+def separability_chart(store: Store, options: ChartOptions) -> Any:
+    """Inter, intra and ratio per setting and protocol, with 95 % intervals."""
+    rows = _metric_rows(store, options, ["inter_class_distance", "intra_class_distance", "separation_ratio"])
+    return _interval_bars(rows, "Class separability (test split)", "metric")
+
+
+def metrics_chart(store: Store, options: ChartOptions) -> Any:
+    """The study table's classification columns as grouped bars with intervals."""
+    rows = _metric_rows(store, options, ["macro_f1", "exact_match", "lrap", "coverage_error", "macro_auroc"])
+    return _interval_bars(rows, "Classification (test split)", "metric")
+
+
+def per_label_chart(store: Store, options: ChartOptions) -> Any:
+    """Heatmap of a per-label figure (--metric f1|auroc|auprc), label × setting."""
+    import altair as alt
+
+    rows = [r for r in _metric_rows(store, options, [options.metric]) if r["label"]]
+    order = [r["label"] for r in _records(store, "label_order")]
+    return alt.Chart(alt.Data(values=rows), title=f"Per-label {options.metric} (test split)").mark_rect().encode(
+        x=alt.X("setting:N", title=None), y=alt.Y("label:N", sort=order, title=None),
+        color=alt.Color("value:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title=options.metric),
+        tooltip=["label:N", "setting:N", "protocol:N", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")],
+    ).facet(column=alt.Column("protocol:N", title=None))
+
+
+def thresholds_chart(store: Store, options: ChartOptions) -> Any:
+    """The study's threshold sweep: macro-F1 and exact match against the threshold; LRAP and coverage
+    error (threshold-free) as reference lines."""
+    import altair as alt
+
+    sweep = _metric_rows(store, ChartOptions(options.runs, "study"), ["sweep_macro_f1", "sweep_exact_match"])
+    for row in sweep:
+        row["threshold"] = json.loads(row["params"])["threshold"]
+    flat = _metric_rows(store, ChartOptions(options.runs, "study"), ["lrap"])
+    lines = alt.Chart(alt.Data(values=sweep)).mark_line(point=True).encode(
+        x=alt.X("threshold:Q", title="threshold on row-min-max scores"), y=alt.Y("value:Q", title=None),
+        color=alt.Color("setting:N"), strokeDash=alt.StrokeDash("metric:N"),
+        tooltip=["setting:N", "metric:N", "threshold:Q", alt.Tooltip("value:Q", format=".3f")])
+    rules = alt.Chart(alt.Data(values=flat)).mark_rule(strokeDash=[2, 2]).encode(
+        y="value:Q", color=alt.Color("setting:N"), tooltip=["setting:N", alt.Tooltip("value:Q", title="LRAP")])
+    return (lines + rules).properties(width=480, height=280,
+                                      title="Study protocol: threshold sweep (dotted rules: LRAP)")
+
+
+def neighbors_chart(store: Store, options: ChartOptions) -> Any:
+    """kNN label agreement: precision@k per label and setting (within-split, leave-one-out)."""
+    import altair as alt
+
+    rows = [r for r in _metric_rows(store, options, ["knn_precision_at_k:within"]) if r["label"]]
+    order = [r["label"] for r in _records(store, "label_order")]
+    return alt.Chart(alt.Data(values=rows), title="Neighbour label agreement: precision@k per label").mark_bar().encode(
+        x=alt.X("value:Q", title="share of neighbours sharing the label"), y=alt.Y("label:N", sort=order, title=None),
+        color="setting:N", yOffset="setting:N",
+        tooltip=["label:N", "setting:N", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=420).facet(column=alt.Column("protocol:N", title=None))
+
+
+def projection_chart(store: Store, options: ChartOptions) -> Any:
+    """2-D PCA of each run's test-split image embeddings, faceted by mode; prompts as diamonds."""
+    import altair as alt
+    from embedstore.analyses.rundata import dataset_runs, load_run
+
+    run_ids = list(options.runs) or dataset_runs(store, _dataset(store, options))
+    points: list[dict[str, Any]] = []
+    reports = {r["sample_id"]: r for r in _records(store, "sample_reports")}
+    for run_id in run_ids:
+        run = load_run(store, run_id)
+        test = np.flatnonzero(run.splits == "test")[: options.max_points]
+        x = run.embeddings[test].astype(np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        mean = x.mean(axis=0)
+        _, _, axes = np.linalg.svd(x - mean, full_matrices=False)
+        coords = (x - mean) @ axes[:2].T
+        setting = f"{run.mode} ({run.protocol}, {run_id[-6:]})"
+        for i, (a, b) in zip(test, coords, strict=True):
+            positives = [label for j, label in enumerate(run.labels) if run.targets[i, j]]
+            first = positives[0] if positives else NO_FINDING
+            info = reports.get(int(run.sample_ids[i]), {})
+            points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "image",
+                           "sample_id": int(run.sample_ids[i]), "labels": ", ".join(positives),
+                           "label": first, "domain": DOMAIN_OF.get(first, "Other"),
+                           "abnormal": "normal" if positives == [NO_FINDING] else "abnormal",
+                           "report": (info.get("report") or "")[:80]})
+        with store.reader() as con:
+            prompts = con.execute(queries.load("run_prompts").text, {"run_id": run_id}).fetchall()
+        for label, prompt, vector in prompts:
+            v = np.asarray(vector, dtype=np.float64)
+            a, b = ((v / np.linalg.norm(v)) - mean) @ axes[:2].T
+            points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "prompt", "label": label,
+                           "domain": DOMAIN_OF.get(label, "Other"), "labels": prompt, "abnormal": "prompt",
+                           "sample_id": None, "report": prompt})
+    color = {"domain": "domain:N", "label": "label:N", "abnormal": "abnormal:N"}[options.color_by]
+    return alt.Chart(alt.Data(values=points), title=f"Test-split image embeddings (PCA), coloured by {options.color_by}"
+                     ).mark_point(filled=True, opacity=0.6).encode(
+        x=alt.X("pc1:Q", title="PC 1"), y=alt.Y("pc2:Q", title="PC 2"), color=color,
+        shape=alt.Shape("kind:N", scale=alt.Scale(domain=["image", "prompt"], range=["circle", "diamond"])),
+        size=alt.condition(alt.datum.kind == "prompt", alt.value(140), alt.value(18)),
+        tooltip=["sample_id:Q", "labels:N", "report:N", "kind:N"],
+    ).properties(width=300, height=260).facet(facet=alt.Facet("setting:N", title=None), columns=3)
+
+
+def gradcam_chart(store: Store, options: ChartOptions) -> Any:
+    """Localisation figures per label and mode, once Grad-CAM results are stored."""
+    import altair as alt
+
+    rows = _records(store, "gradcam_summary")
+    if not rows:
+        raise InputError("no Grad-CAM figures are stored yet; `embedstore gradcam validate` writes them")
+    return alt.Chart(alt.Data(values=rows), title="Grad-CAM pointing game per label").mark_bar().encode(
+        x="hit_rate:Q", y=alt.Y("label:N", title=None), color="mode:N", yOffset="mode:N")
+
+
+#: `embedstore chart KIND`.
+CHARTS: dict[str, Callable[[Store, ChartOptions], Any]] = {
+    "labels": labels_chart,
+    "separability": separability_chart,
+    "projection": projection_chart,
+    "metrics": metrics_chart,
+    "per-label": per_label_chart,
+    "thresholds": thresholds_chart,
+    "neighbors": neighbors_chart,
+    "gradcam": gradcam_chart,
+}
+
+
+@dataclass(frozen=True)
+class ChartFiles:
+    kind: str
+    html: Path
+    png: Path
+    spec: Path
+
+
+def chart_spec(store: Store, kind: str, options: ChartOptions) -> dict[str, Any]:
+    """The Vega-Lite spec of one chart kind, data inlined."""
+    if kind not in CHARTS:
+        raise InputError(f"chart kind {kind!r}: choose one of {', '.join(CHARTS)}")
+    return CHARTS[kind](store, options).to_dict()
+
+
+def save_chart(spec: dict[str, Any], kind: str, out: Path) -> ChartFiles:
+    """Write `<kind>.html` (self-contained: Vega inlined), `<kind>.png` and `<kind>.vl.json`."""
+    import vl_convert
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = ChartFiles(kind, out / f"{kind}.html", out / f"{kind}.png", out / f"{kind}.vl.json")
+    html = vl_convert.vegalite_to_html(spec, bundle=True)
+    png = vl_convert.vegalite_to_png(spec, scale=2)
+    for path, data in ((files.html, html.encode()), (files.png, png), (files.spec, json.dumps(spec).encode())):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return files

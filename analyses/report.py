@@ -1,0 +1,143 @@
+"""`embedstore report`: one self-contained HTML page — the study tables of both protocols with
+intervals, every chart, the dataset statistics and each run's provenance — from stored results."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec
+from embedstore.analyses.common import PROTOCOLS, MetricRow
+from embedstore.analyses.rundata import dataset_runs, load_run
+from embedstore.analyses.study import RunAnalysis, detail_tables, study_table
+
+from embedstore import queries
+from embedstore.atomic import atomic_path
+from embedstore.errors import InputError
+from embedstore.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: Path
+    charts: list[str]
+    skipped: dict[str, str]
+
+
+def stored_analyses(store: Store, run_ids: list[str], split: str = "test") -> list[RunAnalysis]:
+    """The figures `analyze` stored, as RunAnalysis objects (nothing is recomputed)."""
+    analyses = []
+    with store.reader() as con:
+        rows = con.execute(queries.load("stored_metrics").text, {"split": split}).fetchall()
+    by_key: dict[tuple[str, str], list[MetricRow]] = {}
+    for run_id, protocol, metric, label, value, low, high, skipped, params in rows:
+        by_key.setdefault((run_id, protocol), []).append(
+            MetricRow(metric, value, label, low, high, skipped, json.loads(params or "{}")))
+    runs = {run_id: load_run(store, run_id) for run_id in run_ids}
+    for (run_id, protocol), metric_rows in by_key.items():
+        if run_id in runs:
+            analyses.append(RunAnalysis(runs[run_id], protocol, metric_rows))
+    return analyses
+
+
+def _table_html(frame: pl.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.iter_rows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _provenance(store: Store, run_ids: list[str]) -> pl.DataFrame:
+    records = []
+    with store.reader() as con:
+        for run_id in run_ids:
+            row = con.execute(queries.load("run_overview").text, {"run_id": run_id}).fetchall()[0]
+            (_, mode, protocol, prompt_set, model_id, model_sha, _, dataset, manifest, _, train_s, extract_s, device,
+             config, versions) = row
+            config, versions = json.loads(config), json.loads(versions or "{}")
+            records.append({
+                "run": run_id, "mode": mode, "protocol": protocol, "prompts": prompt_set or "—",
+                "model": model_id, "weights sha256": (model_sha or "")[:16], "dataset": dataset,
+                "manifest sha256": manifest[:16], "seed": config.get("seed"),
+                "device": device, "train s": "—" if train_s is None else f"{train_s:.1f}",
+                "extract s": "—" if extract_s is None else f"{extract_s:.1f}",
+                "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+            })
+    return pl.DataFrame(records)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1400px;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}th{background:#f3f3f3}
+.chart{margin:12px 0 28px}.note{color:#666;font-size:12px}
+"""
+
+
+def write_report(store: Store, out: Path, data: str | None = None) -> ReportResult:
+    """Render the report from stored results; charts whose inputs are missing are listed, not faked."""
+    import vl_convert
+
+    datasets = [r[0] for r in _fetch(store, "dataset_names")]
+    if data is None:
+        if len(datasets) != 1:
+            raise InputError(f"--data: the store has {len(datasets)} datasets ({', '.join(datasets) or 'none'}); name one")
+        data = datasets[0]
+    run_ids = dataset_runs(store, data)
+    analyses = stored_analyses(store, run_ids)
+    if not analyses:
+        raise InputError("no stored figures; run `embedstore analyze` before `embedstore report`")
+    sections = [f"<h1>embedstore report — {html.escape(data)}</h1>",
+                f"<p class='note'>store {html.escape(str(store.path))}; every figure read from the store "
+                "(test split, 95 % bootstrap intervals in brackets)</p>"]
+    for protocol in PROTOCOLS:
+        table = study_table(analyses, protocol)
+        if table.is_empty():
+            continue
+        sections.append(f"<h2>Study table — {protocol} protocol</h2>{_table_html(table)}")
+        for name, frame in detail_tables(analyses, protocol).items():
+            if not frame.is_empty():
+                sections.append(f"<h3>{html.escape(name)} ({protocol})</h3>{_table_html(frame)}")
+    stats = _fetch_frame(store, "label_stats", {"dataset": data})
+    sections.append(f"<h2>Dataset statistics</h2>{_table_html(stats)}")
+    sections.append("<h2>Charts</h2>")
+    drawn, skipped, scripts = [], {}, []
+    for kind in CHARTS:
+        try:
+            spec = chart_spec(store, kind, ChartOptions(data=data))
+        except InputError as error:
+            skipped[kind] = str(error)
+            continue
+        element = f"chart-{kind}"
+        sections.append(f"<h3>{kind}</h3><div class='chart' id='{element}'></div>")
+        embed_options = "{actions: false, renderer: 'svg'}"
+        scripts.append(f"vegaEmbed('#{element}', {json.dumps(spec)}, {embed_options}).catch(console.error);")
+        drawn.append(kind)
+    for kind, reason in skipped.items():
+        sections.append(f"<p class='note'>{html.escape(kind)}: not drawn — {html.escape(reason)}</p>")
+    sections.append(f"<h2>Provenance</h2>{_table_html(_provenance(store, run_ids))}")
+    bundle = vl_convert.javascript_bundle()
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>embedstore report — {html.escape(data)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(sections)}"
+            f"<script>{bundle}</script><script>{''.join(scripts)}</script></body></html>")
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return ReportResult(out, drawn, skipped)
+
+
+def _fetch(store: Store, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    with store.reader() as con:
+        return con.execute(queries.load(name).text, params or {}).fetchall()
+
+
+def _fetch_frame(store: Store, name: str, params: dict[str, Any]) -> pl.DataFrame:
+    with store.reader() as con:
+        return pl.from_arrow(con.sql(queries.load(name).text, params=params).to_arrow_table())

@@ -1,0 +1,66 @@
+"""`embedstore chart`, `embedstore report` and `embedstore demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from embedstore.cli.options import StoreOption, store_path
+
+
+def chart(
+    kind: str = typer.Argument(..., help="labels, separability, projection, metrics, per-label, thresholds, "
+                                         "neighbors or gradcam."),
+    out: Path = typer.Option(..., "--out", help="Folder for KIND.html, KIND.png and KIND.vl.json."),
+    runs: list[str] = typer.Option([], "--runs", help="Run ids (default: all analysed runs)."),
+    protocol: str | None = typer.Option(None, "--protocol", help="study or multilabel (default: both)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset (default: the store's only dataset)."),
+    color_by: str = typer.Option("domain", "--color-by", help="projection: domain, label or abnormal."),
+    metric: str = typer.Option("f1", "--metric", help="per-label: f1, auroc or auprc."),
+    store: Path | None = StoreOption,
+) -> None:
+    """Draw a chart of stored results (self-contained HTML, PNG and Vega-Lite JSON)."""
+    from embedstore.analyses.charts import ChartOptions, chart_spec, save_chart
+
+    from embedstore.errors import InputError
+    from embedstore.store import Store
+
+    if color_by not in ("domain", "label", "abnormal"):
+        raise InputError(f"--color-by {color_by}: choose domain, label or abnormal")
+    options = ChartOptions(runs=tuple(runs), protocol=protocol, data=data, color_by=color_by, metric=metric)
+    files = save_chart(chart_spec(Store.open(store_path(store)), kind, options), kind, out)
+    typer.echo(f"wrote {files.html}, {files.png}, {files.spec}")
+
+
+def report(
+    out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
+    data: str | None = typer.Option(None, "--data", help="Dataset (default: the store's only dataset)."),
+    store: Path | None = StoreOption,
+) -> None:
+    """One self-contained page: study tables, charts, dataset statistics, provenance."""
+    from embedstore.analyses.report import write_report
+
+    from embedstore.store import Store
+
+    result = write_report(Store.open(store_path(store)), out, data)
+    for kind, reason in result.skipped.items():
+        typer.echo(f"chart {kind} not drawn: {reason}", err=True)
+    typer.echo(f"wrote {result.path} ({len(result.charts)} charts)")
+
+
+def demo(
+    fast: bool = typer.Option(False, "--fast", help="A smaller sample, a smaller demo model, fewer epochs."),
+    store: Path | None = StoreOption,
+) -> None:
+    """The main job on the embedded default: sample → ingest → demo model → zs, lp, ft → analyze →
+    charts → report. A second run reuses what is cached."""
+    import polars as pl
+
+    from embedstore.demo import run_demo
+
+    result = run_demo(store_path(store), fast=fast)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True):
+        for protocol, table in result.tables.items():
+            typer.echo(f"study table ({protocol} protocol, test split):\n{table}\n")
+    typer.echo(f"report: {result.report}")

@@ -1,0 +1,3 @@
+-- Names of the datasets in the store.
+-- internal
+SELECT name FROM datasets ORDER BY name;

@@ -1,0 +1,3 @@
+-- Every sample's report (for chart tooltips).
+-- internal
+SELECT sample_id, report FROM samples;
