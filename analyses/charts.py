@@ -114,7 +114,7 @@ def per_label_chart(store: Store, options: ChartOptions) -> Any:
         color=alt.Color("value:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title=options.metric),
         tooltip=["label:N", "setting:N", "protocol:N", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")],
-    ).facet(column=alt.Column("protocol:N", title=None))
+    ).facet(column=alt.Column("protocol:N", title=None)).resolve_scale(x="independent")
 
 
 def thresholds_chart(store: Store, options: ChartOptions) -> Any:

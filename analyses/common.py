@@ -60,6 +60,17 @@ def interval(values: np.ndarray) -> tuple[float | None, float | None, int]:
     return float(low), float(high), skipped
 
 
+def normal_interval(values: np.ndarray, point: float) -> tuple[float | None, float | None, int]:
+    """point ± 1.96 × the bootstrap standard deviation (for dispersion figures, whose percentile
+    intervals are biased: a resample duplicates members of small classes, pulling them together)."""
+    finite = values[np.isfinite(values)]
+    skipped = int(len(values) - len(finite))
+    if len(finite) < 2:
+        return None, None, skipped
+    spread = 1.96 * float(np.std(finite, ddof=1))
+    return point - spread, point + spread, skipped
+
+
 def with_intervals(point: dict[str, float], resampled: Callable[[np.ndarray], dict[str, np.ndarray]], n: int,
                    options: AnalysisOptions, label_of: Callable[[str], str | None] = lambda name: None,
                    params: dict[str, Any] | None = None) -> list[MetricRow]:

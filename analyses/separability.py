@@ -6,6 +6,9 @@ mean Euclidean distance of members to their centroid; inter = mean distance over
 centroids; ratio = inter / intra; logistic-probe and 5-NN (cosine) accuracy fitted and scored on
 the same samples, as the notebook does; silhouette (cosine), Davies–Bouldin, Fisher ratio.
 
+Intervals are point ± 1.96 bootstrap standard deviations: percentile intervals of these dispersion
+figures sit below the estimate, because a resample duplicates members of small classes.
+
 `multilabel` (section 3): L2-normalised embeddings (scale-free), a sample counts toward every label
 it has; the same inter / intra / ratio, plus per-label one-vs-rest separation (distance between the
 positives' and negatives' centroids over their mean spread).
@@ -14,7 +17,7 @@ positives' and negatives' centroids over their mean spread).
 from __future__ import annotations
 
 import numpy as np
-from embedstore.analyses.common import AnalysisOptions, MetricRow, bootstrap_weights, interval
+from embedstore.analyses.common import AnalysisOptions, MetricRow, bootstrap_weights, normal_interval
 from embedstore.analyses.rundata import RunData
 
 
@@ -112,7 +115,7 @@ def _rows(point: dict[str, np.ndarray], resampled: dict[str, list[np.ndarray]], 
     for name, value in point.items():
         low = high = skipped = None
         if resampled.get(name):
-            low, high, skipped = interval(np.concatenate(resampled[name]))
+            low, high, skipped = normal_interval(np.concatenate(resampled[name]), float(value[0]))
         if np.isfinite(value[0]):
             rows.append(MetricRow(name, float(value[0]), label, low, high, skipped, params))
     return rows

@@ -147,7 +147,7 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
 def _cell(row: MetricRow | None, digits: int = 3) -> str:
     if row is None or not np.isfinite(row.value):
         return "—"
-    text = f"{row.value:.{digits}g}" if abs(row.value) >= 100 else f"{row.value:.{digits}f}"
+    text = f"{row.value:.{digits}g}" if abs(row.value) >= 100 and digits else f"{row.value:.{digits}f}"
     if row.ci_low is not None and row.ci_high is not None:
         text += f" [{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
     return text

@@ -143,19 +143,17 @@ def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
     unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=1)  # noqa: E731
     x, vx = unit(train_x), unit(val_x)
     y, vy = torch.from_numpy(train_y).double(), torch.from_numpy(val_y).double()
-    best: tuple[float, float, Any] | None = None
-    losses = {}
+    fits = {}
     for penalty in LOGISTIC_PENALTIES:
         weight, bias = _lbfgs_logistic(x, y, penalty)
         with torch.no_grad():
             val_loss = float(F.binary_cross_entropy_with_logits(vx @ weight.T + bias, vy))
-        losses[penalty] = val_loss
-        if best is None or val_loss < best[0]:
-            best = (val_loss, penalty, (weight.numpy().copy(), bias.numpy().copy()))
-    assert best is not None
-    head = Head(best[2][0].astype(np.float32), best[2][1].astype(np.float32), normalize_input=True)
-    return FitResult(head, time.perf_counter() - started, 1, 0, best[0],
-                     {"recipe": "logistic-lbfgs", "l2": best[1], "val_bce_by_l2": losses})
+        fits[penalty] = (val_loss, weight.numpy().astype(np.float32), bias.numpy().astype(np.float32))
+    chosen = min(fits, key=lambda penalty: fits[penalty][0])
+    val_loss, weight, bias = fits[chosen]
+    return FitResult(Head(weight, bias, normalize_input=True), time.perf_counter() - started, 1, 0, val_loss,
+                     {"recipe": "logistic-lbfgs", "l2": chosen,
+                      "val_bce_by_l2": {penalty: fit[0] for penalty, fit in fits.items()}})
 
 
 def _lbfgs_logistic(x: Any, y: Any, penalty: float) -> tuple[Any, Any]:

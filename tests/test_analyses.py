@@ -171,6 +171,21 @@ def test_separability_on_gaussian_clusters_of_known_geometry() -> None:
     assert overlapping["separation_ratio"][0] < 0.3
 
 
+def test_separability_intervals_contain_their_estimate_even_with_tiny_classes() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    targets = np.zeros((n, 5), dtype=np.int8)
+    classes = rng.choice(5, size=n, p=[0.6, 0.3, 0.07, 0.02, 0.01])
+    targets[np.arange(n), classes] = 1
+    x = rng.normal(size=(n, 8)) + classes[:, None] * 0.5
+    run = _run_data(x, rng.normal(size=(n, 5)), targets, np.array(["test"] * n), ["A", "B", "C", "D", "E"])
+    for protocol in ("study", "multilabel"):
+        rows = separability.compute(run, AnalysisOptions(protocol=protocol, bootstrap=200))
+        for row in rows:
+            if row.ci_low is not None:
+                assert row.ci_low <= row.value <= row.ci_high, (protocol, row)
+
+
 def test_leave_one_out_never_counts_a_sample_as_its_own_neighbour() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 8)).astype(np.float32)
