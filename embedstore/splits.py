@@ -33,7 +33,9 @@ def stratified_split(
 
     Rarest labels are placed first, each uid into the split that still wants most of that label.
     Every label with at least three positive uids ends up in every split: the per-split demand for
-    such a label is at least one, and a final pass moves a uid where the greedy pass fell short.
+    such a label is at least one, and a final pass moves or swaps a uid where the greedy pass fell
+    short. Only when the splits are too small to hold every label at once does a label stay missing
+    (logged as a warning).
     """
     rng = np.random.default_rng(seed)
     positives = np.asarray(positives, dtype=bool)
@@ -81,14 +83,39 @@ def _repair(assignment: np.ndarray, positives: np.ndarray, guaranteed: np.ndarra
             counts = np.array([(positives[assignment == s, label]).sum() for s in range(n_splits)])
             if counts[split] > 0:
                 continue
-            donor = int(np.argmax(counts))
-            per_label = positives[assignment == donor].sum(axis=0)
-            for i in np.flatnonzero((assignment == donor) & positives[:, label]):
-                if np.all(per_label[positives[i]] >= 2):
-                    assignment[i] = split
-                    break
-            else:
+            if not _move_one(assignment, positives, guaranteed, label, split, np.argsort(-counts)):
                 log.warning("stratified split: could not place label %d in every split", label)
+
+
+def _move_one(assignment: np.ndarray, positives: np.ndarray, guaranteed: np.ndarray, label: int, split: int,
+              donors: np.ndarray) -> bool:
+    """Move one uid with `label` into `split` from a donor split, or swap it with a uid of `split`,
+    so that no guaranteed label present in either split before goes missing."""
+
+    def keeps(changed: np.ndarray, splits: tuple[int, int]) -> bool:
+        for s in splits:
+            before = positives[assignment == s].any(axis=0) & guaranteed
+            after = positives[changed == s].any(axis=0)
+            if np.any(before & ~after):
+                return False
+        return True
+
+    for donor in donors:
+        if donor == split:
+            continue
+        for i in np.flatnonzero((assignment == donor) & positives[:, label]):
+            moved = assignment.copy()
+            moved[i] = split
+            if keeps(moved, (donor, split)):
+                assignment[:] = moved
+                return True
+            for j in np.flatnonzero(assignment == split):
+                swapped = moved.copy()
+                swapped[j] = donor
+                if keeps(swapped, (donor, split)) and positives[swapped == split, label].any():
+                    assignment[:] = swapped
+                    return True
+    return False
 
 
 SPLITTERS: dict[str, Callable[[Sequence[str], np.ndarray, int], list[str]]] = {

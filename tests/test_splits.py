@@ -23,7 +23,7 @@ def test_study_split_is_sklearns_two_step_split_of_uids() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(min_value=12, max_value=150),
+    n=st.integers(min_value=60, max_value=200),
     n_labels=st.integers(min_value=1, max_value=8),
     seed=st.integers(min_value=0, max_value=10_000),
     density=st.floats(min_value=0.01, max_value=0.5),
