@@ -31,7 +31,9 @@ class ChartOptions:
     data: str | None = None
     color_by: str = "domain"
     metric: str = "f1"
+    reduce: str = "pca"
     max_points: int = 1500
+    seed: int = 42
 
 
 def _records(store: Store, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -149,8 +151,30 @@ def neighbors_chart(store: Store, options: ChartOptions) -> Any:
     ).properties(width=420).facet(column=alt.Column("protocol:N", title=None))
 
 
+def _pca(x: np.ndarray, texts: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    _, _, axes = np.linalg.svd(x - mean, full_matrices=False)
+    return (x - mean) @ axes[:2].T, (texts - mean) @ axes[:2].T
+
+
+def _umap(x: np.ndarray, texts: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import umap
+    except ImportError:
+        raise InputError("--reduce umap needs umap-learn: pip install 'embedstore[umap]'") from None
+    reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit(x)
+    return reducer.embedding_, reducer.transform(texts) if len(texts) else np.zeros((0, 2))
+
+
+#: `--reduce`: how the projection chart maps embeddings to 2-D (prompts go through the same map).
+REDUCERS: dict[str, Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]] = {
+    "pca": _pca,
+    "umap": _umap,
+}
+
+
 def projection_chart(store: Store, options: ChartOptions) -> Any:
-    """2-D PCA of each run's test-split image embeddings, faceted by mode; prompts as diamonds."""
+    """2-D PCA (or UMAP) of each run's test-split image embeddings, faceted by run; prompts as diamonds."""
     import altair as alt
     from embedstore.analyses.rundata import dataset_runs, load_run
 
@@ -162,9 +186,11 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
         test = np.flatnonzero(run.splits == "test")[: options.max_points]
         x = run.embeddings[test].astype(np.float64)
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        mean = x.mean(axis=0)
-        _, _, axes = np.linalg.svd(x - mean, full_matrices=False)
-        coords = (x - mean) @ axes[:2].T
+        with store.reader() as con:
+            prompts = con.execute(queries.load("run_prompts").text, {"run_id": run_id}).fetchall()
+        texts = np.array([np.asarray(v, dtype=np.float64) / np.linalg.norm(v) for *_, v in prompts]).reshape(
+            len(prompts), x.shape[1])
+        coords, text_coords = REDUCERS[options.reduce](x, texts, options.seed)
         setting = f"{run.mode} ({run.protocol}, {run_id[-6:]})"
         for i, (a, b) in zip(test, coords, strict=True):
             positives = [label for j, label in enumerate(run.labels) if run.targets[i, j]]
@@ -175,16 +201,13 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
                            "label": first, "domain": DOMAIN_OF.get(first, "Other"),
                            "abnormal": "normal" if positives == [NO_FINDING] else "abnormal",
                            "report": (info.get("report") or "")[:80]})
-        with store.reader() as con:
-            prompts = con.execute(queries.load("run_prompts").text, {"run_id": run_id}).fetchall()
-        for label, prompt, vector in prompts:
-            v = np.asarray(vector, dtype=np.float64)
-            a, b = ((v / np.linalg.norm(v)) - mean) @ axes[:2].T
+        for (label, prompt, _), (a, b) in zip(prompts, text_coords, strict=True):
             points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "prompt", "label": label,
                            "domain": DOMAIN_OF.get(label, "Other"), "labels": prompt, "abnormal": "prompt",
                            "sample_id": None, "report": prompt})
     color = {"domain": "domain:N", "label": "label:N", "abnormal": "abnormal:N"}[options.color_by]
-    return alt.Chart(alt.Data(values=points), title=f"Test-split image embeddings (PCA), coloured by {options.color_by}"
+    return alt.Chart(alt.Data(values=points),
+                     title=f"Test-split image embeddings ({options.reduce.upper()}), coloured by {options.color_by}"
                      ).mark_point(filled=True, opacity=0.6).encode(
         x=alt.X("pc1:Q", title="PC 1"), y=alt.Y("pc2:Q", title="PC 2"), color=color,
         shape=alt.Shape("kind:N", scale=alt.Scale(domain=["image", "prompt"], range=["circle", "diamond"])),

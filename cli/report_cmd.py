@@ -17,6 +17,7 @@ def chart(
     data: str | None = typer.Option(None, "--data", help="Dataset (default: the store's only dataset)."),
     color_by: str = typer.Option("domain", "--color-by", help="projection: domain, label or abnormal."),
     metric: str = typer.Option("f1", "--metric", help="per-label: f1, auroc or auprc."),
+    reduce: str = typer.Option("pca", "--reduce", help="projection: pca or umap (needs embedstore[umap])."),
     store: Path | None = StoreOption,
 ) -> None:
     """Draw a chart of stored results (self-contained HTML, PNG and Vega-Lite JSON)."""
@@ -27,7 +28,10 @@ def chart(
 
     if color_by not in ("domain", "label", "abnormal"):
         raise InputError(f"--color-by {color_by}: choose domain, label or abnormal")
-    options = ChartOptions(runs=tuple(runs), protocol=protocol, data=data, color_by=color_by, metric=metric)
+    if reduce not in ("pca", "umap"):
+        raise InputError(f"--reduce {reduce}: choose pca or umap")
+    options = ChartOptions(runs=tuple(runs), protocol=protocol, data=data, color_by=color_by, metric=metric,
+                           reduce=reduce)
     files = save_chart(chart_spec(Store.open(store_path(store)), kind, options), kind, out)
     typer.echo(f"wrote {files.html}, {files.png}, {files.spec}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec, save_chart
 from embedstore.analyses.report import write_report
@@ -62,6 +63,14 @@ def test_every_chart_kind_draws_stored_results(reported_store: Store, tmp_path: 
         if kind in ("separability", "metrics"):
             for value in values:
                 assert value["value"] == stored[(value["run_id"], value["protocol"], value["metric"])]
+
+
+def test_projection_by_umap_maps_images_and_prompts(reported_store: Store) -> None:
+    spec = chart_spec(reported_store, "projection", ChartOptions(reduce="umap", color_by="abnormal"))
+    values = _values(spec)
+    prompts = [v for v in values if v["kind"] == "prompt"]
+    assert prompts and all(np.isfinite([v["pc1"], v["pc2"]]).all() for v in values)
+    assert "UMAP" in json.dumps(spec)
 
 
 def test_report_and_charts_open_offline_in_headless_chromium(reported_store: Store, tmp_path: Path) -> None:
