@@ -93,7 +93,7 @@ def _matrix(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray, list[str
     return matrix, targets, labels, np.array([split for _, split in rows])
 
 
-def test_metrics(store: Store, run_id: str) -> dict[str, float]:
+def split_metrics(store: Store, run_id: str) -> dict[str, float]:
     """Macro AUROC on the test split (labels with both classes), and the study protocol's
     row-min-max 0.5 threshold precision / recall (macro)."""
     scores, targets, _, splits = _matrix(store, run_id)
@@ -200,7 +200,7 @@ def main() -> None:
         name: round(r.train_seconds / epochs_run[name], 1) for name, r in runs.items()
         if name.startswith("ft") and r.train_seconds and epochs_run[name]
     }
-    report["settings"] = {name: {**{k: round(v, 3) for k, v in test_metrics(store, r.run_id).items()},
+    report["settings"] = {name: {**{k: round(v, 3) for k, v in split_metrics(store, r.run_id).items()},
                                  "train_seconds": r.train_seconds and round(r.train_seconds, 1),
                                  "extract_seconds": r.extract_seconds and round(r.extract_seconds, 1),
                                  "run_id": r.run_id}
