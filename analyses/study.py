@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -218,5 +218,5 @@ def render_markdown(frame: pl.DataFrame) -> str:
 
 def metrics_records(analyses: list[RunAnalysis]) -> list[dict[str, object]]:
     """Every figure as a plain record (the JSON output)."""
-    return [{"run_id": a.run.run_id, "mode": a.run.mode, "protocol": a.protocol, **vars(replace(r))}
+    return [{"run_id": a.run.run_id, "mode": a.run.mode, "protocol": a.protocol, **asdict(r)}
             for a in analyses for r in a.rows]

@@ -50,8 +50,3 @@ def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
 
-
-def write_bytes_atomic(target: Path, data: bytes) -> None:
-    """Write `data` to `target` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)

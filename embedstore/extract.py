@@ -119,6 +119,7 @@ class RunContext:
 class StageOutput:
     """What a mode produced, for the final commit."""
 
+    embeddings: np.ndarray
     scores: np.ndarray
     text_rows: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
     train_seconds: float | None = None
@@ -274,7 +275,8 @@ def run_zero_shot(ctx: RunContext) -> StageOutput:
     logit_scale = float(ctx.model.model.logit_scale.detach().exp()) if hasattr(ctx.model.model, "logit_scale") else 1.0
     scores = ZERO_SHOT_SCORERS[ctx.config.protocol](image, text, prompts, ctx.labels, logit_scale)
     rows = [(p.label, p.text, text[i]) for i, p in enumerate(prompts)]
-    return StageOutput(scores, rows, None, seconds, {"prompts": [p.text for p in prompts], "logit_scale": logit_scale})
+    details = {"prompts": [p.text for p in prompts], "logit_scale": logit_scale}
+    return StageOutput(image, scores, rows, None, seconds, details)
 
 
 def _reusable_source(ctx: RunContext) -> str | None:
@@ -316,7 +318,7 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
     )
     details = {"embeddings_from": source, "fit": fit.detail, "best_epoch": fit.best_epoch,
                "epochs_run": fit.epochs_run, "val_bce": fit.val_loss, "head_sha256": head_sha}
-    return StageOutput(fit.head.logits(embeddings), [], fit.seconds, seconds, details)
+    return StageOutput(embeddings, fit.head.logits(embeddings), [], fit.seconds, seconds, details)
 
 
 def _finetune_data(ctx: RunContext) -> Any:
@@ -377,7 +379,7 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
             relpath, "checkpoint", lambda tmp: torch.save(state, tmp), run_id=ctx.run_id)
     seconds = encode_into_run(ctx, visual)
     embeddings = _run_embeddings(ctx)
-    return StageOutput(head.logits(embeddings), [], train_seconds, seconds, details)
+    return StageOutput(embeddings, head.logits(embeddings), [], train_seconds, seconds, details)
 
 
 MODES: dict[str, Callable[[RunContext], StageOutput]] = {
@@ -392,7 +394,7 @@ MODES: dict[str, Callable[[RunContext], StageOutput]] = {
 # ---------------------------------------------------------------------------------------------
 
 def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> None:
-    embeddings = _run_embeddings(ctx)
+    embeddings = output.embeddings
     ids = np.array([item.sample_id for item in ctx.items], dtype=np.int64)
     write_index(ctx.writer, ctx.run_id, ids, embeddings)
     n, n_labels = output.scores.shape

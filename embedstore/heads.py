@@ -37,15 +37,6 @@ class Head:
             x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return x @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
 
-    def to_module(self) -> Any:
-        import torch
-
-        layer = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0])
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(self.weight))
-            layer.bias.copy_(torch.from_numpy(self.bias))
-        return layer
-
     def state(self) -> dict[str, Any]:
         return {"weight": self.weight, "bias": self.bias, "normalize_input": self.normalize_input}
 
