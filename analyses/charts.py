@@ -217,14 +217,27 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
 
 
 def gradcam_chart(store: Store, options: ChartOptions) -> Any:
-    """Localisation figures per label and mode, once Grad-CAM results are stored."""
+    """Pointing game per label and setting against its chance level and a random-weights model,
+    with 95 % bootstrap intervals, as `embedstore gradcam validate` stored them."""
     import altair as alt
 
-    rows = _records(store, "gradcam_summary")
+    rows = _records(store, "gradcam_summary", {"dataset": _dataset(store, options)})
+    rows = [r for r in rows if not options.runs or r["run_id"] in options.runs]
     if not rows:
         raise InputError("no Grad-CAM figures are stored yet; `embedstore gradcam validate` writes them")
-    return alt.Chart(alt.Data(values=rows), title="Grad-CAM pointing game per label").mark_bar().encode(
-        x="hit_rate:Q", y=alt.Y("label:N", title=None), color="mode:N", yOffset="mode:N")
+    order = ["trained model", "random weights", "chance (area share)"]
+    color = alt.Color("figure:N", scale=alt.Scale(domain=order, range=["#d62728", "#7f7f7f", "#1f77b4"]), title=None)
+    y = alt.Y("label:N", title=None, sort=None)
+    rules = alt.Chart().mark_rule().encode(x=alt.X("ci_low:Q", title="pointing game (share of maps peaking inside)",
+                                                   scale=alt.Scale(domain=[0, 1])),
+                                           x2="ci_high:Q", y=y, color=color, yOffset=alt.YOffset("figure:N", sort=order))
+    points = alt.Chart().mark_point(filled=True, size=50).encode(
+        x="value:Q", y=y, color=color, yOffset=alt.YOffset("figure:N", sort=order),
+        tooltip=["setting:N", "label:N", "figure:N", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "maps:Q"])
+    return alt.layer(rules, points, data=alt.Data(values=rows)).properties(width=300).facet(
+        facet=alt.Facet("setting:N", title=None), columns=2,
+        title="Grad-CAM pointing game vs chance and a random-weights model")
 
 
 #: `embedstore chart KIND`.

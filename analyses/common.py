@@ -89,3 +89,26 @@ def with_intervals(point: dict[str, float], resampled: Callable[[np.ndarray], di
         metric, _, label = name.partition("|")
         rows.append(MetricRow(metric, float(value), label or label_of(name), low, high, skipped, params or {}))
     return rows
+
+
+def metrics_table(records: list[tuple[str, str, str, MetricRow]]) -> Any:
+    """(run_id, protocol, split, row) records as an Arrow table in the `metrics` table's column order."""
+    import json
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    created = datetime.now(UTC).replace(tzinfo=None)
+    return pa.table({
+        "run_id": pa.array([r[0] for r in records], pa.string()),
+        "protocol": pa.array([r[1] for r in records], pa.string()),
+        "split": pa.array([r[2] for r in records], pa.string()),
+        "metric": pa.array([r[3].metric for r in records], pa.string()),
+        "label": pa.array([r[3].label for r in records], pa.string()),
+        "value": pa.array([r[3].value for r in records], pa.float64()),
+        "ci_low": pa.array([r[3].ci_low for r in records], pa.float64()),
+        "ci_high": pa.array([r[3].ci_high for r in records], pa.float64()),
+        "n_resamples_skipped": pa.array([r[3].n_resamples_skipped for r in records], pa.int32()),
+        "params": pa.array([json.dumps(r[3].params, default=str) for r in records], pa.string()),
+        "created_at": pa.array([created] * len(records), pa.timestamp("us")),
+    })

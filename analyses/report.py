@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec
 from embedstore.analyses.common import PROTOCOLS, MetricRow
+from embedstore.analyses.localisation import localisation_table
 from embedstore.analyses.rundata import dataset_runs, load_run
 from embedstore.analyses.study import RunAnalysis, detail_tables, study_table
 
@@ -106,6 +107,7 @@ def write_report(store: Store, out: Path, data: str | None = None) -> ReportResu
         for name, frame in detail_tables(analyses, protocol).items():
             if not frame.is_empty():
                 sections.append(f"<h3>{html.escape(name)} ({protocol})</h3>{_table_html(frame)}")
+    sections += _gradcam_sections(store, data)
     stats = _fetch_frame(store, "label_stats", {"dataset": data})
     sections.append(f"<h2>Dataset statistics</h2>{_table_html(stats)}")
     sections.append("<h2>Charts</h2>")
@@ -131,6 +133,31 @@ def write_report(store: Store, out: Path, data: str | None = None) -> ReportResu
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return ReportResult(out, drawn, skipped)
+
+
+def _gradcam_sections(store: Store, data: str) -> list[str]:
+    """Per validated run and split: the localisation table and the randomisation check, as stored."""
+    grouped: dict[tuple[str, str], list[MetricRow]] = {}
+    for run_id, split, metric, label, value, low, high, skipped, params in _fetch(store, "gradcam_metrics",
+                                                                                 {"dataset": data}):
+        grouped.setdefault((run_id, split), []).append(
+            MetricRow(metric, value, label, low, high, skipped, json.loads(params or "{}")))
+    sections = []
+    for (run_id, split), rows in grouped.items():
+        first = rows[0].params
+        sections.append(f"<h2>Grad-CAM localisation — {html.escape(run_id)} ({html.escape(split)} split)</h2>"
+                        f"<p class='note'>{html.escape(str(first.get('method')))} at {html.escape(str(first.get('layer')))}"
+                        f"; annotations {html.escape(str(first.get('annotations')))}; chance = the annotation's area "
+                        "share; random weights = every layer redrawn</p>" + _table_html(localisation_table(rows)))
+        steps = [r for r in rows if r.metric == "gradcam.sanity_spearman"]
+        flag = next((r for r in rows if r.metric == "gradcam.sanity_flag"), None)
+        if steps and flag is not None:
+            verdict = "FLAGGED (maps barely change)" if flag.value else "passed (maps change)"
+            trail = ", ".join(f"{html.escape(str(r.label))} {r.value:.2f}"
+                              for r in sorted(steps, key=lambda r: r.params.get("step", 0)))
+            sections.append(f"<p>Model-randomisation check, Spearman ρ between trained and randomised maps as "
+                            f"layers are redrawn top-down: {trail} — {verdict}.</p>")
+    return sections
 
 
 def _fetch(store: Store, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

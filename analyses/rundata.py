@@ -65,11 +65,11 @@ def load_run(store: Store, run_id: str) -> RunData:
     with store.reader() as con:
         overview = first_row(con, queries.load("run_overview").text, {"run_id": run_id})
         if overview is None:
-            raise InputError(f"--runs {run_id}: no such run in {store.path}")
+            raise InputError(f"run {run_id}: no such run in {store.path}")
         (_, mode, protocol, prompt_set, model_id, _, _, dataset, _, status, train_s, extract_s, _, config,
          _) = overview
         if status != "complete":
-            raise InputError(f"--runs {run_id}: the run is {status}, not complete; finish it with --resume")
+            raise InputError(f"run {run_id}: the run is {status}, not complete; finish it with --resume")
         ids, embeddings = read_image_embeddings(con, run_id)
         labels: list[str] = list(json.loads(config)["labels"])
         rows = con.execute(queries.load("run_scores").text, {"run_id": run_id, "labels": labels}).fetchnumpy()

@@ -4,17 +4,14 @@ neighbour tables."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from embedstore.analyses import classification, neighbors, separability
-from embedstore.analyses.common import PROTOCOLS, AnalysisOptions, MetricRow
+from embedstore.analyses.common import PROTOCOLS, AnalysisOptions, MetricRow, metrics_table
 from embedstore.analyses.rundata import RunData, dataset_runs, load_run
 
 from embedstore import queries
@@ -96,21 +93,7 @@ def analyze_run(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
 
 
 def _store_rows(store: Store, analyses: list[RunAnalysis], split: str) -> None:
-    created = datetime.now(UTC).replace(tzinfo=None)
-    records = [(a.run.run_id, a.protocol, split, r) for a in analyses for r in a.rows]
-    table = pa.table({
-        "run_id": pa.array([r[0] for r in records], pa.string()),
-        "protocol": pa.array([r[1] for r in records], pa.string()),
-        "split": pa.array([r[2] for r in records], pa.string()),
-        "metric": pa.array([r[3].metric for r in records], pa.string()),
-        "label": pa.array([r[3].label for r in records], pa.string()),
-        "value": pa.array([r[3].value for r in records], pa.float64()),
-        "ci_low": pa.array([r[3].ci_low for r in records], pa.float64()),
-        "ci_high": pa.array([r[3].ci_high for r in records], pa.float64()),
-        "n_resamples_skipped": pa.array([r[3].n_resamples_skipped for r in records], pa.int32()),
-        "params": pa.array([json.dumps(r[3].params, default=str) for r in records], pa.string()),
-        "created_at": pa.array([created] * len(records), pa.timestamp("us")),
-    })
+    table = metrics_table([(a.run.run_id, a.protocol, split, r) for a in analyses for r in a.rows])
     with store.writer("embedstore analyze") as writer, writer.transaction() as con:
         for analysis in analyses:
             con.execute(queries.load("clear_metrics").text,

@@ -8,7 +8,7 @@ import sys
 
 import click
 import typer
-from embedstore.cli import analyze_cmd, data_cmd, extract_cmd, models_cmd, report_cmd, sql_cmd, store_cmd
+from embedstore.cli import analyze_cmd, data_cmd, extract_cmd, gradcam_cmd, models_cmd, report_cmd, sql_cmd, store_cmd
 
 from embedstore.errors import EmbedstoreError
 
@@ -26,6 +26,7 @@ app.add_typer(models_cmd.app, name="models")
 app.command("extract")(extract_cmd.extract)
 app.command("analyze")(analyze_cmd.analyze)
 app.command("neighbors")(analyze_cmd.neighbors)
+app.add_typer(gradcam_cmd.app, name="gradcam")
 app.command("chart")(report_cmd.chart)
 app.command("report")(report_cmd.report)
 app.command("demo")(report_cmd.demo)

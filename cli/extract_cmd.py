@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import typer
-from embedstore.cli.options import StoreOption, store_path
+from embedstore.cli.options import StoreOption, progress_factory, store_path
 
 
 def extract(
@@ -32,7 +31,6 @@ def extract(
     """Write a complete run (embeddings, scores, FAISS index, artefacts) for every split."""
     from embedstore.extract import ExtractConfig
     from embedstore.extract import extract as run_extract
-    from embedstore.progress import progress_bar
     from embedstore.store import Store
 
     config = ExtractConfig(mode=mode, model=model, data=data, protocol=protocol, prompts=prompts, epochs=epochs,
@@ -41,10 +39,7 @@ def extract(
                            **({"workers": workers} if workers is not None else {}))
     config.validate()
     with ExitStack() as bars:
-        def progress(total: int, description: str) -> Callable[[int], None]:
-            return bars.enter_context(progress_bar(total, description, "img"))
-
-        result = run_extract(Store.open(store_path(store)), config, progress=progress)
+        result = run_extract(Store.open(store_path(store)), config, progress=progress_factory(bars, "img"))
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in
                        (("train", result.train_seconds), ("extract", result.extract_seconds)) if value is not None)
     reused = f"; embeddings reused from {result.embeddings_from}" if result.embeddings_from else ""

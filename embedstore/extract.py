@@ -30,7 +30,7 @@ from embedstore.errors import InputError
 from embedstore.images import CachedImages, ImageItem, TensorCache, batches, normalize
 from embedstore.models import LoadedModel, load_model
 from embedstore.paths import default_cache_path
-from embedstore.prompts import DEFAULT_PROMPTS, PROMPT_SETS, ZERO_SHOT_SCORERS, build_prompts
+from embedstore.prompts import DEFAULT_PROMPTS, PROMPT_SETS, build_prompts, zero_shot_head
 from embedstore.store import Store, StoreWriter, append_rows, first_row
 from embedstore.vector_index import write_index
 
@@ -132,7 +132,7 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _resolve_device(name: str) -> Any:
+def resolve_device(name: str) -> Any:
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
@@ -273,7 +273,7 @@ def run_zero_shot(ctx: RunContext) -> StageOutput:
     prompts = build_prompts(str(ctx.config.prompt_set), ctx.labels)
     text = ctx.model.encode_text([p.text for p in prompts]).cpu().numpy()
     logit_scale = float(ctx.model.model.logit_scale.detach().exp()) if hasattr(ctx.model.model, "logit_scale") else 1.0
-    scores = ZERO_SHOT_SCORERS[ctx.config.protocol](image, text, prompts, ctx.labels, logit_scale)
+    scores = zero_shot_head(ctx.config.protocol, prompts, text, ctx.labels, logit_scale).logits(image)
     rows = [(p.label, p.text, text[i]) for i, p in enumerate(prompts)]
     details = {"prompts": [p.text for p in prompts], "logit_scale": logit_scale}
     return StageOutput(image, scores, rows, None, seconds, details)
@@ -430,7 +430,7 @@ def extract(store: Store, config: ExtractConfig,
     import torch
 
     config.validate()
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     dataset_id, manifest_sha, items, splits, labels, targets = _dataset(store, config.data)
     model = load_model(config.model)
     identity = _run_identity(config, model, dataset_id, manifest_sha)

@@ -1,42 +1,66 @@
-"""Grad-CAM core (issue 7, first part): class-activation maps for CLIP image towers, on both ViT
-kinds (timm trunks as in BiomedCLIP, open_clip's own), with the token grid taken from the model.
+"""Grad-CAM for a stored run: the run's own scorer re-built on its image tower, hook points for
+ViTs (timm trunks as in BiomedCLIP, open_clip's own) and CNN towers, faithfulness curves and the
+model-randomisation sanity check.
 
-Targets: zero-shot runs score an image by its similarity to a label's text embedding (the raw dot
-product under the study protocol, cosine under multilabel); lp/ft runs by the head's logit for the
-label. Hooks are registered by pytorch-grad-cam and always released, errors included.
+Every run's scorer is a linear head on the image embedding: zs runs the protocol's zero-shot head
+built from the run's stored text embeddings (raw dot product under the study protocol, cosine ×
+logit scale under multilabel), lp the stored head, ft the stored head on the fine-tuned tower. So
+the Grad-CAM target for a label is exactly the score the run stored for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import json
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from embedstore.errors import InputError
+from embedstore import queries
+from embedstore.atomic import sha256_file
+from embedstore.errors import InputError, IntegrityError
+from embedstore.heads import Head
+from embedstore.models import LoadedModel, load_model
+from embedstore.store import Store, first_row
 
+log = logging.getLogger(__name__)
+
+METHOD_NAMES = ("gradcam", "gradcam++", "hirescam", "scorecam", "eigencam")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where to hook an image tower
+# ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class VitLayout:
-    """Where to hook a ViT image tower and how its tokens map back to a patch grid."""
+class CamLayout:
+    """A hook point and how its activations become a spatial map: ViT tokens are reshaped to the
+    patch grid (prefix tokens dropped); CNN feature maps are spatial already (`patch_size` None)."""
 
     layer: Any
     layer_name: str
     prefix_tokens: int
-    patch_size: tuple[int, int]
+    patch_size: tuple[int, int] | None
 
-    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """Tokens per side for an input of `image_size` (height, width)."""
+    def grid(self, image_size: tuple[int, int]) -> tuple[int, int] | None:
+        """Tokens per side for an input of `image_size` (height, width); None for a CNN."""
+        if self.patch_size is None:
+            return None
         return image_size[0] // self.patch_size[0], image_size[1] // self.patch_size[1]
 
-    def reshape_transform(self, image_size: tuple[int, int]) -> Callable[[Any], Any]:
-        """(batch, tokens, channels) activations → (batch, channels, rows, cols), prefix tokens dropped."""
-        rows, cols = self.grid(image_size)
+    def reshape_transform(self, image_size: tuple[int, int]) -> Callable[[Any], Any] | None:
+        """(batch, tokens, channels) activations → (batch, channels, rows, cols)."""
+        grid = self.grid(image_size)
+        if grid is None:
+            return None
+        rows, cols = grid
 
         def reshape(tokens: Any) -> Any:
-            if tokens.shape[1] - self.prefix_tokens != rows * cols:
-                raise InputError(f"--layer {self.layer_name}: {tokens.shape[1]} tokens do not form the "
+            if tokens.ndim != 3 or tokens.shape[1] - self.prefix_tokens != rows * cols:
+                raise InputError(f"--layer {self.layer_name}: its output {tuple(tokens.shape)} is not the "
                                  f"{rows}×{cols} patch grid (+{self.prefix_tokens} prefix tokens)")
             patches = tokens[:, self.prefix_tokens:, :]
             return patches.reshape(tokens.shape[0], rows, cols, tokens.shape[2]).permute(0, 3, 1, 2)
@@ -44,8 +68,62 @@ class VitLayout:
         return reshape
 
 
+@dataclass(frozen=True)
+class TowerKind:
+    """How one kind of image tower is recognised, hooked by default, and which layers `--select-layer` tries."""
+
+    matches: Callable[[Any], bool]
+    auto_layer: Callable[[Any], str]
+    candidates: Callable[[Any], list[str]]
+    tokens: Callable[[Any], tuple[int, tuple[int, int]] | None]
+
+
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, list | tuple) else (int(value), int(value))
+
+
+def _native_patch(visual: Any) -> tuple[int, int]:
+    return _pair(visual.patch_size if hasattr(visual, "patch_size") else visual.conv1.kernel_size)
+
+
+def _has(visual: Any, path: str) -> bool:
+    node = visual
+    for part in path.split("."):
+        if not hasattr(node, part):
+            return False
+        node = getattr(node, part)
+    return True
+
+
+#: Tower kinds, tried in order. The timm ViT default is the study's layer; open_clip's attention is
+#: nn.MultiheadAttention, whose out_proj is never called as a module, so its default is the output
+#: of the third-last residual block instead.
+TOWER_KINDS: dict[str, TowerKind] = {
+    "timm-vit": TowerKind(
+        lambda v: _has(v, "trunk.blocks"),
+        lambda v: "trunk.blocks.-3.attn.proj",
+        lambda v: [f"trunk.blocks.{i}.attn.proj" for i in range(len(v.trunk.blocks))],
+        lambda v: (int(v.trunk.num_prefix_tokens), _pair(v.trunk.patch_embed.patch_size)),
+    ),
+    "timm-cnn": TowerKind(
+        lambda v: _has(v, "trunk.stages"),
+        lambda v: "trunk.stages.-1",
+        lambda v: [f"trunk.stages.{i}" for i in range(len(v.trunk.stages))],
+        lambda v: None,
+    ),
+    "open_clip-vit": TowerKind(
+        lambda v: _has(v, "transformer.resblocks"),
+        lambda v: "transformer.resblocks.-3",
+        lambda v: [f"transformer.resblocks.{i}" for i in range(len(v.transformer.resblocks))],
+        lambda v: (1, _native_patch(v)),
+    ),
+    "open_clip-resnet": TowerKind(
+        lambda v: _has(v, "layer4"),
+        lambda v: "layer4",
+        lambda v: ["layer1", "layer2", "layer3", "layer4"],
+        lambda v: None,
+    ),
+}
 
 
 def resolve_layer(root: Any, spec: str) -> Any:
@@ -59,54 +137,34 @@ def resolve_layer(root: Any, spec: str) -> Any:
     return node
 
 
-def _timm_layout(visual: Any, spec: str) -> VitLayout:
-    name = "trunk.blocks.-3.attn.proj" if spec == "auto" else spec
-    return VitLayout(resolve_layer(visual, name), name, int(visual.trunk.num_prefix_tokens),
-                     _pair(visual.trunk.patch_embed.patch_size))
+def tower_kind(visual: Any) -> TowerKind:
+    for kind in TOWER_KINDS.values():
+        if kind.matches(visual):
+            return kind
+    raise InputError(f"image tower {type(visual).__name__}: not a tower embedstore knows how to hook "
+                     f"(known: {', '.join(TOWER_KINDS)})")
 
 
-def _native_layout(visual: Any, spec: str) -> VitLayout:
-    # open_clip's attention is nn.MultiheadAttention, whose out_proj is never called as a module:
-    # the auto layer is the output of the third-last residual block instead.
-    name = "transformer.resblocks.-3" if spec == "auto" else spec
-    return VitLayout(resolve_layer(visual, name), name, 1, _pair(visual.patch_size if hasattr(visual, "patch_size")
-                                                                 else visual.conv1.kernel_size))
+def cam_layout(visual: Any, spec: str = "auto") -> CamLayout:
+    """The hook point (`auto`: the tower kind's default) and token layout of an image tower."""
+    kind = tower_kind(visual)
+    name = kind.auto_layer(visual) if spec == "auto" else spec
+    tokens = kind.tokens(visual)
+    prefix, patch = tokens if tokens is not None else (0, None)
+    return CamLayout(resolve_layer(visual, name), name, prefix, patch)
 
 
-#: How each kind of image tower is recognised and hooked.
-LAYOUTS: dict[str, tuple[Callable[[Any], bool], Callable[[Any, str], VitLayout]]] = {
-    "timm-vit": (lambda v: hasattr(v, "trunk") and hasattr(v.trunk, "blocks"), _timm_layout),
-    "open_clip-vit": (lambda v: hasattr(v, "transformer") and hasattr(v.transformer, "resblocks"), _native_layout),
-}
+def candidate_layers(visual: Any) -> list[str]:
+    """The layers `--select-layer` compares, bottom to top."""
+    return tower_kind(visual).candidates(visual)
 
 
-def vit_layout(visual: Any, spec: str = "auto") -> VitLayout:
-    """The hook point and token layout of an image tower."""
-    for _, (matches, build) in LAYOUTS.items():
-        if matches(visual):
-            return build(visual, spec)
-    raise InputError(f"image tower {type(visual).__name__}: not a ViT embedstore knows how to hook "
-                     f"(known: {', '.join(LAYOUTS)})")
-
-
-class SimilarityTarget:
-    """Zero-shot target: the image embedding's dot product (study) or cosine (multilabel) with a text embedding."""
-
-    def __init__(self, text: np.ndarray, cosine: bool) -> None:
-        import torch
-
-        self.text = torch.as_tensor(np.asarray(text, dtype=np.float32))
-        self.cosine = cosine
-
-    def __call__(self, embedding: Any) -> Any:
-        text = self.text.to(embedding.device)
-        if self.cosine:
-            return (embedding / embedding.norm()) @ (text / text.norm())
-        return embedding @ text
-
+# ---------------------------------------------------------------------------------------------
+# The run's scorer on its image tower
+# ---------------------------------------------------------------------------------------------
 
 class HeadTarget:
-    """lp/ft target: the head's logit for one label."""
+    """The head's logit for one label (pytorch-grad-cam target)."""
 
     def __init__(self, column: int) -> None:
         self.column = column
@@ -115,27 +173,112 @@ class HeadTarget:
         return logits[self.column]
 
 
-def head_model(visual: Any, weight: np.ndarray, bias: np.ndarray, normalize_input: bool) -> Any:
-    """The image tower followed by a stored linear head (logits)."""
+def head_model(visual: Any, head: Head) -> Any:
+    """The image tower followed by a linear head: its outputs are the run's scores."""
     import torch
 
     class WithHead(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.visual = visual
-            self.head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+            self.head = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
             with torch.no_grad():
-                self.head.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
-                self.head.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
+                self.head.weight.copy_(torch.from_numpy(np.asarray(head.weight, dtype=np.float32)))
+                self.head.bias.copy_(torch.from_numpy(np.asarray(head.bias, dtype=np.float32)))
 
         def forward(self, x: Any) -> Any:
             features = self.visual(x)
-            if normalize_input:
+            if head.normalize_input:
                 features = torch.nn.functional.normalize(features, dim=-1)
             return self.head(features)
 
     return WithHead().eval()
 
+
+@dataclass
+class CamSubject:
+    """A stored run made runnable again: its model, its scorer as a module, its labels."""
+
+    run_id: str
+    mode: str
+    protocol: str
+    prompt_set: str | None
+    dataset_id: str
+    labels: list[str]
+    loaded: LoadedModel
+    module: Any
+    config: dict[str, Any]
+
+    @property
+    def visual(self) -> Any:
+        return self.module.visual
+
+    def column(self, label: str) -> int:
+        if label not in self.labels:
+            raise InputError(f"--labels {label}: run {self.run_id} has no such label (it has {', '.join(self.labels)})")
+        return self.labels.index(label)
+
+
+def _checked_artefact(store: Store, relpath: str, run_id: str) -> Any:
+    with store.reader() as con:
+        row = first_row(con, "SELECT sha256 FROM manifest WHERE path = ?", [relpath])
+    path = store.resolve(relpath)
+    if row is None or not path.exists():
+        raise IntegrityError(f"run {run_id}: its artefact {relpath} is missing from the store")
+    if sha256_file(path) != row[0]:
+        raise IntegrityError(f"run {run_id}: {relpath} does not match its manifest sha256 (run `store verify`)")
+    return path
+
+
+def _zero_shot_head(store: Store, run_id: str, protocol: str, prompt_set: str, labels: list[str],
+                    config: dict[str, Any]) -> Head:
+    from embedstore.prompts import build_prompts, zero_shot_head
+
+    with store.reader() as con:
+        rows = con.execute(queries.load("run_prompts").text, {"run_id": run_id}).fetchall()
+    stored = {(label, prompt): np.asarray(embedding, dtype=np.float32) for label, prompt, embedding in rows}
+    prompts = build_prompts(prompt_set, labels)
+    missing = [p.text for p in prompts if (p.label, p.text) not in stored]
+    if missing:
+        raise IntegrityError(f"run {run_id}: text embeddings missing for prompts {missing[:3]}")
+    text = np.stack([stored[(p.label, p.text)] for p in prompts])
+    return zero_shot_head(protocol, prompts, text, labels, float(config.get("logit_scale", 1.0)))
+
+
+def load_subject(store: Store, run_id: str, device: Any) -> CamSubject:
+    """Load a complete run's model (checking its weights are the run's), with its head on top."""
+    import torch
+
+    with store.reader() as con:
+        row = first_row(con, "SELECT mode, protocol, model_id, model_sha256, dataset_id, prompt_set, config, status "
+                             "FROM runs WHERE run_id = ?", [run_id])
+    if row is None or row[7] != "complete":
+        raise InputError(f"--run {run_id}: no complete run with that id (see `embedstore sql -q runs`)")
+    mode, protocol, model_id, model_sha, dataset_id, prompt_set, config_text, _ = row
+    config = json.loads(config_text)
+    labels = list(config["labels"])
+    loaded = load_model(model_id)
+    if loaded.sha256 != model_sha:
+        raise IntegrityError(f"--run {run_id}: model {model_id} here has weights sha256 {loaded.sha256[:12]}…, "
+                             f"the run was made with {model_sha[:12]}…")
+    visual = loaded.model.visual
+    if mode == "zs":
+        head = _zero_shot_head(store, run_id, protocol, prompt_set, labels, config)
+    elif mode == "lp":
+        with np.load(_checked_artefact(store, f"artefacts/{run_id}/head.npz", run_id)) as state:
+            head = Head.from_state(dict(state))
+    else:
+        state = torch.load(_checked_artefact(store, f"artefacts/{run_id}/finetuned.pt", run_id), map_location="cpu",
+                           weights_only=False)
+        visual.load_state_dict(state["visual"])
+        head = Head.from_state(state["head"])
+    module = head_model(visual.float(), head).to(device)
+    return CamSubject(run_id, mode, protocol, prompt_set, dataset_id, labels, loaded, module, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Maps, faithfulness, randomisation
+# ---------------------------------------------------------------------------------------------
 
 def _methods() -> dict[str, Any]:
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM
@@ -144,19 +287,96 @@ def _methods() -> dict[str, Any]:
             "eigencam": EigenCAM}
 
 
-METHOD_NAMES = ("gradcam", "gradcam++", "hirescam", "scorecam", "eigencam")
-
-
-def compute_maps(model: Any, layout: VitLayout, images: Any, targets: list[Any], method: str = "gradcam") -> np.ndarray:
-    """One map per image (values in [0, 1], the input's height × width) for its target; hooks are
-    released when this returns or raises."""
+def check_method(method: str) -> None:
     if method not in METHOD_NAMES:
         raise InputError(f"--method {method}: choose one of {', '.join(METHOD_NAMES)}")
+
+
+def compute_maps(module: Any, layout: CamLayout, images: Any, columns: Sequence[int],
+                 method: str = "gradcam") -> np.ndarray:
+    """One map per image for its label column (values in [0, 1], the input's height × width); the
+    hooks are released when this returns or raises."""
+    check_method(method)
     reshape = layout.reshape_transform((int(images.shape[-2]), int(images.shape[-1])))
-    cam = _methods()[method](model=model, target_layers=[layout.layer], reshape_transform=reshape)
+    cam = _methods()[method](model=module, target_layers=[layout.layer], reshape_transform=reshape)
     # Not `with cam:` — pytorch-grad-cam's __exit__ swallows IndexError; release the hooks ourselves.
     try:
-        maps = cam(input_tensor=images, targets=targets)
+        maps = cam(input_tensor=images, targets=[HeadTarget(c) for c in columns])
     finally:
         cam.activations_and_grads.release()
     return np.asarray(maps, dtype=np.float32)
+
+
+def _pixel_order(cam_map: np.ndarray) -> np.ndarray:
+    """Pixels from the most to the least salient (ties in raster order)."""
+    return np.argsort(-cam_map.reshape(-1), kind="stable")
+
+
+def faithfulness(module: Any, image: Any, cam_map: np.ndarray, column: int,
+                 steps: int = 16) -> tuple[float | None, float | None]:
+    """Deletion and insertion AUC of one map: the label's score as the most salient pixels are
+    replaced by the mean pixel (deletion; lower is better) or restored onto it (insertion; higher
+    is better), in `steps` equal steps, normalised so that the original image scores 1 and the
+    all-mean image 0. None where the two score the same (the curve is undefined)."""
+    import torch
+
+    height, width = cam_map.shape
+    order = torch.from_numpy(_pixel_order(cam_map))
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    counts = np.round(fractions * height * width).astype(int)
+    keep = torch.zeros(steps + 1, height * width)
+    for k, count in enumerate(counts):
+        keep[k, order[:count]] = 1.0
+    keep = keep.view(steps + 1, 1, height, width).to(image.device)
+    deleted = image * (1.0 - keep)          # zero in normalised space is the mean pixel
+    inserted = image * keep
+    with torch.no_grad():
+        scores = module(torch.cat([deleted, inserted]))[:, column].double().cpu().numpy()
+    deletion, insertion = scores[: steps + 1], scores[steps + 1:]
+    original, blank = deletion[0], deletion[-1]
+    if abs(original - blank) < 1e-9 * max(1.0, abs(original)):
+        return None, None
+    scale = original - blank
+    return (float(np.trapezoid((deletion - blank) / scale, fractions)),
+            float(np.trapezoid((insertion - blank) / scale, fractions)))
+
+
+#: Module containers whose items are the tower's blocks (randomised one by one, top-down).
+BLOCK_CONTAINERS = ("blocks", "resblocks", "stages")
+
+
+def randomisation_stages(module: Any, prefix: str = "") -> list[tuple[str, list[Any]]]:
+    """The module's parameters grouped into stages from the output down to the input: the head,
+    the projection, each block from the last to the first, then the embeddings."""
+    stages: list[tuple[str, list[Any]]] = []
+    direct = list(module.parameters(recurse=False))
+    if direct:
+        stages.append((prefix or "(root)", direct))
+    for name, child in reversed(list(module.named_children())):
+        path = f"{prefix}.{name}" if prefix else name
+        params = list(child.parameters())
+        if not params:
+            continue
+        if name in BLOCK_CONTAINERS:
+            stages.extend((f"{path}.{i}", list(block.parameters())) for i, block in reversed(list(enumerate(child))))
+        elif any(n.split(".")[-1] in BLOCK_CONTAINERS for n, _ in child.named_modules() if n):
+            stages.extend(randomisation_stages(child, path))
+        else:
+            stages.append((path, params))
+    return stages
+
+
+def randomise(parameters: list[Any], generator: Any) -> None:
+    """Redraw each tensor from N(0, σ²) with σ its own standard deviation: same scale, no learnt structure."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in parameters:
+            std = float(tensor.float().std()) if tensor.numel() > 1 else 0.0
+            noise = torch.randn(tensor.shape, generator=generator) * (std if std > 0 else 0.02)
+            tensor.copy_(noise.to(tensor.dtype))
+
+
+def randomised_copy(module: Any) -> Any:
+    """A deep copy to randomise stage by stage; the original stays untouched."""
+    return copy.deepcopy(module)

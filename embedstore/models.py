@@ -191,7 +191,8 @@ def load_model(model_id: str) -> LoadedModel:
     model.eval()
     pixel_transform, mean, std, image_size = _split_transform(preprocess)
     with contextlib.suppress(AttributeError):
-        image_size = int(model.visual.image_size[0])
+        size = model.visual.image_size      # (h, w) on ViTs, an int on open_clip's ResNets
+        image_size = int(size if isinstance(size, int) else size[0])
     embed_dim = _embed_dim(model, image_size)
     return LoadedModel(
         model_id=model_id, open_clip_id=open_clip_id, model=model, tokenizer=tokenizer,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedstore.heads import Head
+
 TEMPLATES = (
     "{label}",
     "{label}.",
@@ -60,28 +62,32 @@ def _mean_embedding(prompts: list[Prompt], text: np.ndarray, label: str, positiv
     return _unit(mean) if unit else mean
 
 
-def study_scores(image: np.ndarray, text: np.ndarray, prompts: list[Prompt], labels: list[str],
-                 logit_scale: float) -> np.ndarray:
+def _study_head(prompts: list[Prompt], text: np.ndarray, labels: list[str], logit_scale: float) -> Head:
     """DESIGN section 2: raw `encode_image` · raw `encode_text` — no normalisation, no logit scale."""
-    label_text = np.stack([_mean_embedding(prompts, text, label, True, unit=False) for label in labels])
-    return image.astype(np.float64) @ label_text.T.astype(np.float64)
+    weight = np.stack([_mean_embedding(prompts, text, label, True, unit=False) for label in labels])
+    return Head(weight.astype(np.float64), np.zeros(len(labels)), normalize_input=False)
 
 
-def multilabel_scores(image: np.ndarray, text: np.ndarray, prompts: list[Prompt], labels: list[str],
-                      logit_scale: float) -> np.ndarray:
+def _multilabel_head(prompts: list[Prompt], text: np.ndarray, labels: list[str], logit_scale: float) -> Head:
     """Cosine × logit scale against each label's (ensembled) prompt; with negative prompts, the
     log-odds of the two-way softmax between "{label}" and "no {label}" (CheXzero)."""
-    unit_image = _unit(image.astype(np.float64))
-    scores = []
+    rows = []
     for label in labels:
-        positive = logit_scale * unit_image @ _mean_embedding(prompts, text, label, True, unit=True)
+        direction = _mean_embedding(prompts, text, label, True, unit=True).astype(np.float64)
         if any(p.label == label and not p.positive for p in prompts):
-            positive = positive - logit_scale * unit_image @ _mean_embedding(prompts, text, label, False, unit=True)
-        scores.append(positive)
-    return np.stack(scores, axis=1)
+            direction = direction - _mean_embedding(prompts, text, label, False, unit=True)
+        rows.append(logit_scale * direction)
+    return Head(np.stack(rows), np.zeros(len(labels)), normalize_input=True)
 
 
-ZERO_SHOT_SCORERS: dict[str, Callable[..., np.ndarray]] = {
-    "study": study_scores,
-    "multilabel": multilabel_scores,
+#: A zero-shot classifier is a linear head on the image embedding; scoring and Grad-CAM share it.
+ZERO_SHOT_HEADS: dict[str, Callable[[list[Prompt], np.ndarray, list[str], float], Head]] = {
+    "study": _study_head,
+    "multilabel": _multilabel_head,
 }
+
+
+def zero_shot_head(protocol: str, prompts: list[Prompt], text: np.ndarray, labels: list[str],
+                   logit_scale: float) -> Head:
+    """The protocol's zero-shot scorer as a linear head: `head.logits(image_embeddings)` are the scores."""
+    return ZERO_SHOT_HEADS[protocol](prompts, text, labels, logit_scale)

@@ -36,6 +36,16 @@ def make_native_clip(folder: Path, seed: int = 0) -> Path:
     }, seed)
 
 
+def make_resnet_clip(folder: Path, seed: int = 0) -> Path:
+    """open_clip's ModifiedResNet image tower (a CNN: visual.layer1…layer4), 64 px input."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _save(folder, {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }, seed)
+
+
 def _vocabulary() -> list[str]:
     words = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "."}
     for text in (*CHEXPERT_LABELS, *TEMPLATES):

@@ -1,64 +1,421 @@
-"""Grad-CAM core: both ViT kinds, zs and head targets, the token grid from the model, hooks released."""
+"""Grad-CAM: every target kind reproduces its run's stored score, both ViT kinds and a CNN tower
+are hooked with the model's own grid, annotations land on the model's input pixels, localisation
+and faithfulness figures match brute force, the commands write maps, figures and store rows, bad
+annotation files fail cleanly, and hooks are always released."""
 
 from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from embedstore.analyses.common import AnalysisOptions
+from embedstore.analyses.gradcam import CamSettings, ValidateConfig, Workspace, study_sample, validate
+from embedstore.analyses.localisation import MapRecord, map_figures, summarise
 
+from embedstore.annotations import InputGeometry
 from embedstore.errors import InputError
-from embedstore.gradcam import HeadTarget, SimilarityTarget, compute_maps, head_model, vit_layout
+from embedstore.extract import ExtractConfig, extract
+from embedstore.gradcam import (
+    cam_layout,
+    candidate_layers,
+    compute_maps,
+    faithfulness,
+    head_model,
+    load_subject,
+    randomisation_stages,
+    randomise,
+    randomised_copy,
+)
+from embedstore.heads import Head
+from embedstore.ingest import IngestConfig, ingest
 from embedstore.models import load_model
+from embedstore.store import Store
+
+RUN_KINDS = (("zs", "study", None), ("zs", "multilabel", "posneg"), ("lp", "multilabel", None), ("ft", "study", None))
+
+
+@pytest.fixture(scope="module")
+def cam_store(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, native_model: str
+              ) -> Iterator[tuple[Store, dict[str, str]]]:
+    """The small synthetic set with a zs (study), zs (multilabel, posneg), lp and ft run of the native ViT."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBEDSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "embedstore-cache"))
+        store, _ = Store.init(tmp_path_factory.mktemp("cam") / "store")
+        ingest(store, IngestConfig(path=synthetic_dir, name="syn"))
+        runs = {}
+        for mode, protocol, prompts in RUN_KINDS:
+            runs[f"{mode}-{protocol}"] = extract(store, ExtractConfig(
+                mode=mode, model=native_model, data="syn", protocol=protocol, prompts=prompts, epochs=1,
+                encode_batch_size=64)).run_id
+        yield store, runs
 
 
 def _hooks(module: torch.nn.Module) -> int:
-    return len(module._forward_hooks) + len(module._backward_hooks) + len(getattr(module, "_forward_pre_hooks", {}))
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-@pytest.mark.parametrize("fixture, grid", [("native_model", (6, 6)), ("biomedclip_shaped", (7, 7))])
-def test_maps_for_zero_shot_and_head_targets_on_both_vit_kinds(fixture: str, grid: tuple[int, int],
-                                                              request: pytest.FixtureRequest) -> None:
-    loaded = load_model(request.getfixturevalue(fixture))
+# ---------------------------------------------------------------------------------------------
+# Targets and towers
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", [f"{m}-{p}" for m, p, _ in RUN_KINDS])
+def test_each_target_kind_is_the_score_the_run_stored(cam_store: tuple[Store, dict[str, str]], kind: str) -> None:
+    store, runs = cam_store
+    workspace = Workspace(store, runs[kind], CamSettings(device="cpu"))
+    ids = [int(s) for s in workspace.run.sample_ids[:6]]
+    with torch.no_grad():
+        logits = workspace.subject.module(workspace.inputs(workspace.pixels(ids))).double().numpy()
+    np.testing.assert_allclose(logits, workspace.run.scores[:6], rtol=2e-4, atol=2e-4)
+    maps = compute_maps(workspace.subject.module, workspace.layout, workspace.inputs(workspace.pixels(ids[:2])),
+                        [0, 3])
+    assert maps.shape == (2, 48, 48) and maps.min() >= 0 and maps.max() <= 1
+    assert _hooks(workspace.subject.module) == 0
+
+
+def test_biomedclip_shaped_run_is_hooked_at_the_studys_layer_with_its_own_grid(
+        synthetic_store: Store, biomedclip_shaped: str) -> None:
+    run_id = extract(synthetic_store, ExtractConfig(mode="zs", model=biomedclip_shaped, data="syn", protocol="study",
+                                                    encode_batch_size=64)).run_id
+    workspace = Workspace(synthetic_store, run_id, CamSettings(device="cpu"))
+    assert workspace.layout.layer_name == "trunk.blocks.-3.attn.proj"
+    assert workspace.layout.grid((112, 112)) == (7, 7)
+    ids = [int(s) for s in workspace.run.sample_ids[:3]]
+    with torch.no_grad():
+        logits = workspace.subject.module(workspace.inputs(workspace.pixels(ids))).double().numpy()
+    np.testing.assert_allclose(logits, workspace.run.scores[:3], rtol=2e-4, atol=2e-4)
+    maps = compute_maps(workspace.subject.module, workspace.layout, workspace.inputs(workspace.pixels(ids)), [1, 2, 9])
+    assert maps.shape == (3, 112, 112) and np.isfinite(maps).all()
+
+
+def test_cnn_tower_is_hooked_at_its_last_stage(tmp_path: Path) -> None:
+    from tests.model_fixtures import make_resnet_clip
+
+    loaded = load_model("local-dir:" + str(make_resnet_clip(tmp_path / "rn")))
     visual = loaded.model.visual
-    layout = vit_layout(visual)
-    size = loaded.image_size
-    assert layout.grid((size, size)) == grid
-    images = torch.randn(2, 3, size, size)
-    text = np.random.default_rng(0).normal(size=loaded.embed_dim)
-    for cosine in (False, True):
-        maps = compute_maps(visual, layout, images, [SimilarityTarget(text, cosine)] * 2)
-        assert maps.shape == (2, size, size) and np.isfinite(maps).all()
-        assert maps.min() >= 0 and maps.max() <= 1
-    head = head_model(visual, np.random.default_rng(1).normal(size=(3, loaded.embed_dim)), np.zeros(3), True)
-    maps = compute_maps(head, layout, images, [HeadTarget(0), HeadTarget(2)], method="hirescam")
-    assert maps.shape == (2, size, size)
-    assert _hooks(layout.layer) == 0
+    layout = cam_layout(visual)
+    assert layout.layer_name == "layer4" and layout.reshape_transform((64, 64)) is None
+    assert candidate_layers(visual) == ["layer1", "layer2", "layer3", "layer4"]
+    module = head_model(visual, Head(np.random.default_rng(0).normal(size=(3, 32)), np.zeros(3), True))
+    maps = compute_maps(module, layout, torch.randn(2, 3, 64, 64), [0, 2], method="gradcam++")
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+    assert _hooks(module) == 0
 
 
 def test_reshape_uses_the_models_grid_and_names_a_mismatch(biomedclip_shaped: str) -> None:
-    layout = vit_layout(load_model(biomedclip_shaped).model.visual)
+    layout = cam_layout(load_model(biomedclip_shaped).model.visual)
     reshape = layout.reshape_transform((112, 112))
+    assert reshape is not None
     assert tuple(reshape(torch.zeros(2, 1 + 49, 8)).shape) == (2, 8, 7, 7)
-    with pytest.raises(InputError, match="do not form the 7×7 patch grid"):
+    with pytest.raises(InputError, match="is not the 7×7 patch grid"):
         reshape(torch.zeros(2, 1 + 196, 8))
 
 
 def test_hooks_are_released_after_an_exception(native_model: str) -> None:
-    loaded = load_model(native_model)
-    layout = vit_layout(loaded.model.visual)
-
-    def failing(output: torch.Tensor) -> torch.Tensor:
-        raise IndexError("label out of range")
-
-    before = _hooks(layout.layer)
+    visual = load_model(native_model).model.visual
+    module = head_model(visual, Head(np.ones((2, 32)), np.zeros(2), False))
+    layout = cam_layout(visual)
     with pytest.raises(IndexError):
-        compute_maps(loaded.model.visual, layout, torch.randn(1, 3, 48, 48), [failing])
-    assert _hooks(layout.layer) == before == 0
+        compute_maps(module, layout, torch.randn(1, 3, 48, 48), [5])   # the head has 2 columns
+    assert _hooks(module) == 0
 
 
 def test_bad_layer_and_method_are_clear_errors(native_model: str) -> None:
     visual = load_model(native_model).model.visual
     with pytest.raises(InputError, match="--layer transformer.nope"):
-        vit_layout(visual, "transformer.nope")
+        cam_layout(visual, "transformer.nope")
+    module = head_model(visual, Head(np.ones((2, 32)), np.zeros(2), False))
     with pytest.raises(InputError, match="--method"):
-        compute_maps(visual, vit_layout(visual), torch.randn(1, 3, 48, 48), [HeadTarget(0)], method="magic")
+        compute_maps(module, cam_layout(visual), torch.randn(1, 3, 48, 48), [0], method="magic")
+    with pytest.raises(InputError, match="is not the 6×6 patch grid"):
+        compute_maps(module, cam_layout(visual, "conv1"), torch.randn(1, 3, 48, 48), [0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotations on the model's input
+# ---------------------------------------------------------------------------------------------
+
+def test_boxes_follow_the_models_resize_and_centre_crop(native_model: str) -> None:
+    from PIL import Image
+
+    transform = load_model(native_model).pixel_transform          # Resize(48, bicubic) + CenterCrop(48)
+    geometry = InputGeometry.from_transform(transform, (100, 200))  # height 100, width 200
+    assert geometry.resized == (48, 96) and (geometry.top, geometry.left) == (0, 24)
+    assert geometry.box(60, 10, 100, 30) == pytest.approx((60 * 0.48 - 24, 4.8, 100 * 0.48 - 24, 14.4))
+    assert geometry.box(0, 0, 30, 100)[2] == 0.0                    # cropped away entirely
+    # Against the model's own pipeline: a white box drawn in original pixels lands where we say.
+    original = np.zeros((100, 200), dtype=np.uint8)
+    original[20:70, 80:150] = 255
+    seen = transform(Image.fromarray(original).convert("RGB")).numpy()[0] > 0.5
+    ours = geometry.box_mask(80, 20, 150, 70)
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        return np.count_nonzero(a & b) / np.count_nonzero(a | b)
+
+    assert iou(seen, ours) > 0.9
+    assert iou(geometry.mask(original), ours) > 0.9     # masks and boxes agree up to the edge pixels
+    assert iou(geometry.mask(original), seen) > 0.9
+    portrait = InputGeometry.from_transform(transform, (300, 150))
+    assert portrait.resized == (96, 48) and (portrait.top, portrait.left) == (24, 0)
+
+
+def _annotation_file(path: Path, rows: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "label", "x0", "y0", "x1", "y1"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("row, message", [
+    (["nope.png", "Cardiomegaly", 1, 1, 9, 9], r"annotations.csv:3: unknown filename 'nope.png'"),
+    (["{real}", "Heart Attack", 1, 1, 9, 9], r"annotations.csv:3: unknown label 'Heart Attack'"),
+    (["{real}", "Cardiomegaly", 9, 1, 2, 9], r"annotations.csv:3: empty or negative box"),
+    (["{real}", "Cardiomegaly", "a", 1, 2, 9], r"annotations.csv:3: box coordinates must be numbers"),
+])
+def test_bad_annotation_rows_are_named(cam_store: tuple[Store, dict[str, str]], synthetic_dir: Path, tmp_path: Path,
+                                       row: list[object], message: str) -> None:
+    store, runs = cam_store
+    with open(synthetic_dir / "annotations.csv") as handle:
+        good = next(csv.reader(handle.readlines()[1:2]))
+    row = [good[0] if value == "{real}" else value for value in row]
+    path = _annotation_file(tmp_path / "annotations.csv", [good, row])
+    with pytest.raises(InputError, match=f"1 bad row\\(s\\); first: .*{message}"):
+        validate(store, ValidateConfig(run=runs["ft-study"], annotations=path))
+
+
+def test_bad_annotation_file_exits_cleanly_and_stores_nothing(cam_store: tuple[Store, dict[str, str]],
+                                                              tmp_path: Path, run_cli: object) -> None:
+    store, runs = cam_store
+    path = _annotation_file(tmp_path / "annotations.csv", [["nope.png", "Cardiomegaly", 1, 1, 9, 9]])
+    with store.reader() as con:
+        before = con.execute("SELECT count(*) FROM gradcam").fetchall()[0][0]
+    result = run_cli("gradcam", "validate", "--run", runs["ft-study"], "--annotations", str(path),
+                     "--store", str(store.path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"embedstore: error: --annotations {path}: 1 bad row(s); first: {path}:2: unknown filename 'nope.png' "
+        "(not in the run's dataset)")
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM gradcam").fetchall()[0][0] == before
+
+
+def test_missing_columns_and_mask_files_are_named(cam_store: tuple[Store, dict[str, str]], synthetic_dir: Path,
+                                                  tmp_path: Path) -> None:
+    store, runs = cam_store
+    bad = tmp_path / "boxes.csv"
+    bad.write_text("filename,label,x0,y0\n")
+    with pytest.raises(InputError, match="missing column\\(s\\) x1, y1"):
+        validate(store, ValidateConfig(run=runs["ft-study"], annotations=bad))
+    with pytest.raises(InputError, match="mask file .* is missing"):
+        validate(store, ValidateConfig(run=runs["ft-study"], annotations=synthetic_dir / "annotations.csv",
+                                       masks=tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures against brute force
+# ---------------------------------------------------------------------------------------------
+
+def test_localisation_figures_match_brute_force_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        cam = rng.integers(0, 4, size=(12, 10)).astype(float)        # heavy ties
+        mask = rng.random((12, 10)) < rng.uniform(0.05, 0.5)
+        if not mask.any():
+            continue
+        figures = map_figures(cam, mask, np.random.default_rng(0), top_fraction=0.2)
+        peaks = cam == cam.max()
+        assert figures.pointing_hit in {bool(v) for v in mask[peaks]}
+        assert figures.energy_inside == pytest.approx(cam[mask].sum() / cam.sum())
+        assert figures.area_share == pytest.approx(mask.mean())
+        k = round(0.2 * cam.size)
+        top = np.zeros(cam.size, bool)
+        top[np.argsort(-cam.ravel(), kind="stable")[:k]] = True
+        top = top.reshape(cam.shape)
+        assert figures.iou_top == pytest.approx((top & mask).sum() / (top | mask).sum())
+    # A flat map carries no information: its hit rate, energy and IoU are the chance levels.
+    mask = np.zeros((20, 20), bool)
+    mask[:5, :] = True
+    flat = np.ones((20, 20))
+    hits = [map_figures(flat, mask, np.random.default_rng(s)).pointing_hit for s in range(400)]
+    assert abs(np.mean(hits) - 0.25) < 0.07
+    assert map_figures(flat, mask, np.random.default_rng(0)).energy_inside == pytest.approx(0.25)
+    assert map_figures(np.zeros((20, 20)), mask, np.random.default_rng(0)).energy_inside == pytest.approx(0.25)
+    exact = map_figures(mask.astype(float), mask, np.random.default_rng(0))
+    assert exact.pointing_hit and exact.iou_top == 1.0 and exact.iou_chance == pytest.approx(0.25 / 1.75)
+
+
+def test_summaries_are_means_with_intervals_per_label() -> None:
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(40):
+        cam, mask = rng.random((8, 8)), rng.random((8, 8)) < 0.3
+        records.append(MapRecord(i, "A" if i % 2 else "B", map_figures(cam, mask, rng), None if i == 3 else i / 40,
+                                 0.5))
+    rows = {(r.metric, r.label): r for r in summarise(records, AnalysisOptions(bootstrap=200, seed=1))}
+    hits = [r.figures.pointing_hit for r in records if r.label == "A"]
+    assert rows[("gradcam.pointing_game", "A")].value == pytest.approx(np.mean(hits))
+    deletion = [r.deletion_auc for r in records if r.deletion_auc is not None]
+    assert rows[("gradcam.deletion_auc", None)].value == pytest.approx(np.mean(deletion))
+    for row in rows.values():
+        assert row.ci_low is not None and row.ci_high is not None
+        assert row.ci_low - 1e-12 <= row.value <= row.ci_high + 1e-12
+    assert rows[("gradcam.pointing_game", None)].params["n_maps"] == 40
+
+
+class _QuadrantScore(torch.nn.Module):
+    """A model whose only output is the mean of the top-left quadrant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :8, :8].mean(dim=(1, 2, 3))[:, None]
+
+
+def test_deletion_and_insertion_reward_the_map_that_finds_the_evidence() -> None:
+    image = torch.ones(1, 3, 16, 16)
+    right = np.zeros((16, 16), np.float32)
+    right[:8, :8] = 1.0
+    right += np.linspace(0, 0.1, 256, dtype=np.float32).reshape(16, 16)
+    wrong = 1.0 - right
+    good = faithfulness(_QuadrantScore(), image, right, 0, steps=16)
+    bad = faithfulness(_QuadrantScore(), image, wrong, 0, steps=16)
+    assert good[0] is not None and bad[0] is not None and good[1] is not None and bad[1] is not None
+    assert good[0] < 0.2 < 0.8 < bad[0]
+    assert good[1] > 0.8 > 0.2 > bad[1]
+    assert faithfulness(_QuadrantScore(), torch.zeros(1, 3, 16, 16), right, 0) == (None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer selection and the randomisation check
+# ---------------------------------------------------------------------------------------------
+
+def test_select_layer_picks_the_lowest_mean_deletion_auc_on_val(cam_store: tuple[Store, dict[str, str]]) -> None:
+    store, runs = cam_store
+    workspace = Workspace(store, runs["ft-study"], CamSettings(select_layer=True, select_maps=6, device="cpu"))
+    assert set(workspace.layer_selection) == set(candidate_layers(workspace.subject.visual))
+    assert workspace.layout.layer_name == min(workspace.layer_selection, key=workspace.layer_selection.get)
+    with pytest.raises(InputError, match="--select-layer picks the layer itself"):
+        Workspace(store, runs["ft-study"], CamSettings(select_layer=True, layer="transformer.resblocks.0"))
+
+
+def test_randomisation_runs_top_down_and_leaves_the_trained_model_alone(native_model: str) -> None:
+    visual = load_model(native_model).model.visual
+    module = head_model(visual, Head(np.ones((2, 32)), np.zeros(2), True))
+    names = [name for name, _ in randomisation_stages(module)]
+    assert names[0] == "head"
+    blocks = [n for n in names if "resblocks" in n]
+    assert blocks == ["visual.transformer.resblocks.2", "visual.transformer.resblocks.1", "visual.transformer.resblocks.0"]
+    assert names.index("visual.ln_post") < names.index(blocks[0]) < names.index("visual.conv1")
+    assert sum(len(p) for _, p in randomisation_stages(module)) == len(list(module.parameters()))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    copy = randomised_copy(module)
+    for _, parameters in randomisation_stages(copy):
+        randomise(parameters, torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    changed = [k for k, v in copy.state_dict().items() if not torch.equal(before[k], v)]
+    assert len(changed) == len(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands
+# ---------------------------------------------------------------------------------------------
+
+def test_gradcam_command_writes_overlays_raw_maps_the_grid_and_provenance(
+        cam_store: tuple[Store, dict[str, str]], tmp_path: Path, run_cli: object) -> None:
+    from PIL import Image
+
+    store, runs = cam_store
+    out = tmp_path / "maps"
+    chosen = [runs["zs-study"], runs["lp-multilabel"], runs["ft-study"]]
+    result = run_cli("gradcam", *[a for r in chosen for a in ("--run", r)], "--n", "3", "--top-k", "2",
+                     "--out", str(out), "--store", str(store.path))
+    assert result.returncode == 0, result.stderr
+    with store.reader() as con:
+        test_ids = [r[0] for r in con.execute("SELECT sample_id FROM samples WHERE split = 'test' ORDER BY sample_id")
+                    .fetchall()]
+    expected = [test_ids[i] for i in np.random.RandomState(42).choice(len(test_ids), 3, replace=False)]
+    assert [int(p.name) for p in sorted(out.iterdir()) if p.is_dir()] == sorted(expected)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["samples"] == expected
+    assert [r["run_id"] for r in provenance["runs"]] == chosen
+    assert all(len(r["model_sha256"]) == 64 and r["method"] == "gradcam" and r["device"] and r["versions"]["torch"]
+               for r in provenance["runs"])
+    for sample in expected:
+        for run in chosen:
+            maps = sorted((out / str(sample) / run).glob("*.npy"))
+            assert len(maps) == 2
+            raw = np.load(maps[0])
+            assert raw.shape == (48, 48) and 0 <= raw.min() and raw.max() <= 1
+            with Image.open(maps[0].with_suffix(".png")) as overlay:
+                assert overlay.size == (48, 48)
+        with Image.open(out / str(sample) / "grid.png") as grid:
+            assert grid.width > grid.height / 2 > 100       # 2 label rows × 3 setting columns
+
+
+def test_validate_stores_localisation_sanity_and_draws_them(
+        cam_store: tuple[Store, dict[str, str]], synthetic_dir: Path, tmp_path: Path, run_cli: object) -> None:
+    store, runs = cam_store
+    run = runs["ft-study"]
+    result = run_cli("gradcam", "validate", "--run", run, "--annotations", str(synthetic_dir / "annotations.csv"),
+                     "--masks", str(synthetic_dir / "masks"), "--bootstrap", "100", "--sanity-maps", "4",
+                     "--store", str(store.path))
+    assert result.returncode == 0, result.stderr
+    assert "pointing game" in result.stdout and "randomisation check" in result.stdout
+    with open(synthetic_dir / "annotations.csv") as handle:
+        annotated = {(r["filename"], r["label"]) for r in csv.DictReader(handle)}
+    with store.reader() as con:
+        test_files = {r[0]: r[1] for r in con.execute("SELECT filename, sample_id FROM samples WHERE split = 'test'")
+                      .fetchall()}
+        stored = con.execute("SELECT sample_id, label, pointing_hit, energy_inside, area_share, deletion_auc "
+                             "FROM gradcam WHERE run_id = ?", [run]).fetchall()
+        metrics = {(m, lab): (v, lo, hi, json.loads(p)) for m, lab, v, lo, hi, p in con.execute(
+            "SELECT metric, label, value, ci_low, ci_high, params FROM metrics WHERE run_id = ? AND metric LIKE "
+            "'gradcam.%'", [run]).fetchall()}
+    assert {(s, label) for s, label, *_ in stored} == {(test_files[f], label) for f, label in annotated
+                                                       if f in test_files}
+    assert all(0 <= e <= 1 and 0 < a < 1 for *_, e, a, _ in [r[:2] + r[3:] for r in stored])
+    value, low, high, params = metrics[("gradcam.pointing_game", None)]
+    assert value == pytest.approx(np.mean([r[2] for r in stored])) and low <= value <= high
+    assert params["model_sha256"] and params["annotations_sha256"] and params["layer"] == "transformer.resblocks.-3"
+    assert ("gradcam.random_weights.pointing_game", None) in metrics and ("gradcam.sanity_flag", None) in metrics
+    assert any(m == "gradcam.sanity_spearman" for m, _ in metrics)
+    # Revalidating replaces, never duplicates.
+    again = run_cli("gradcam", "validate", "--run", run, "--annotations", str(synthetic_dir / "annotations.csv"),
+                    "--bootstrap", "0", "--sanity-maps", "2", "--store", str(store.path))
+    assert again.returncode == 0, again.stderr
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM gradcam WHERE run_id = ?", [run]).fetchall()[0][0] == len(stored)
+    chart = run_cli("chart", "gradcam", "--out", str(tmp_path / "charts"), "--store", str(store.path))
+    assert chart.returncode == 0, chart.stderr
+    spec = json.loads((tmp_path / "charts" / "gradcam.vl.json").read_text())
+    drawn = {(v["figure"], v["label"]): v["value"] for v in spec["data"]["values"]}
+    assert drawn[("trained model", "all")] == pytest.approx(
+        next(v for (m, lab), (v, *_) in _metrics(store, run).items() if m == "gradcam.pointing_game" and lab is None))
+
+
+def _metrics(store: Store, run: str) -> dict[tuple[str, str | None], tuple[float, ...]]:
+    with store.reader() as con:
+        return {(m, lab): (v,) for m, lab, v in con.execute(
+            "SELECT metric, label, value FROM metrics WHERE run_id = ?", [run]).fetchall()}
+
+
+def test_study_sample_draws_like_pandas_sample() -> None:
+    # pandas' DataFrame.sample(n, random_state=s) draws RandomState(s).choice(len, n, replace=False);
+    # the legacy generator's choice without replacement is a permutation's prefix.
+    assert list(study_sample(572, 15, 42)) == list(np.random.RandomState(42).permutation(572)[:15])
+    with pytest.raises(InputError, match="--n 20"):
+        study_sample(10, 20, 42)
+
+
+def test_gradcam_without_run_is_a_clear_error(run_cli: object, tmp_store: Store) -> None:
+    result = run_cli("gradcam", "--store", str(tmp_store.path))
+    assert result.returncode == 2 and "needs --run RUN and --out DIR" in result.stderr
+
+
+def test_validate_refuses_a_run_that_is_not_there(cam_store: tuple[Store, dict[str, str]], synthetic_dir: Path) -> None:
+    store, _ = cam_store
+    with pytest.raises(InputError, match="--run nope: no complete run"):
+        load_subject(store, "nope", torch.device("cpu"))

@@ -1,0 +1,148 @@
+"""Localisation figures of saliency maps against annotated regions, and their summaries.
+
+Per map: pointing game (is the map's maximum inside the annotation; ties broken at random, so a
+flat map scores its chance), energy pointing game (share of the map's mass inside), IoU of the
+top-p region with the annotation, and the chance baselines: a random point or uniform map lands
+inside with probability equal to the annotation's area share; a random top-p region has expected
+IoU p·a / (p + a − p·a). Summaries are means per label and overall with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
+
+
+@dataclass(frozen=True)
+class MapFigures:
+    """The localisation figures of one map against one annotation."""
+
+    pointing_hit: bool
+    energy_inside: float
+    iou_top: float
+    area_share: float
+    iou_chance: float
+
+
+def map_figures(cam_map: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                top_fraction: float | None = None) -> MapFigures:
+    """Figures of one map (H × W, non-negative) against a boolean mask of the same shape; the top
+    region holds `top_fraction` of the pixels (None: as many pixels as the annotation)."""
+    if cam_map.shape != mask.shape:
+        raise ValueError(f"map {cam_map.shape} and annotation {mask.shape} differ in shape")
+    values = cam_map.reshape(-1).astype(np.float64)
+    inside = mask.reshape(-1).astype(bool)
+    n = values.size
+    area = float(inside.mean())
+    peaks = np.flatnonzero(values == values.max())
+    hit = bool(inside[peaks[rng.integers(len(peaks))]])
+    total = float(values.sum())
+    energy = float(values[inside].sum() / total) if total > 0 else area
+    fraction = area if top_fraction is None else top_fraction
+    k = max(1, int(round(fraction * n)))
+    top = np.zeros(n, dtype=bool)
+    top[np.argsort(-values, kind="stable")[:k]] = True
+    union = np.count_nonzero(top | inside)
+    iou = np.count_nonzero(top & inside) / union if union else 0.0
+    p = k / n
+    chance = p * area / (p + area - p * area) if area > 0 else 0.0
+    return MapFigures(hit, energy, float(iou), area, float(chance))
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """One map's figures, with what it was computed for."""
+
+    sample_id: int
+    label: str
+    figures: MapFigures
+    deletion_auc: float | None
+    insertion_auc: float | None
+
+
+FIGURES = ("pointing_game", "energy_inside", "iou_top", "area_share", "iou_chance", "deletion_auc", "insertion_auc")
+
+
+def _columns(records: Sequence[MapRecord]) -> dict[str, np.ndarray]:
+    def optional(values: list[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    return {
+        "pointing_game": np.array([r.figures.pointing_hit for r in records], dtype=np.float64),
+        "energy_inside": np.array([r.figures.energy_inside for r in records]),
+        "iou_top": np.array([r.figures.iou_top for r in records]),
+        "area_share": np.array([r.figures.area_share for r in records]),
+        "iou_chance": np.array([r.figures.iou_chance for r in records]),
+        "deletion_auc": optional([r.deletion_auc for r in records]),
+        "insertion_auc": optional([r.insertion_auc for r in records]),
+    }
+
+
+def _weighted_means(columns: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each figure's mean under each row of `weights` (resamples × maps), undefined maps left out."""
+    means = {}
+    for name, values in columns.items():
+        finite = np.isfinite(values)
+        w = weights * finite
+        totals = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[name] = np.where(totals > 0, (w @ np.where(finite, values, 0.0)) / totals, np.nan)
+    return means
+
+
+def summarise(records: Sequence[MapRecord], options: AnalysisOptions, prefix: str = "gradcam.",
+              params: dict[str, object] | None = None) -> list[MetricRow]:
+    """Mean of every figure over all maps (label None) and per label, with seeded bootstrap intervals
+    (maps resampled with replacement)."""
+    groups: dict[str | None, list[MapRecord]] = {None: list(records)}
+    for record in records:
+        groups.setdefault(record.label, []).append(record)
+    rows: list[MetricRow] = []
+    for label, members in groups.items():
+        if not members:
+            continue
+        columns = _columns(members)
+        point = {name: float(values[0]) for name, values in _weighted_means(columns, np.ones((1, len(members)))).items()}
+        defined = {f"{prefix}{name}": value for name, value in point.items() if np.isfinite(value)}
+        group_params = (params or {}) | {"n_maps": len(members)}
+
+        def resampled(weights: np.ndarray, columns: dict[str, np.ndarray] = columns) -> dict[str, np.ndarray]:
+            return {f"{prefix}{name}": values for name, values in _weighted_means(columns, weights).items()}
+
+        rows.extend(with_intervals(defined, resampled, len(members), options, lambda name, label=label: label,
+                                   group_params))
+    return rows
+
+
+
+
+
+def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
+    """One line per label (and `all`): each stored figure as `value [low, high]`, for the trained
+    model and for random weights."""
+    def cell(row: MetricRow | None) -> str:
+        if row is None:
+            return ""
+        if row.ci_low is None or row.ci_high is None:
+            return f"{row.value:.3f}"
+        return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+
+    index = {(r.metric, r.label): r for r in rows}
+    labels = [None] + sorted({r.label for r in rows if r.label is not None and r.metric == "gradcam.pointing_game"})
+    columns = {"pointing game": "gradcam.pointing_game", "chance (area share)": "gradcam.area_share",
+               "random weights: pointing": "gradcam.random_weights.pointing_game",
+               "energy inside": "gradcam.energy_inside", "random weights: energy": "gradcam.random_weights.energy_inside",
+               "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
+               "deletion AUC ↓": "gradcam.deletion_auc", "insertion AUC ↑": "gradcam.insertion_auc"}
+    records = []
+    for label in labels:
+        count = index.get(("gradcam.pointing_game", label))
+        record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps") if count else None}
+        record |= {name: cell(index.get((metric, label))) for name, metric in columns.items()}
+        records.append(record)
+    return pl.DataFrame(records)
