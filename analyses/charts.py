@@ -225,7 +225,7 @@ def gradcam_chart(store: Store, options: ChartOptions) -> Any:
     rows = [r for r in rows if not options.runs or r["run_id"] in options.runs]
     if not rows:
         raise InputError("no Grad-CAM figures are stored yet; `embedstore gradcam validate` writes them")
-    order = ["trained model", "random weights", "chance (area share)"]
+    order = ["trained model", "random weights", "chance"]
     color = alt.Color("figure:N", scale=alt.Scale(domain=order, range=["#d62728", "#7f7f7f", "#1f77b4"]), title=None)
     y = alt.Y("label:N", title=None, sort=None)
     rules = alt.Chart().mark_rule().encode(x=alt.X("ci_low:Q", title="pointing game (share of maps peaking inside)",

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, str], Callable[[int], None]]
 
+#: Pointing-game tolerance of Zhang et al. (15 px at 224 px input), scaled to the model's input side.
+POINTING_TOLERANCE_AT_224 = 15.0
+
 #: A method whose maps keep at least this Spearman correlation with the trained model's maps once
 #: every layer is re-initialised is flagged: its maps do not depend on what the model learnt.
 SANITY_FLAG_RHO = 0.5
@@ -99,6 +102,7 @@ class ValidateConfig:
     split: str = "test"
     n: int | None = None
     top_fraction: float | None = None
+    tolerance: float | None = None
     bootstrap: int = 1000
     sanity_maps: int = 16
     settings: CamSettings = field(default_factory=CamSettings)
@@ -171,11 +175,15 @@ class Workspace:
                 advance(len(chunk))
 
     def deletion_auc(self, pairs: Sequence[tuple[int, str]], layout: CamLayout) -> float:
-        """Mean deletion AUC of the maps at `layout` (lower: the map finds what the score depends on)."""
-        values = [faithfulness(self.subject.module, image, cam, self.subject.column(label), self.settings.steps)[0]
-                  for _, label, cam, image in self.maps(pairs, layout)]
-        finite = [v for v in values if v is not None]
-        return float(np.mean(finite)) if finite else float("inf")
+        """Mean deletion AUC of the maps at `layout` (lower: the map finds what the score depends on);
+        infinite where every map is flat (the layer does not reach the score, e.g. the last block's
+        patch tokens under class-token pooling), so such a layer is never selected."""
+        values, flat = [], 0
+        for _, label, cam, image in self.maps(pairs, layout):
+            flat += int(np.ptp(cam) == 0)
+            values.append(faithfulness(self.subject.module, image, cam, self.subject.column(label),
+                                       self.subject.probabilities, self.settings.steps)[0])
+        return float("inf") if flat == len(values) else float(np.mean(values))
 
     def _layout(self) -> CamLayout:
         visual = self.subject.visual
@@ -205,15 +213,13 @@ class Workspace:
         from embedstore.extract import describe_device, library_versions
 
         with self.store.reader() as con:
-            row = con.execute("SELECT model_id, model_sha256, prompt_set FROM runs WHERE run_id = ?",
-                              [self.subject.run_id]).fetchall()[0]
-            dataset = con.execute("SELECT name, manifest_sha256 FROM datasets WHERE dataset_id = ?",
-                                  [self.subject.dataset_id]).fetchall()[0]
+            row = con.execute(queries.load("run_overview").text, {"run_id": self.subject.run_id}).fetchall()[0]
+        selection = {name: (value if np.isfinite(value) else None) for name, value in self.layer_selection.items()}
         return {
             "run_id": self.subject.run_id, "mode": self.subject.mode, "protocol": self.subject.protocol,
-            "model_id": row[0], "model_sha256": row[1], "prompt_set": row[2], "prompts": self.run.config.get("prompts"),
-            "dataset": dataset[0], "dataset_manifest_sha256": dataset[1], "method": self.settings.method,
-            "layer": self.layout.layer_name, "layer_selection": self.layer_selection or None, "seed": self.settings.seed,
+            "model_id": row[4], "model_sha256": row[5], "prompt_set": row[3], "prompts": self.run.config.get("prompts"),
+            "dataset": row[7], "dataset_manifest_sha256": row[8], "method": self.settings.method,
+            "layer": self.layout.layer_name, "layer_selection": selection or None, "seed": self.settings.seed,
             "device": describe_device(self.device), "versions": library_versions(),
         }
 
@@ -229,22 +235,6 @@ def study_sample(count: int, n: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # `embedstore gradcam`: overlays, raw maps, the grid figure
 # ---------------------------------------------------------------------------------------------
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def displayed_scores(run: RunData, scores: np.ndarray) -> tuple[str, np.ndarray]:
-    """What each label's panel title shows: under the study protocol the row min-max-scaled score
-    the study thresholds; otherwise a probability where the score is a log-odds (heads, posneg
-    prompts), else the score itself (cosine × logit scale)."""
-    if run.protocol == "study":
-        span = scores.max() - scores.min()
-        return "p", (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
-    if run.mode != "zs" or run.prompt_set == "posneg":
-        return "p", _sigmoid(scores)
-    return "score", scores
-
 
 @dataclass(frozen=True)
 class MapsResult:
@@ -311,7 +301,7 @@ def _grid_figure(path: Path, title: str, labels: list[str], columns: list[str],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(labels), len(columns), figsize=(2.6 * len(columns), 2.7 * len(labels) + 0.4),
+    figure, axes = plt.subplots(len(labels), len(columns), figsize=(2.6 * len(columns), 3.0 * len(labels) + 0.4),
                                 squeeze=False)
     for i, label in enumerate(labels):
         for j, column in enumerate(columns):
@@ -355,9 +345,8 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
             _save_png(folder / f"{_slug(label)}.png", overlay)
             _save_npy(folder / f"{_slug(label)}.npy", cam_map)
             row = int(np.searchsorted(workspace.run.sample_ids, sample_id))
-            kind, shown = displayed_scores(workspace.run, workspace.run.scores[row])
-            value = shown[workspace.subject.column(label)]
-            panels[sample_id][(label, column)] = (overlay, f"{kind}={value:.2f}")
+            value = workspace.subject.probabilities(workspace.run.scores[row][None, :])[0, workspace.subject.column(label)]
+            panels[sample_id][(label, column)] = (overlay, f"p={value:.2f}")
             n_maps += 1
     for sample_id in samples:
         image = first.images[sample_id]
@@ -425,6 +414,7 @@ def _localise(workspace: Workspace, pairs: list[tuple[int, str, Annotation]], co
     records, maps = [], []
     rng = np.random.default_rng(config.settings.seed)
     crop = workspace.subject.loaded.pixel_transform
+    tolerance = pointing_tolerance(config, workspace.subject.loaded.image_size)
     for (sample_id, label, cam_map, image), (_, _, annotation) in zip(
             workspace.maps([(s, label) for s, label, _ in pairs], layout, module, advance), pairs, strict=True):
         geometry = InputGeometry.from_transform(crop, _original_size(workspace.images[sample_id].path))
@@ -435,11 +425,18 @@ def _localise(workspace: Workspace, pairs: list[tuple[int, str, Annotation]], co
         deletion = insertion = None
         if with_faithfulness:
             deletion, insertion = faithfulness(module, image, cam_map, workspace.subject.column(label),
-                                               config.settings.steps)
-        records.append(MapRecord(sample_id, label, map_figures(cam_map, mask, rng, config.top_fraction), deletion,
+                                               workspace.subject.probabilities, config.settings.steps)
+        records.append(MapRecord(sample_id, label, map_figures(cam_map, mask, rng, config.top_fraction, tolerance), deletion,
                                  insertion))
         maps.append(cam_map)
     return records, maps
+
+
+def pointing_tolerance(config: ValidateConfig, input_side: int) -> float:
+    """`--tolerance`, else Zhang et al.'s 15 px at 224 px scaled to the model's input."""
+    if config.tolerance is not None:
+        return config.tolerance
+    return POINTING_TOLERANCE_AT_224 * input_side / 224.0
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -496,6 +493,8 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
     sanity check) into `metrics`. Re-validating the same run, method and split replaces them."""
     if config.top_fraction is not None and not 0 < config.top_fraction < 1:
         raise InputError(f"--top-p {config.top_fraction}: must be between 0 and 1")
+    if config.tolerance is not None and config.tolerance < 0:
+        raise InputError(f"--tolerance {config.tolerance}: must be 0 or more pixels")
     if config.bootstrap < 0 or config.sanity_maps < 1:
         raise InputError("--bootstrap must be 0 or more and --sanity-maps at least 1")
     run = load_run(store, config.run)        # checked before the model loads, so a bad file fails fast
@@ -514,6 +513,7 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
         "split": config.split, "annotations": str(config.annotations),
         "annotations_sha256": sha256_file(config.annotations), "masks": str(config.masks) if config.masks else None,
         "top_fraction": config.top_fraction or "annotation area", "steps": config.settings.steps,
+        "pointing_tolerance_px": pointing_tolerance(config, workspace.subject.loaded.image_size),
         "bootstrap": config.bootstrap,
     }
     options = AnalysisOptions(protocol=workspace.subject.protocol, split=config.split, bootstrap=config.bootstrap,

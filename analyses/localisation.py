@@ -1,10 +1,11 @@
 """Localisation figures of saliency maps against annotated regions, and their summaries.
 
-Per map: pointing game (is the map's maximum inside the annotation; ties broken at random, so a
-flat map scores its chance), energy pointing game (share of the map's mass inside), IoU of the
-top-p region with the annotation, and the chance baselines: a random point or uniform map lands
-inside with probability equal to the annotation's area share; a random top-p region has expected
-IoU p·a / (p + a − p·a). Summaries are means per label and overall with bootstrap intervals.
+Per map: pointing game (is the map's maximum inside the annotation, or within `tolerance` pixels
+of it as Zhang et al. 2018 count a hit; ties broken at random, so a flat map scores its chance),
+energy pointing game (share of the map's mass inside), IoU of the top-p region with the
+annotation, and the chance baselines: a random point lands in the (tolerance-grown) annotation with
+probability equal to its area share, a uniform map puts the annotation's area share inside, and a
+random top-p region has expected IoU p·a / (p + a − p·a). Summaries are means per label and overall with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import numpy as np
 import polars as pl
 from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
 
+from embedstore.labels import LOCALISED_FINDINGS, LOCALISED_GROUP
+
 
 @dataclass(frozen=True)
 class MapFigures:
     """The localisation figures of one map against one annotation."""
 
     pointing_hit: bool
+    pointing_chance: float
     energy_inside: float
     iou_top: float
     area_share: float
@@ -30,17 +34,23 @@ class MapFigures:
 
 
 def map_figures(cam_map: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                top_fraction: float | None = None) -> MapFigures:
-    """Figures of one map (H × W, non-negative) against a boolean mask of the same shape; the top
-    region holds `top_fraction` of the pixels (None: as many pixels as the annotation)."""
+                top_fraction: float | None = None, tolerance: float = 0.0) -> MapFigures:
+    """Figures of one map (H × W, non-negative) against a boolean mask of the same shape; a pointing
+    hit may lie up to `tolerance` pixels (centre to centre) outside the mask; the top region holds
+    `top_fraction` of the pixels (None: as many pixels as the annotation)."""
+    from scipy.ndimage import distance_transform_edt
+
     if cam_map.shape != mask.shape:
         raise ValueError(f"map {cam_map.shape} and annotation {mask.shape} differ in shape")
     values = cam_map.reshape(-1).astype(np.float64)
     inside = mask.reshape(-1).astype(bool)
     n = values.size
     area = float(inside.mean())
+    target = inside
+    if tolerance > 0 and inside.any():
+        target = (distance_transform_edt(~mask.astype(bool)) <= tolerance).reshape(-1)
     peaks = np.flatnonzero(values == values.max())
-    hit = bool(inside[peaks[rng.integers(len(peaks))]])
+    hit = bool(target[peaks[rng.integers(len(peaks))]])
     total = float(values.sum())
     energy = float(values[inside].sum() / total) if total > 0 else area
     fraction = area if top_fraction is None else top_fraction
@@ -51,7 +61,7 @@ def map_figures(cam_map: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     iou = np.count_nonzero(top & inside) / union if union else 0.0
     p = k / n
     chance = p * area / (p + area - p * area) if area > 0 else 0.0
-    return MapFigures(hit, energy, float(iou), area, float(chance))
+    return MapFigures(hit, float(target.mean()), energy, float(iou), area, float(chance))
 
 
 @dataclass(frozen=True)
@@ -65,15 +75,13 @@ class MapRecord:
     insertion_auc: float | None
 
 
-FIGURES = ("pointing_game", "energy_inside", "iou_top", "area_share", "iou_chance", "deletion_auc", "insertion_auc")
-
-
 def _columns(records: Sequence[MapRecord]) -> dict[str, np.ndarray]:
     def optional(values: list[float | None]) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
     return {
         "pointing_game": np.array([r.figures.pointing_hit for r in records], dtype=np.float64),
+        "pointing_chance": np.array([r.figures.pointing_chance for r in records]),
         "energy_inside": np.array([r.figures.energy_inside for r in records]),
         "iou_top": np.array([r.figures.iou_top for r in records]),
         "area_share": np.array([r.figures.area_share for r in records]),
@@ -97,9 +105,10 @@ def _weighted_means(columns: dict[str, np.ndarray], weights: np.ndarray) -> dict
 
 def summarise(records: Sequence[MapRecord], options: AnalysisOptions, prefix: str = "gradcam.",
               params: dict[str, object] | None = None) -> list[MetricRow]:
-    """Mean of every figure over all maps (label None) and per label, with seeded bootstrap intervals
-    (maps resampled with replacement)."""
-    groups: dict[str | None, list[MapRecord]] = {None: list(records)}
+    """Mean of every figure over all maps (label None), over the localised findings, and per label,
+    with seeded bootstrap intervals (maps resampled with replacement)."""
+    groups: dict[str | None, list[MapRecord]] = {None: list(records),
+                                                 LOCALISED_GROUP: [r for r in records if r.label in LOCALISED_FINDINGS]}
     for record in records:
         groups.setdefault(record.label, []).append(record)
     rows: list[MetricRow] = []
@@ -133,16 +142,19 @@ def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
         return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
 
     index = {(r.metric, r.label): r for r in rows}
-    labels = [None] + sorted({r.label for r in rows if r.label is not None and r.metric == "gradcam.pointing_game"})
-    columns = {"pointing game": "gradcam.pointing_game", "chance (area share)": "gradcam.area_share",
+    labels = [None, LOCALISED_GROUP] + sorted({r.label for r in rows if r.label not in (None, LOCALISED_GROUP)
+                                               and r.metric == "gradcam.pointing_game"})
+    columns = {"pointing game": "gradcam.pointing_game", "pointing chance": "gradcam.pointing_chance",
                "random weights: pointing": "gradcam.random_weights.pointing_game",
                "energy inside": "gradcam.energy_inside", "random weights: energy": "gradcam.random_weights.energy_inside",
-               "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
+               "area share": "gradcam.area_share", "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
                "deletion AUC ↓": "gradcam.deletion_auc", "insertion AUC ↑": "gradcam.insertion_auc"}
     records = []
     for label in labels:
         count = index.get(("gradcam.pointing_game", label))
-        record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps") if count else None}
+        if count is None:
+            continue
+        record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps")}
         record |= {name: cell(index.get((metric, label))) for name, metric in columns.items()}
         records.append(record)
     return pl.DataFrame(records)

@@ -87,6 +87,9 @@ def validate(
     n: int | None = typer.Option(None, "--n", help="Only N annotated images, drawn as the study did (default: all)."),
     top_p: float | None = typer.Option(None, "--top-p",
                                        help="IoU region: this share of the pixels (default: the annotation's area)."),
+    tolerance: float | None = typer.Option(None, "--tolerance",
+                                           help="Pointing-game hit distance in input pixels (default: 15 px at 224, "
+                                                "scaled to the model's input)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples for the 95 % intervals (0: none)."),
     sanity_maps: int = typer.Option(16, "--sanity-maps", help="Maps compared at each randomisation step."),
     method: str = MethodOption,
@@ -108,7 +111,7 @@ def validate(
     from embedstore.store import Store
 
     config = ValidateConfig(run=run, annotations=annotations, masks=masks, split=split, n=n, top_fraction=top_p,
-                            bootstrap=bootstrap, sanity_maps=sanity_maps,
+                            tolerance=tolerance, bootstrap=bootstrap, sanity_maps=sanity_maps,
                             settings=_settings(method, layer, select_layer, select_maps, steps, device, batch_size,
                                                seed))
     with ExitStack() as bars:

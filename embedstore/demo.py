@@ -1,5 +1,6 @@
 """`embedstore demo`: the main job on the embedded default — synthetic sample, ingest, the demo
-model, zs/lp/ft runs, analyses, charts and the report. Every step reuses what a previous run left."""
+model, zs/lp/ft runs, analyses, Grad-CAM validation and maps, charts and the report. Every step
+reuses what a previous run left."""
 
 from __future__ import annotations
 
@@ -40,11 +41,12 @@ class DemoResult:
 def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
     """Run (or finish) the whole pipeline in `store_path` and write `<store>/report/report.html`."""
     from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec, save_chart
+    from embedstore.analyses.gradcam import MapsConfig, ValidateConfig, render_maps, validate
     from embedstore.analyses.report import write_report
     from embedstore.analyses.study import AnalyzeConfig, analyze, study_table
     from embedstore.extract import ExtractConfig, extract
     from embedstore.ingest import IngestConfig, ingest
-    from embedstore.synthetic import SampleConfig, write_sample
+    from embedstore.synthetic import ANNOTATIONS_CSV, MASK_DIR, SampleConfig, write_sample
 
     plan = FAST if fast else FULL
     dataset = f"iuxray-synthetic-{plan.n_images}"
@@ -57,12 +59,20 @@ def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
         have = con.execute("SELECT count(*) FROM datasets WHERE name = ?", [dataset]).fetchall()[0][0]
     if not have:
         ingest(store, IngestConfig(path=data, name=dataset))
+    runs = {}
     for mode, protocol in (("zs", "study"), ("zs", "multilabel"), ("lp", "study"), ("lp", "multilabel"),
                            ("ft", "study"), ("ft", "multilabel")):
         log.info("demo: extract --mode %s --protocol %s", mode, protocol)
-        extract(store, ExtractConfig(mode=mode, model=plan.model, data=dataset, protocol=protocol, epochs=plan.ft_epochs,
-                                     resume=True))
+        runs[(mode, protocol)] = extract(store, ExtractConfig(mode=mode, model=plan.model, data=dataset,
+                                                              protocol=protocol, epochs=plan.ft_epochs,
+                                                              resume=True)).run_id
     analyses = analyze(store, AnalyzeConfig(data=dataset, bootstrap=plan.bootstrap))
+    for protocol in ("study", "multilabel"):
+        log.info("demo: gradcam validate --run %s", runs[("ft", protocol)])
+        validate(store, ValidateConfig(run=runs[("ft", protocol)], annotations=data / ANNOTATIONS_CSV,
+                                       masks=data / MASK_DIR, bootstrap=plan.bootstrap))
+    render_maps(store, MapsConfig(runs=tuple(runs[(mode, "multilabel")] for mode in ("zs", "lp", "ft")),
+                                  out=store.path / "report" / "gradcam"))
     charts = store.path / "report" / "charts"
     for kind in CHARTS:
         try:

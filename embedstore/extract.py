@@ -360,7 +360,7 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
     relpath = f"artefacts/{ctx.run_id}/finetuned.pt"
     visual = ctx.model.model.visual.to(ctx.device)
     with ctx.writer.transaction() as con:
-        recorded = first_row(con, "SELECT sha256 FROM manifest WHERE path = ?", [relpath])
+        recorded = first_row(con, queries.load("artefact_sha256").text, {"path": relpath})
     train_seconds: float | None
     if recorded:
         state = torch.load(ctx.store.resolve(relpath), map_location=ctx.device, weights_only=False)

@@ -213,6 +213,17 @@ class CamSubject:
     def visual(self) -> Any:
         return self.module.visual
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Scores (n × labels) → the run's probabilities: the sigmoid where a score is a log-odds (lp
+        and ft heads, posneg prompts), else the study's per-row min-max scaling (raw dot products,
+        cosine × logit scale)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.protocol == "multilabel" and (self.mode != "zs" or self.prompt_set == "posneg"):
+            return 1.0 / (1.0 + np.exp(-logits))
+        low, high = logits.min(axis=1, keepdims=True), logits.max(axis=1, keepdims=True)
+        span = np.where(high > low, high - low, 1.0)
+        return (logits - low) / span
+
     def column(self, label: str) -> int:
         if label not in self.labels:
             raise InputError(f"--labels {label}: run {self.run_id} has no such label (it has {', '.join(self.labels)})")
@@ -221,7 +232,7 @@ class CamSubject:
 
 def _checked_artefact(store: Store, relpath: str, run_id: str) -> Any:
     with store.reader() as con:
-        row = first_row(con, "SELECT sha256 FROM manifest WHERE path = ?", [relpath])
+        row = first_row(con, queries.load("artefact_sha256").text, {"path": relpath})
     path = store.resolve(relpath)
     if row is None or not path.exists():
         raise IntegrityError(f"run {run_id}: its artefact {relpath} is missing from the store")
@@ -250,11 +261,11 @@ def load_subject(store: Store, run_id: str, device: Any) -> CamSubject:
     import torch
 
     with store.reader() as con:
-        row = first_row(con, "SELECT mode, protocol, model_id, model_sha256, dataset_id, prompt_set, config, status "
-                             "FROM runs WHERE run_id = ?", [run_id])
-    if row is None or row[7] != "complete":
-        raise InputError(f"--run {run_id}: no complete run with that id (see `embedstore sql -q runs`)")
-    mode, protocol, model_id, model_sha, dataset_id, prompt_set, config_text, _ = row
+        row = first_row(con, queries.load("run_overview").text, {"run_id": run_id})
+    if row is None or row[9] != "complete":
+        raise InputError(f"--run {run_id}: no complete run with that id (`embedstore sql --name runs` lists them)")
+    _, mode, protocol, prompt_set, model_id, model_sha, dataset_id, *_ = row
+    config_text = row[13]
     config = json.loads(config_text)
     labels = list(config["labels"])
     loaded = load_model(model_id)
@@ -312,12 +323,12 @@ def _pixel_order(cam_map: np.ndarray) -> np.ndarray:
     return np.argsort(-cam_map.reshape(-1), kind="stable")
 
 
-def faithfulness(module: Any, image: Any, cam_map: np.ndarray, column: int,
-                 steps: int = 16) -> tuple[float | None, float | None]:
-    """Deletion and insertion AUC of one map: the label's score as the most salient pixels are
-    replaced by the mean pixel (deletion; lower is better) or restored onto it (insertion; higher
-    is better), in `steps` equal steps, normalised so that the original image scores 1 and the
-    all-mean image 0. None where the two score the same (the curve is undefined)."""
+def faithfulness(module: Any, image: Any, cam_map: np.ndarray, column: int, probability: Callable[[np.ndarray], np.ndarray],
+                 steps: int = 16) -> tuple[float, float]:
+    """Deletion and insertion AUC of one map (RISE, Petsiuk et al. 2018): the label's probability as
+    the most salient pixels are replaced by the mean pixel (deletion; lower is better) or restored
+    onto an all-mean image (insertion; higher is better), in `steps` equal steps of the pixel count.
+    `probability` turns the module's logits (n × labels) into the run's probabilities."""
     import torch
 
     height, width = cam_map.shape
@@ -331,14 +342,9 @@ def faithfulness(module: Any, image: Any, cam_map: np.ndarray, column: int,
     deleted = image * (1.0 - keep)          # zero in normalised space is the mean pixel
     inserted = image * keep
     with torch.no_grad():
-        scores = module(torch.cat([deleted, inserted]))[:, column].double().cpu().numpy()
-    deletion, insertion = scores[: steps + 1], scores[steps + 1:]
-    original, blank = deletion[0], deletion[-1]
-    if abs(original - blank) < 1e-9 * max(1.0, abs(original)):
-        return None, None
-    scale = original - blank
-    return (float(np.trapezoid((deletion - blank) / scale, fractions)),
-            float(np.trapezoid((insertion - blank) / scale, fractions)))
+        logits = module(torch.cat([deleted, inserted])).double().cpu().numpy()
+    curve = probability(logits)[:, column]
+    return float(np.trapezoid(curve[: steps + 1], fractions)), float(np.trapezoid(curve[steps + 1:], fractions))
 
 
 #: Module containers whose items are the tower's blocks (randomised one by one, top-down).

@@ -40,3 +40,10 @@ DOMAINS: dict[str, tuple[str, ...]] = {
 }
 
 DOMAIN_OF: dict[str, str] = {label: domain for domain, members in DOMAINS.items() for label in members}
+
+#: Findings with a compact location on a frontal film (nodule, effusion, pneumothorax, devices,
+#: fracture, enlarged heart): the ones a saliency map can be checked against a box for. Diffuse
+#: findings (opacity, edema, …) are annotated too, but a single peak is a poor test for them.
+LOCALISED_FINDINGS: tuple[str, ...] = ("Cardiomegaly", "Lung Lesion", "Pneumothorax", "Pleural Effusion", "Fracture",
+                                       "Support Devices")
+LOCALISED_GROUP = "localised findings"

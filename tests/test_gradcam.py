@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,6 +246,14 @@ def test_localisation_figures_match_brute_force_with_ties() -> None:
     assert map_figures(np.zeros((20, 20)), mask, np.random.default_rng(0)).energy_inside == pytest.approx(0.25)
     exact = map_figures(mask.astype(float), mask, np.random.default_rng(0))
     assert exact.pointing_hit and exact.iou_top == 1.0 and exact.iou_chance == pytest.approx(0.25 / 1.75)
+    # Tolerance: a peak 3 px below the annotation hits with tolerance 3, not 2; the chance level is
+    # the share of pixels within the tolerance (brute force over every pixel).
+    peak = np.zeros((20, 20))
+    peak[7, 4] = 1.0
+    assert not map_figures(peak, mask, np.random.default_rng(0), tolerance=2.0).pointing_hit
+    grown = map_figures(peak, mask, np.random.default_rng(0), tolerance=3.0)
+    assert grown.pointing_hit and grown.pointing_chance == pytest.approx(8 * 20 / 400)
+    assert grown.area_share == pytest.approx(0.25)
 
 
 def test_summaries_are_means_with_intervals_per_label() -> None:
@@ -268,7 +275,7 @@ def test_summaries_are_means_with_intervals_per_label() -> None:
 
 
 class _QuadrantScore(torch.nn.Module):
-    """A model whose only output is the mean of the top-left quadrant."""
+    """A model whose only output is the mean of the top-left quadrant (already a probability in [0, 1])."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :, :8, :8].mean(dim=(1, 2, 3))[:, None]
@@ -280,12 +287,29 @@ def test_deletion_and_insertion_reward_the_map_that_finds_the_evidence() -> None
     right[:8, :8] = 1.0
     right += np.linspace(0, 0.1, 256, dtype=np.float32).reshape(16, 16)
     wrong = 1.0 - right
-    good = faithfulness(_QuadrantScore(), image, right, 0, steps=16)
-    bad = faithfulness(_QuadrantScore(), image, wrong, 0, steps=16)
-    assert good[0] is not None and bad[0] is not None and good[1] is not None and bad[1] is not None
-    assert good[0] < 0.2 < 0.8 < bad[0]
-    assert good[1] > 0.8 > 0.2 > bad[1]
-    assert faithfulness(_QuadrantScore(), torch.zeros(1, 3, 16, 16), right, 0) == (None, None)
+
+    def identity(logits: np.ndarray) -> np.ndarray:
+        return logits
+
+    good = faithfulness(_QuadrantScore(), image, right, 0, identity, steps=16)
+    bad = faithfulness(_QuadrantScore(), image, wrong, 0, identity, steps=16)
+    # Brute force: deleting the quadrant first drops the score linearly over the first quarter of the pixels.
+    fractions = np.linspace(0, 1, 17)
+    expected_deletion = np.trapezoid(np.clip(1 - fractions / 0.25, 0, 1), fractions)
+    assert good[0] == pytest.approx(expected_deletion, abs=1e-6)
+    assert good[1] == pytest.approx(1 - expected_deletion, abs=1e-6)
+    assert bad[0] == pytest.approx(1 - expected_deletion, abs=1e-6)
+    assert bad[1] == pytest.approx(expected_deletion, abs=1e-6)
+
+
+def test_probabilities_follow_each_runs_protocol(cam_store: tuple[Store, dict[str, str]]) -> None:
+    store, runs = cam_store
+    logits = np.array([[2.0, -1.0, 0.0], [1.0, 1.0, 1.0]])
+    study = load_subject(store, runs["zs-study"], torch.device("cpu"))
+    np.testing.assert_allclose(study.probabilities(logits), [[1.0, 0.0, 1 / 3], [0.0, 0.0, 0.0]])
+    for kind in ("lp-multilabel", "zs-multilabel"):          # a head's logit, a posneg log-odds
+        subject = load_subject(store, runs[kind], torch.device("cpu"))
+        np.testing.assert_allclose(subject.probabilities(logits), 1 / (1 + np.exp(-logits)))
 
 
 # ---------------------------------------------------------------------------------------------
