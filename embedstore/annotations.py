@@ -75,8 +75,6 @@ class InputGeometry:
         """A mask in original pixels → input pixels (bilinear resize, then half-threshold, then crop)."""
         from PIL import Image
 
-        if original_mask.shape != self.original:
-            raise InputError(f"mask of shape {original_mask.shape} does not match its image {self.original}")
         image = Image.fromarray((original_mask > 0).astype(np.uint8) * 255)
         resized = np.asarray(image.resize((self.resized[1], self.resized[0]), Image.Resampling.BILINEAR)) >= 128
         return _window(resized, self.top, self.left, self.crop)
@@ -117,7 +115,7 @@ class Annotation:
 
     filename: str
     label: str
-    box: tuple[int, int, int, int]
+    box: tuple[float, float, float, float]
     row: int
     mask_path: Path | None = None
 
@@ -125,10 +123,17 @@ class Annotation:
         """The annotated region on the model's input pixels."""
         if self.mask_path is None:
             return geometry.box_mask(*self.box)
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.mask_path) as image:
-            return geometry.mask(np.asarray(image.convert("L")))
+        try:
+            with Image.open(self.mask_path) as image:
+                pixels = np.asarray(image.convert("L"))
+        except (OSError, UnidentifiedImageError) as error:
+            raise InputError(f"--masks {self.mask_path}: cannot be read ({error})") from None
+        if pixels.shape != geometry.original:
+            raise InputError(f"--masks {self.mask_path}: {pixels.shape[1]}×{pixels.shape[0]} pixels, but its image is "
+                             f"{geometry.original[1]}×{geometry.original[0]}")
+        return geometry.mask(pixels)
 
 
 def mask_name(filename: str, label: str) -> str:
@@ -160,7 +165,7 @@ def read_annotations(path: Path, known_files: set[str], known_labels: Sequence[s
     for number, row in enumerate(rows, start=2):
         where = f"{path}:{number}"
         try:
-            box = tuple(int(float(row[c])) for c in ("x0", "y0", "x1", "y1"))
+            box = tuple(float(row[c]) for c in ("x0", "y0", "x1", "y1"))
         except (TypeError, ValueError):
             problems.append(f"{where}: box coordinates must be numbers")
             continue

@@ -16,8 +16,10 @@ import torch
 from embedstore.analyses.common import AnalysisOptions
 from embedstore.analyses.gradcam import CamSettings, ValidateConfig, Workspace, study_sample, validate
 from embedstore.analyses.localisation import MapRecord, map_figures, summarise
+from embedstore.analyses.report import write_report
+from embedstore.analyses.study import AnalyzeConfig, analyze
 
-from embedstore.annotations import InputGeometry
+from embedstore.annotations import InputGeometry, mask_name
 from embedstore.errors import InputError
 from embedstore.extract import ExtractConfig, extract
 from embedstore.gradcam import (
@@ -35,6 +37,7 @@ from embedstore.heads import Head
 from embedstore.ingest import IngestConfig, ingest
 from embedstore.models import load_model
 from embedstore.store import Store
+from tests.browser import check_page
 
 RUN_KINDS = (("zs", "study", None), ("zs", "multilabel", "posneg"), ("lp", "multilabel", None), ("ft", "study", None))
 
@@ -213,6 +216,26 @@ def test_missing_columns_and_mask_files_are_named(cam_store: tuple[Store, dict[s
     with pytest.raises(InputError, match="mask file .* is missing"):
         validate(store, ValidateConfig(run=runs["ft-study"], annotations=synthetic_dir / "annotations.csv",
                                        masks=tmp_path))
+    # A broken or mis-sized mask of a test image is named, and nothing is stored.
+    with store.reader() as con:
+        test_files = {r[0] for r in con.execute("SELECT filename FROM samples WHERE split = 'test'").fetchall()}
+        before = con.execute("SELECT count(*) FROM gradcam").fetchall()[0][0]
+    with open(synthetic_dir / "annotations.csv") as handle:
+        row = next(r for r in csv.reader(handle) if r[0] in test_files)
+    one = _annotation_file(tmp_path / "one.csv", [row])
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    broken = masks / mask_name(row[0], row[1])
+    broken.write_bytes(b"not a png")
+    with pytest.raises(InputError, match=f"--masks {broken}: cannot be read"):
+        validate(store, ValidateConfig(run=runs["ft-study"], annotations=one, masks=masks))
+    from PIL import Image
+
+    Image.new("L", (7, 5)).save(broken, format="PNG")
+    with pytest.raises(InputError, match=f"--masks {broken}: 7×5 pixels, but its image is 128×128"):
+        validate(store, ValidateConfig(run=runs["ft-study"], annotations=one, masks=masks))
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM gradcam").fetchall()[0][0] == before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,14 +439,19 @@ def test_validate_stores_localisation_sanity_and_draws_them(
     assert chart.returncode == 0, chart.stderr
     spec = json.loads((tmp_path / "charts" / "gradcam.vl.json").read_text())
     drawn = {(v["figure"], v["label"]): v["value"] for v in spec["data"]["values"]}
-    assert drawn[("trained model", "all")] == pytest.approx(
-        next(v for (m, lab), (v, *_) in _metrics(store, run).items() if m == "gradcam.pointing_game" and lab is None))
-
-
-def _metrics(store: Store, run: str) -> dict[tuple[str, str | None], tuple[float, ...]]:
     with store.reader() as con:
-        return {(m, lab): (v,) for m, lab, v in con.execute(
-            "SELECT metric, label, value FROM metrics WHERE run_id = ?", [run]).fetchall()}
+        stored_now = dict(con.execute("SELECT metric, value FROM metrics WHERE run_id = ? AND label IS NULL AND metric "
+                                      "IN ('gradcam.pointing_game', 'gradcam.pointing_chance')", [run]).fetchall())
+    assert drawn[("trained model", "all")] == pytest.approx(stored_now["gradcam.pointing_game"])
+    assert drawn[("chance", "all")] == pytest.approx(stored_now["gradcam.pointing_chance"])
+    check = check_page(tmp_path / "charts" / "gradcam.html", tmp_path / "gradcam.png", tmp_path / "profile")
+    assert check.console_errors == [] and check.requests == [] and min(check.marks_per_chart) > 0
+    # The report lays out the stored localisation table and the sanity check, and draws the chart.
+    analyze(store, AnalyzeConfig(bootstrap=0))
+    report = write_report(store, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "gradcam" in report.charts and f"Grad-CAM localisation — {run}" in page
+    assert "localised findings" in page and "Model-randomisation check" in page
 
 
 def test_study_sample_draws_like_pandas_sample() -> None:
