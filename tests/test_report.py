@@ -101,6 +101,12 @@ def test_demo_fast_runs_end_to_end_and_reuses_its_work(tmp_path: Path, run_cli) 
     with Store.open(store).reader() as con:
         runs = con.execute("SELECT mode, protocol, status FROM runs ORDER BY mode, protocol").fetchall()
     assert len(runs) == 6 and {status for *_, status in runs} == {"complete"}
+    with Store.open(store).reader() as con:
+        validated = {r[0] for r in con.execute("SELECT DISTINCT r.mode || '-' || r.protocol FROM gradcam "
+                                               "JOIN runs r USING (run_id)").fetchall()}
+    assert validated == {"ft-study", "ft-multilabel"}
+    assert report.read_text().count("Grad-CAM localisation — ft-") == 2
+    assert len(list((store / "report" / "gradcam").glob("*/grid.png"))) == 15
     again = run_cli("demo", "--fast", "--store", str(store), timeout=900)
     assert again.returncode == 0 and again.stderr.count("already complete") == 6
     assert run_cli("store", "verify", "--store", str(store)).returncode == 0
