@@ -89,6 +89,8 @@ class MapsConfig:
     split: str = "test"
     labels: tuple[str, ...] = ()
     top_k: int | None = None
+    annotations: Path | None = None
+    masks: Path | None = None
     settings: CamSettings = field(default_factory=CamSettings)
 
 
@@ -151,6 +153,14 @@ class Workspace:
         items = [ImageItem(s, self.images[s].path, self.images[s].sha256) for s in sample_ids]
         dataset = CachedImages(items, self._cache, self.subject.loaded.pixel_transform)
         return np.stack([dataset[i][1].numpy() for i in range(len(items))])
+
+    def input_mask(self, sample_id: int, annotation: Annotation) -> np.ndarray:
+        """An annotation of one of the dataset's images, on the pixels the model sees."""
+        from PIL import Image
+
+        with Image.open(self.images[sample_id].path) as image:
+            original = (image.height, image.width)
+        return annotation.input_mask(InputGeometry.from_transform(self.subject.loaded.pixel_transform, original))
 
     def inputs(self, pixels: np.ndarray) -> Any:
         import torch
@@ -274,11 +284,32 @@ def _choose_labels(first: Workspace, sample_id: int, config: MapsConfig) -> list
     return positives or [first.run.labels[int(np.argmax(first.run.scores[row]))]]
 
 
-def _overlay(pixels: np.ndarray, cam_map: np.ndarray) -> np.ndarray:
+def _outlines(workspace: Workspace, config: MapsConfig) -> dict[tuple[int, str], np.ndarray]:
+    """With `--annotations`: each annotated (image, label)'s region on the model's input, to outline."""
+    if config.annotations is None:
+        return {}
+    annotations = read_annotations(config.annotations, {row.filename for row in workspace.images.values()},
+                                   workspace.subject.labels, config.masks)
+    by_file = {row.filename: s for s, row in workspace.images.items()}
+    regions: dict[tuple[int, str], np.ndarray] = {}
+    for annotation in annotations:
+        key = (by_file[annotation.filename], annotation.label)
+        mask = workspace.input_mask(key[0], annotation)
+        regions[key] = regions[key] | mask if key in regions else mask
+    return regions
+
+
+def _overlay(pixels: np.ndarray, cam_map: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """The map over the image the model saw; the expert's region outlined in white when given."""
+    import cv2
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     rgb = pixels.transpose(1, 2, 0).astype(np.float32) / 255.0
-    return show_cam_on_image(rgb, cam_map, use_rgb=True)
+    overlay = np.ascontiguousarray(show_cam_on_image(rgb, cam_map, use_rgb=True))
+    if region is not None and region.any():
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(overlay, contours, -1, (255, 255, 255), 1)
+    return overlay
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
@@ -331,6 +362,7 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
             raise InputError(f"--run {other.subject.run_id}: a different dataset from {first.subject.run_id}")
     samples = _choose_samples(first, config)
     wanted = {s: _choose_labels(first, s, config) for s in samples}
+    outlines = _outlines(first, config)
     grids, n_maps = [], 0
     total = sum(len(v) for v in wanted.values()) * len(workspaces)
     advance = progress(total, "grad-cam") if progress else None
@@ -341,7 +373,7 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
         pixels = {s: workspace.pixels([s])[0] for s in samples}
         for sample_id, label, cam_map, _ in workspace.maps(pairs, advance=advance):
             folder = config.out / str(sample_id) / workspace.subject.run_id
-            overlay = _overlay(pixels[sample_id], cam_map)
+            overlay = _overlay(pixels[sample_id], cam_map, outlines.get((sample_id, label)))
             _save_png(folder / f"{_slug(label)}.png", overlay)
             _save_npy(folder / f"{_slug(label)}.npy", cam_map)
             row = int(np.searchsorted(workspace.run.sample_ids, sample_id))
@@ -351,12 +383,17 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
     for sample_id in samples:
         image = first.images[sample_id]
         truth = ", ".join(image.positives) or "none"
+        if outlines:
+            truth += " (white outline: annotation)"
         path = config.out / str(sample_id) / "grid.png"
         _grid_figure(path, f"sample {sample_id} · {image.filename} · truth: {truth}", wanted[sample_id], columns,
                      panels[sample_id])
         grids.append(path)
     provenance = {"runs": [w.provenance() for w in workspaces], "samples": samples,
-                  "labels": {str(s): wanted[s] for s in samples}}
+                  "labels": {str(s): wanted[s] for s in samples},
+                  "annotations": ({"path": str(config.annotations), "sha256": sha256_file(config.annotations),
+                                   "masks": str(config.masks) if config.masks else None}
+                                  if config.annotations else None)}
     with atomic_path(config.out / "provenance.json", durable=False) as tmp:
         tmp.write_text(json.dumps(provenance, indent=2, default=str))
     return MapsResult(config.out, samples, grids, n_maps, {w.subject.run_id: w.layout.layer_name for w in workspaces})
@@ -401,24 +438,15 @@ def _annotated_pairs(workspace: Workspace, annotations: list[Annotation], config
     return sorted(pairs, key=lambda p: (p[0], workspace.subject.column(p[1])))
 
 
-def _original_size(path: str) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.height, image.width
-
-
 def _localise(workspace: Workspace, pairs: list[tuple[int, str, Annotation]], config: ValidateConfig,
               module: Any, layout: CamLayout, with_faithfulness: bool, advance: Callable[[int], None] | None
               ) -> tuple[list[MapRecord], list[np.ndarray]]:
     records, maps = [], []
     rng = np.random.default_rng(config.settings.seed)
-    crop = workspace.subject.loaded.pixel_transform
     tolerance = pointing_tolerance(config, workspace.subject.loaded.image_size)
     for (sample_id, label, cam_map, image), (_, _, annotation) in zip(
             workspace.maps([(s, label) for s, label, _ in pairs], layout, module, advance), pairs, strict=True):
-        geometry = InputGeometry.from_transform(crop, _original_size(workspace.images[sample_id].path))
-        mask = annotation.input_mask(geometry)
+        mask = workspace.input_mask(sample_id, annotation)
         if mask.shape != cam_map.shape:
             raise InputError(f"{config.annotations}:{annotation.row}: the annotation maps to {mask.shape} pixels, "
                              f"the model's input is {cam_map.shape}")

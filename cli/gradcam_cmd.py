@@ -45,10 +45,14 @@ def maps(
     split: str = typer.Option("test", "--split", help="Split the images are drawn from."),
     labels: list[str] = typer.Option([], "--labels", help="Labels to map (default: each image's positive labels)."),
     top_k: int | None = typer.Option(None, "--top-k", help="Map the K highest-scoring labels of the first run."),
+    annotations: Path | None = typer.Option(None, "--annotations",
+                                            help="Outline each annotated region (boxes CSV, as for validate)."),
+    masks: Path | None = typer.Option(None, "--masks", help="Mask folder used instead of the boxes."),
     method: str = MethodOption,
     layer: str = LayerOption,
     select_layer: bool = SelectLayerOption,
     select_maps: int = SelectMapsOption,
+    steps: int = StepsOption,
     device: str = DeviceOption,
     batch_size: int = BatchOption,
     seed: int = SeedOption,
@@ -66,8 +70,8 @@ def maps(
     if not runs or out is None:
         raise InputError("embedstore gradcam needs --run RUN and --out DIR (or the `validate` subcommand)")
     config = MapsConfig(runs=tuple(runs), out=out, samples=tuple(samples), n=n, split=split, labels=tuple(labels),
-                        top_k=top_k, settings=_settings(method, layer, select_layer, select_maps, 16, device,
-                                                        batch_size, seed))
+                        top_k=top_k, annotations=annotations, masks=masks,
+                        settings=_settings(method, layer, select_layer, select_maps, steps, device, batch_size, seed))
     with ExitStack() as bars:
         result = render_maps(Store.open(store_path(store)), config, progress=progress_factory(bars, "map"))
     layers = ", ".join(f"{run} at {name}" for run, name in result.layers.items())

@@ -72,7 +72,8 @@ def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
         validate(store, ValidateConfig(run=runs[("ft", protocol)], annotations=data / ANNOTATIONS_CSV,
                                        masks=data / MASK_DIR, bootstrap=plan.bootstrap))
     render_maps(store, MapsConfig(runs=tuple(runs[(mode, "multilabel")] for mode in ("zs", "lp", "ft")),
-                                  out=store.path / "report" / "gradcam"))
+                                  out=store.path / "report" / "gradcam", annotations=data / ANNOTATIONS_CSV,
+                                  masks=data / MASK_DIR))
     charts = store.path / "report" / "charts"
     for kind in CHARTS:
         try:

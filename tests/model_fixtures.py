@@ -46,6 +46,17 @@ def make_resnet_clip(folder: Path, seed: int = 0) -> Path:
     }, seed)
 
 
+def make_timm_cnn_clip(folder: Path, seed: int = 0) -> Path:
+    """A timm CNN trunk (ConvNeXt-atto: visual.trunk.stages) as open_clip wraps it, 64 px input."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _save(folder, {
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": "linear", "image_size": 64},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }, seed)
+
+
 def _vocabulary() -> list[str]:
     words = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "."}
     for text in (*CHEXPERT_LABELS, *TEMPLATES):

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 from embedstore.analyses.common import AnalysisOptions
-from embedstore.analyses.gradcam import CamSettings, ValidateConfig, Workspace, study_sample, validate
+from embedstore.analyses.gradcam import (
+    CamSettings,
+    MapsConfig,
+    ValidateConfig,
+    Workspace,
+    render_maps,
+    study_sample,
+    validate,
+)
 from embedstore.analyses.localisation import MapRecord, map_figures, summarise
 from embedstore.analyses.report import write_report
 from embedstore.analyses.study import AnalyzeConfig, analyze
@@ -95,14 +103,19 @@ def test_biomedclip_shaped_run_is_hooked_at_the_studys_layer_with_its_own_grid(
     assert maps.shape == (3, 112, 112) and np.isfinite(maps).all()
 
 
-def test_cnn_tower_is_hooked_at_its_last_stage(tmp_path: Path) -> None:
-    from tests.model_fixtures import make_resnet_clip
+@pytest.mark.parametrize("maker, layer, candidates", [
+    ("make_resnet_clip", "layer4", ["layer1", "layer2", "layer3", "layer4"]),
+    ("make_timm_cnn_clip", "trunk.stages.-1", [f"trunk.stages.{i}" for i in range(4)]),
+])
+def test_cnn_towers_are_hooked_at_their_last_stage(tmp_path: Path, maker: str, layer: str,
+                                                   candidates: list[str]) -> None:
+    from tests import model_fixtures
 
-    loaded = load_model("local-dir:" + str(make_resnet_clip(tmp_path / "rn")))
+    loaded = load_model("local-dir:" + str(getattr(model_fixtures, maker)(tmp_path / "cnn")))
     visual = loaded.model.visual
     layout = cam_layout(visual)
-    assert layout.layer_name == "layer4" and layout.reshape_transform((64, 64)) is None
-    assert candidate_layers(visual) == ["layer1", "layer2", "layer3", "layer4"]
+    assert layout.layer_name == layer and layout.reshape_transform((64, 64)) is None
+    assert candidate_layers(visual) == candidates
     module = head_model(visual, Head(np.random.default_rng(0).normal(size=(3, 32)), np.zeros(3), True))
     maps = compute_maps(module, layout, torch.randn(2, 3, 64, 64), [0, 2], method="gradcam++")
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
@@ -400,6 +413,31 @@ def test_gradcam_command_writes_overlays_raw_maps_the_grid_and_provenance(
                 assert overlay.size == (48, 48)
         with Image.open(out / str(sample) / "grid.png") as grid:
             assert grid.width > grid.height / 2 > 100       # 2 label rows × 3 setting columns
+
+
+def test_maps_outline_the_expert_annotation(cam_store: tuple[Store, dict[str, str]], synthetic_dir: Path,
+                                             tmp_path: Path) -> None:
+    from PIL import Image
+
+    store, runs = cam_store
+    with store.reader() as con:
+        test_files = {r[0]: r[1] for r in con.execute("SELECT filename, sample_id FROM samples WHERE split = 'test'")
+                      .fetchall()}
+    with open(synthetic_dir / "annotations.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["filename"] in test_files)
+    sample, label = test_files[row["filename"]], row["label"]
+    plain, outlined = tmp_path / "plain", tmp_path / "outlined"
+    for out, boxes in ((plain, None), (outlined, synthetic_dir / "annotations.csv")):
+        render_maps(store, MapsConfig(runs=(runs["ft-study"],), out=out, samples=(sample,), labels=(label,),
+                                      annotations=boxes))
+    slug = label.lower().replace(" ", "_")
+    before = np.asarray(Image.open(plain / str(sample) / runs["ft-study"] / f"{slug}.png"))
+    after = np.asarray(Image.open(outlined / str(sample) / runs["ft-study"] / f"{slug}.png"))
+    changed = np.any(before != after, axis=-1)
+    assert changed.any() and (after[changed] == 255).all()           # only the white outline is added
+    np.testing.assert_array_equal(np.load(plain / str(sample) / runs["ft-study"] / f"{slug}.npy"),
+                                  np.load(outlined / str(sample) / runs["ft-study"] / f"{slug}.npy"))
+    assert json.loads((outlined / "provenance.json").read_text())["annotations"]["sha256"]
 
 
 def test_validate_stores_localisation_sanity_and_draws_them(
