@@ -424,38 +424,57 @@ class ValidateResult:
     table: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
+@dataclass(frozen=True)
+class AnnotatedPair:
+    """One annotated (image, label) of the validated split, with its region on the model's input."""
+
+    sample_id: int
+    label: str
+    annotation: Annotation
+    region: np.ndarray
+
+
 def _annotated_pairs(workspace: Workspace, annotations: list[Annotation], config: ValidateConfig
-                     ) -> list[tuple[int, str, Annotation]]:
+                     ) -> tuple[list[AnnotatedPair], int]:
+    """The split's annotations (`--n`: on N images drawn as the study did), each with its region on the
+    model's input; one that the model's centre crop cuts away entirely is left out with a warning."""
     by_file = {row.filename: s for s, row in workspace.images.items()}
-    pairs = [(by_file[a.filename], a.label, a) for a in annotations
-             if workspace.images[by_file[a.filename]].split == config.split]
-    if not pairs:
+    chosen = [a for a in annotations if workspace.images[by_file[a.filename]].split == config.split]
+    if not chosen:
         raise InputError(f"--annotations {config.annotations}: no annotation falls on a {config.split}-split image")
     if config.n is not None:
-        images = sorted({s for s, _, _ in pairs})
-        chosen = {images[i] for i in study_sample(len(images), min(config.n, len(images)), config.settings.seed)}
-        pairs = [p for p in pairs if p[0] in chosen]
-    return sorted(pairs, key=lambda p: (p[0], workspace.subject.column(p[1])))
+        images = sorted({by_file[a.filename] for a in chosen})
+        drawn = {images[i] for i in study_sample(len(images), min(config.n, len(images)), config.settings.seed)}
+        chosen = [a for a in chosen if by_file[a.filename] in drawn]
+    pairs = []
+    for annotation in chosen:
+        sample_id = by_file[annotation.filename]
+        region = workspace.input_mask(sample_id, annotation)
+        if not region.any():
+            log.warning("%s:%d: the annotation lies outside what the model sees (its centre crop); left out",
+                        config.annotations, annotation.row)
+            continue
+        pairs.append(AnnotatedPair(sample_id, annotation.label, annotation, region))
+    return sorted(pairs, key=lambda p: (p.sample_id, workspace.subject.column(p.label))), len(chosen) - len(pairs)
 
 
-def _localise(workspace: Workspace, pairs: list[tuple[int, str, Annotation]], config: ValidateConfig,
-              module: Any, layout: CamLayout, with_faithfulness: bool, advance: Callable[[int], None] | None
+def _localise(workspace: Workspace, pairs: list[AnnotatedPair], config: ValidateConfig, module: Any,
+              layout: CamLayout, with_faithfulness: bool, advance: Callable[[int], None] | None
               ) -> tuple[list[MapRecord], list[np.ndarray]]:
     records, maps = [], []
     rng = np.random.default_rng(config.settings.seed)
     tolerance = pointing_tolerance(config, workspace.subject.loaded.image_size)
-    for (sample_id, label, cam_map, image), (_, _, annotation) in zip(
-            workspace.maps([(s, label) for s, label, _ in pairs], layout, module, advance), pairs, strict=True):
-        mask = workspace.input_mask(sample_id, annotation)
-        if mask.shape != cam_map.shape:
-            raise InputError(f"{config.annotations}:{annotation.row}: the annotation maps to {mask.shape} pixels, "
-                             f"the model's input is {cam_map.shape}")
+    for (sample_id, label, cam_map, image), pair in zip(
+            workspace.maps([(p.sample_id, p.label) for p in pairs], layout, module, advance), pairs, strict=True):
+        if pair.region.shape != cam_map.shape:
+            raise InputError(f"{config.annotations}:{pair.annotation.row}: the annotation maps to "
+                             f"{pair.region.shape} pixels, the model's input is {cam_map.shape}")
         deletion = insertion = None
         if with_faithfulness:
             deletion, insertion = faithfulness(module, image, cam_map, workspace.subject.column(label),
                                                workspace.subject.probabilities, config.settings.steps)
-        records.append(MapRecord(sample_id, label, map_figures(cam_map, mask, rng, config.top_fraction, tolerance), deletion,
-                                 insertion))
+        figures = map_figures(cam_map, pair.region, rng, config.top_fraction, tolerance)
+        records.append(MapRecord(sample_id, label, figures, deletion, insertion))
         maps.append(cam_map)
     return records, maps
 
@@ -475,7 +494,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a.reshape(-1), b.reshape(-1)).statistic)
 
 
-def _sanity(workspace: Workspace, pairs: list[tuple[int, str, Annotation]], trained: list[np.ndarray],
+def _sanity(workspace: Workspace, pairs: list[AnnotatedPair], trained: list[np.ndarray],
             config: ValidateConfig) -> tuple[list[SanityStage], Any]:
     """Cascading randomisation (Adebayo et al. 2018): redraw the stages top-down, one more each step,
     and compare each step's maps with the trained model's. Returns the stages and the fully randomised model."""
@@ -488,7 +507,8 @@ def _sanity(workspace: Workspace, pairs: list[tuple[int, str, Annotation]], trai
     for name, parameters in randomisation_stages(module):
         randomise(parameters, generator)
         layout = cam_layout(module.visual, workspace.layout.layer_name)
-        maps = [m for _, _, m, _ in workspace.maps([pairs[i][:2] for i in subset], layout, module)]
+        maps = [m for _, _, m, _ in workspace.maps([(pairs[i].sample_id, pairs[i].label) for i in subset], layout,
+                                                    module)]
         rhos = np.array([_spearman(trained[i], m) for i, m in zip(subset, maps, strict=True)])
         finite = rhos[np.isfinite(rhos)]
         stages.append(SanityStage(name, float(finite.mean()) if len(finite) else float("nan"), int(len(finite))))
@@ -529,7 +549,10 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
     annotations = read_annotations(config.annotations, {row.filename for row in run_images(store, config.run).values()},
                                    run.labels, config.masks)
     workspace = Workspace(store, config.run, config.settings)
-    pairs = _annotated_pairs(workspace, annotations, config)
+    pairs, left_out = _annotated_pairs(workspace, annotations, config)
+    if not pairs:
+        raise InputError(f"--annotations {config.annotations}: every {config.split}-split annotation lies outside "
+                         "what the model sees")
     advance = progress(2 * len(pairs), "grad-cam validate") if progress else None
     records, trained = _localise(workspace, pairs, config, workspace.subject.module, workspace.layout, True, advance)
     sanity, random_module = _sanity(workspace, pairs, trained, config)
@@ -542,7 +565,7 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
         "annotations_sha256": sha256_file(config.annotations), "masks": str(config.masks) if config.masks else None,
         "top_fraction": config.top_fraction or "annotation area", "steps": config.settings.steps,
         "pointing_tolerance_px": pointing_tolerance(config, workspace.subject.loaded.image_size),
-        "bootstrap": config.bootstrap,
+        "bootstrap": config.bootstrap, "annotations_outside_input": left_out,
     }
     options = AnalysisOptions(protocol=workspace.subject.protocol, split=config.split, bootstrap=config.bootstrap,
                               seed=config.settings.seed)

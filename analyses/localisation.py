@@ -5,7 +5,8 @@ of it as Zhang et al. 2018 count a hit; ties broken at random, so a flat map sco
 energy pointing game (share of the map's mass inside), IoU of the top-p region with the
 annotation, and the chance baselines: a random point lands in the (tolerance-grown) annotation with
 probability equal to its area share, a uniform map puts the annotation's area share inside, and a
-random top-p region has expected IoU p·a / (p + a − p·a). Summaries are means per label and overall with bootstrap intervals.
+random top-p region has expected IoU p·a / (p + a − p·a). Summaries are means per label and overall
+with bootstrap intervals.
 """
 
 from __future__ import annotations

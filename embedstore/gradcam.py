@@ -241,50 +241,73 @@ def _checked_artefact(store: Store, relpath: str, run_id: str) -> Any:
     return path
 
 
-def _zero_shot_head(store: Store, run_id: str, protocol: str, prompt_set: str, labels: list[str],
-                    config: dict[str, Any]) -> Head:
+@dataclass(frozen=True)
+class StoredRun:
+    """What a run's scorer is rebuilt from."""
+
+    run_id: str
+    protocol: str
+    prompt_set: str | None
+    labels: list[str]
+    config: dict[str, Any]
+
+
+def _zero_shot_head(store: Store, run: StoredRun, visual: Any) -> Head:
+    """The protocol's zero-shot head from the run's stored text embeddings."""
     from embedstore.prompts import build_prompts, zero_shot_head
 
     with store.reader() as con:
-        rows = con.execute(queries.load("run_prompts").text, {"run_id": run_id}).fetchall()
+        rows = con.execute(queries.load("run_prompts").text, {"run_id": run.run_id}).fetchall()
     stored = {(label, prompt): np.asarray(embedding, dtype=np.float32) for label, prompt, embedding in rows}
-    prompts = build_prompts(prompt_set, labels)
+    prompts = build_prompts(str(run.prompt_set), run.labels)
     missing = [p.text for p in prompts if (p.label, p.text) not in stored]
     if missing:
-        raise IntegrityError(f"run {run_id}: text embeddings missing for prompts {missing[:3]}")
+        raise IntegrityError(f"run {run.run_id}: text embeddings missing for prompts {missing[:3]}")
     text = np.stack([stored[(p.label, p.text)] for p in prompts])
-    return zero_shot_head(protocol, prompts, text, labels, float(config.get("logit_scale", 1.0)))
+    return zero_shot_head(run.protocol, prompts, text, run.labels, float(run.config.get("logit_scale", 1.0)))
+
+
+def _probe_head(store: Store, run: StoredRun, visual: Any) -> Head:
+    """The linear probe's stored head."""
+    with np.load(_checked_artefact(store, f"artefacts/{run.run_id}/head.npz", run.run_id)) as state:
+        return Head.from_state(dict(state))
+
+
+def _finetuned_head(store: Store, run: StoredRun, visual: Any) -> Head:
+    """The fine-tuned run's head; loads its fine-tuned weights into `visual`."""
+    import torch
+
+    state = torch.load(_checked_artefact(store, f"artefacts/{run.run_id}/finetuned.pt", run.run_id),
+                       map_location="cpu", weights_only=False)
+    visual.load_state_dict(state["visual"])
+    return Head.from_state(state["head"])
+
+
+#: How each mode's scorer is rebuilt on the image tower.
+HEAD_LOADERS: dict[str, Callable[[Store, StoredRun, Any], Head]] = {
+    "zs": _zero_shot_head,
+    "lp": _probe_head,
+    "ft": _finetuned_head,
+}
 
 
 def load_subject(store: Store, run_id: str, device: Any) -> CamSubject:
     """Load a complete run's model (checking its weights are the run's), with its head on top."""
-    import torch
-
     with store.reader() as con:
         row = first_row(con, queries.load("run_overview").text, {"run_id": run_id})
     if row is None or row[9] != "complete":
         raise InputError(f"--run {run_id}: no complete run with that id (`embedstore sql --name runs` lists them)")
     _, mode, protocol, prompt_set, model_id, model_sha, dataset_id, *_ = row
-    config_text = row[13]
-    config = json.loads(config_text)
-    labels = list(config["labels"])
+    config = json.loads(row[13])
+    run = StoredRun(run_id, protocol, prompt_set, list(config["labels"]), config)
     loaded = load_model(model_id)
     if loaded.sha256 != model_sha:
         raise IntegrityError(f"--run {run_id}: model {model_id} here has weights sha256 {loaded.sha256[:12]}…, "
                              f"the run was made with {model_sha[:12]}…")
     visual = loaded.model.visual
-    if mode == "zs":
-        head = _zero_shot_head(store, run_id, protocol, prompt_set, labels, config)
-    elif mode == "lp":
-        with np.load(_checked_artefact(store, f"artefacts/{run_id}/head.npz", run_id)) as state:
-            head = Head.from_state(dict(state))
-    else:
-        state = torch.load(_checked_artefact(store, f"artefacts/{run_id}/finetuned.pt", run_id), map_location="cpu",
-                           weights_only=False)
-        visual.load_state_dict(state["visual"])
-        head = Head.from_state(state["head"])
+    head = HEAD_LOADERS[mode](store, run, visual)
     module = head_model(visual.float(), head).to(device)
-    return CamSubject(run_id, mode, protocol, prompt_set, dataset_id, labels, loaded, module, config)
+    return CamSubject(run_id, mode, protocol, prompt_set, dataset_id, run.labels, loaded, module, config)
 
 
 # ---------------------------------------------------------------------------------------------
