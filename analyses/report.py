@@ -147,8 +147,10 @@ def _gradcam_sections(store: Store, data: str) -> list[str]:
         first = rows[0].params
         sections.append(f"<h2>Grad-CAM localisation — {html.escape(run_id)} ({html.escape(split)} split)</h2>"
                         f"<p class='note'>{html.escape(str(first.get('method')))} at {html.escape(str(first.get('layer')))}"
-                        f"; annotations {html.escape(str(first.get('annotations')))}; chance = the annotation's area "
-                        "share; random weights = every layer redrawn</p>" + _table_html(localisation_table(rows)))
+                        f"; annotations {html.escape(str(first.get('annotations')))}; pointing tolerance "
+                        f"{first.get('pointing_tolerance_px', 0):.1f} px; chance = what a random point, a uniform map "
+                        "or a random region of the same size scores; random weights = every layer redrawn</p>"
+                        + _table_html(localisation_table(rows)))
         steps = [r for r in rows if r.metric == "gradcam.sanity_spearman"]
         flag = next((r for r in rows if r.metric == "gradcam.sanity_flag"), None)
         if steps and flag is not None:
