@@ -13,4 +13,4 @@ JOIN runs r USING (run_id)
 JOIN datasets d ON d.dataset_id = r.dataset_id
 WHERE d.name = $dataset
   AND m.metric IN ('gradcam.pointing_game', 'gradcam.random_weights.pointing_game', 'gradcam.pointing_chance')
-ORDER BY setting, m.label NULLS FIRST, figure;
+ORDER BY setting, m.label IS NOT NULL, m.label IS DISTINCT FROM 'localised findings', m.label, figure;
