@@ -22,13 +22,7 @@ from embedstore.analyses.common import AnalysisOptions, MetricRow, with_interval
 from embedstore.analyses.rundata import RunData
 
 from embedstore import queries
-
-
-def row_minmax(scores: np.ndarray) -> np.ndarray:
-    """Scale each row to [0, 1] (the study's per-sample normalisation); a constant row becomes 0."""
-    low = scores.min(axis=1, keepdims=True)
-    span = scores.max(axis=1, keepdims=True) - low
-    return np.divide(scores - low, span, out=np.zeros_like(scores, dtype=np.float64), where=span > 0)
+from embedstore.heads import row_minmax
 
 
 def _scored(con: duckdb.DuckDBPyConnection, scores: np.ndarray, targets: np.ndarray,

@@ -24,7 +24,7 @@ from embedstore.analyses.rundata import RunData, load_run
 
 from embedstore import queries
 from embedstore.annotations import Annotation, InputGeometry, read_annotations
-from embedstore.atomic import atomic_path, sha256_file
+from embedstore.atomic import atomic_path, save_npy, sha256_file
 from embedstore.errors import InputError
 from embedstore.gradcam import (
     CamLayout,
@@ -134,15 +134,16 @@ def run_images(store: Store, run_id: str) -> dict[int, ImageRow]:
 class Workspace:
     """One run made runnable: its model and scorer, its data, its images at the model's input."""
 
-    def __init__(self, store: Store, run_id: str, settings: CamSettings) -> None:
+    def __init__(self, store: Store, run_id: str, settings: CamSettings, run: RunData | None = None,
+                 images: dict[int, ImageRow] | None = None) -> None:
         from embedstore.extract import resolve_device
 
         settings.validate()
         self.store = store
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.run: RunData = load_run(store, run_id)
-        self.images = run_images(store, run_id)
+        self.run: RunData = run or load_run(store, run_id)
+        self.images = images or run_images(store, run_id)
         self.subject: CamSubject = load_subject(store, run_id, self.device)
         self._cache = TensorCache(default_cache_path(), self.subject.loaded.preprocess_key)
         self.layer_selection: dict[str, float] = {}
@@ -319,11 +320,6 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-
-
 def _grid_figure(path: Path, title: str, labels: list[str], columns: list[str],
                  panels: dict[tuple[str, str], tuple[np.ndarray, str]]) -> None:
     """The study's figure: one row per label, one column per setting, the label's score in each title."""
@@ -375,7 +371,7 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
             folder = config.out / str(sample_id) / workspace.subject.run_id
             overlay = _overlay(pixels[sample_id], cam_map, outlines.get((sample_id, label)))
             _save_png(folder / f"{_slug(label)}.png", overlay)
-            _save_npy(folder / f"{_slug(label)}.npy", cam_map)
+            save_npy(folder / f"{_slug(label)}.npy", cam_map)
             row = int(np.searchsorted(workspace.run.sample_ids, sample_id))
             value = workspace.subject.probabilities(workspace.run.scores[row][None, :])[0, workspace.subject.column(label)]
             panels[sample_id][(label, column)] = (overlay, f"p={value:.2f}")
@@ -546,9 +542,10 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
     if config.bootstrap < 0 or config.sanity_maps < 1:
         raise InputError("--bootstrap must be 0 or more and --sanity-maps at least 1")
     run = load_run(store, config.run)        # checked before the model loads, so a bad file fails fast
-    annotations = read_annotations(config.annotations, {row.filename for row in run_images(store, config.run).values()},
-                                   run.labels, config.masks)
-    workspace = Workspace(store, config.run, config.settings)
+    images = run_images(store, config.run)
+    annotations = read_annotations(config.annotations, {row.filename for row in images.values()}, run.labels,
+                                   config.masks)
+    workspace = Workspace(store, config.run, config.settings, run, images)
     pairs, left_out = _annotated_pairs(workspace, annotations, config)
     if not pairs:
         raise InputError(f"--annotations {config.annotations}: every {config.split}-split annotation lies outside "

@@ -45,7 +45,7 @@ class InputGeometry:
                 height, width = _resized(step.size, (height, width), step.max_size)
                 crop = (height, width)
             elif isinstance(step, transforms.CenterCrop):
-                crop_h, crop_w = _pair(step.size)
+                crop_h, crop_w = size_pair(step.size)
                 top += int(round((height - crop_h) / 2.0))
                 left += int(round((width - crop_w) / 2.0))
                 crop = (crop_h, crop_w)
@@ -80,7 +80,8 @@ class InputGeometry:
         return _window(resized, self.top, self.left, self.crop)
 
 
-def _pair(size: Any) -> tuple[int, int]:
+def size_pair(size: Any) -> tuple[int, int]:
+    """(height, width) from torchvision/timm size values: an int, or a sequence of one or two."""
     if isinstance(size, int):
         return size, size
     return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))

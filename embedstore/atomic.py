@@ -8,8 +8,17 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
+
+
+def save_npy(path: Path, array: Any, durable: bool = False) -> None:
+    """Write a NumPy array (no pickles) atomically."""
+    import numpy as np
+
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def sha256_file(path: Path) -> str:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from embedstore import queries
+from embedstore.annotations import size_pair
 from embedstore.atomic import sha256_file
 from embedstore.errors import InputError, IntegrityError
-from embedstore.heads import Head
+from embedstore.heads import Head, row_minmax
 from embedstore.models import LoadedModel, load_model
 from embedstore.store import Store, first_row
 
@@ -78,12 +79,8 @@ class TowerKind:
     tokens: Callable[[Any], tuple[int, tuple[int, int]] | None]
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value[0]), int(value[1])) if isinstance(value, list | tuple) else (int(value), int(value))
-
-
 def _native_patch(visual: Any) -> tuple[int, int]:
-    return _pair(visual.patch_size if hasattr(visual, "patch_size") else visual.conv1.kernel_size)
+    return size_pair(visual.patch_size if hasattr(visual, "patch_size") else visual.conv1.kernel_size)
 
 
 def _has(visual: Any, path: str) -> bool:
@@ -103,7 +100,7 @@ TOWER_KINDS: dict[str, TowerKind] = {
         lambda v: _has(v, "trunk.blocks"),
         lambda v: "trunk.blocks.-3.attn.proj",
         lambda v: [f"trunk.blocks.{i}.attn.proj" for i in range(len(v.trunk.blocks))],
-        lambda v: (int(v.trunk.num_prefix_tokens), _pair(v.trunk.patch_embed.patch_size)),
+        lambda v: (int(v.trunk.num_prefix_tokens), size_pair(v.trunk.patch_embed.patch_size)),
     ),
     "timm-cnn": TowerKind(
         lambda v: _has(v, "trunk.stages"),
@@ -220,9 +217,7 @@ class CamSubject:
         logits = np.asarray(logits, dtype=np.float64)
         if self.protocol == "multilabel" and (self.mode != "zs" or self.prompt_set == "posneg"):
             return 1.0 / (1.0 + np.exp(-logits))
-        low, high = logits.min(axis=1, keepdims=True), logits.max(axis=1, keepdims=True)
-        span = np.where(high > low, high - low, 1.0)
-        return (logits - low) / span
+        return row_minmax(logits)
 
     def column(self, label: str) -> int:
         if label not in self.labels:

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 PATIENCE = 5
 
 
+def row_minmax(scores: np.ndarray) -> np.ndarray:
+    """Scale each row to [0, 1] (the study's per-sample normalisation); a constant row becomes 0."""
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    return np.divide(scores - low, span, out=np.zeros_like(scores, dtype=np.float64), where=span > 0)
+
+
 @dataclass
 class Head:
     """A linear head: logits = W · f(x) + b, with f = L2 normalisation when `normalize_input`."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.atomic import atomic_path
+from embedstore.atomic import save_npy
 from embedstore.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,7 @@ class TensorCache:
             return None
 
     def put(self, sha256: str, array: np.ndarray) -> None:
-        with atomic_path(self._path(sha256), durable=False) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
+        save_npy(self._path(sha256), array)
 
 
 def decode(item: ImageItem, pixel_transform: Callable[[Any], Any]) -> np.ndarray:

@@ -12,6 +12,8 @@ from embedstore.prompts import TEMPLATES
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+#: The small open_clip text transformer of the native, ResNet and timm-CNN fixtures.
+TINY_TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
 
 def _save(folder: Path, model_cfg: dict, seed: int) -> Path:
@@ -32,7 +34,7 @@ def make_native_clip(folder: Path, seed: int = 0) -> Path:
     return _save(folder, {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 48, "layers": 3, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "text_cfg": TINY_TEXT_CFG,
     }, seed)
 
 
@@ -42,7 +44,7 @@ def make_resnet_clip(folder: Path, seed: int = 0) -> Path:
     return _save(folder, {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "text_cfg": TINY_TEXT_CFG,
     }, seed)
 
 
@@ -53,7 +55,7 @@ def make_timm_cnn_clip(folder: Path, seed: int = 0) -> Path:
         "embed_dim": 32,
         "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "avg",
                        "timm_proj": "linear", "image_size": 64},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "text_cfg": TINY_TEXT_CFG,
     }, seed)
 
 
