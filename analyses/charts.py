@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstore.analyses.pages import chart_page
 
 from embedstore import queries
 from embedstore.atomic import atomic_path
@@ -34,6 +35,8 @@ class ChartOptions:
     reduce: str = "pca"
     max_points: int = 1500
     seed: int = 42
+    #: projection: put each test report's first 80 characters in the tooltips (patient text: off by default).
+    include_text: bool = False
 
 
 def _records(store: Store, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -68,14 +71,27 @@ def labels_chart(store: Store, options: ChartOptions) -> Any:
     import altair as alt
 
     rows = _records(store, "label_stats", {"dataset": _dataset(store, options)})
-    values = [{"label": r["label"], "split": split, "positives": r[split]} for r in rows for split in SPLIT_ORDER]
+    values = [{"label": r["label"], "position": i, "split": split, "positives": r[split]}
+              for i, r in enumerate(rows) for split in SPLIT_ORDER]
     return alt.Chart(alt.Data(values=values), title="Positive images per label and split").mark_bar().encode(
         x=alt.X("positives:Q", title="positive images"),
-        y=alt.Y("label:N", sort=[r["label"] for r in rows], title=None),
+        y=alt.Y("label:N", sort=_BY_POSITION, title=None),
         color=alt.Color("split:N", sort=SPLIT_ORDER),
         yOffset=alt.YOffset("split:N", sort=SPLIT_ORDER),
         tooltip=["label:N", "split:N", "positives:Q"],
     ).properties(width=480)
+
+
+#: Labels in the study's order through a numeric `position` field: a sort list of label names would be
+#: compiled into a Vega expression, which a stored label name could break.
+_BY_POSITION = {"field": "position", "op": "min"}
+
+
+def _with_positions(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    order = {r["label"]: i for i, r in enumerate(_records(store, "label_order"))}
+    for row in rows:
+        row["position"] = order.get(row["label"], len(order))
+    return rows
 
 
 def _interval_bars(rows: list[dict[str, Any]], title: str, column: str) -> Any:
@@ -109,10 +125,9 @@ def per_label_chart(store: Store, options: ChartOptions) -> Any:
     """Heatmap of a per-label figure (--metric f1|auroc|auprc), label × setting."""
     import altair as alt
 
-    rows = [r for r in _metric_rows(store, options, [options.metric]) if r["label"]]
-    order = [r["label"] for r in _records(store, "label_order")]
+    rows = _with_positions(store, [r for r in _metric_rows(store, options, [options.metric]) if r["label"]])
     return alt.Chart(alt.Data(values=rows), title=f"Per-label {options.metric} (test split)").mark_rect().encode(
-        x=alt.X("setting:N", title=None), y=alt.Y("label:N", sort=order, title=None),
+        x=alt.X("setting:N", title=None), y=alt.Y("label:N", sort=_BY_POSITION, title=None),
         color=alt.Color("value:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title=options.metric),
         tooltip=["label:N", "setting:N", "protocol:N", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")],
@@ -142,10 +157,10 @@ def neighbors_chart(store: Store, options: ChartOptions) -> Any:
     """kNN label agreement: precision@k per label and setting (within-split, leave-one-out)."""
     import altair as alt
 
-    rows = [r for r in _metric_rows(store, options, ["knn_precision_at_k:within"]) if r["label"]]
-    order = [r["label"] for r in _records(store, "label_order")]
+    rows = _with_positions(store, [r for r in _metric_rows(store, options, ["knn_precision_at_k:within"]) if r["label"]])
     return alt.Chart(alt.Data(values=rows), title="Neighbour label agreement: precision@k per label").mark_bar().encode(
-        x=alt.X("value:Q", title="share of neighbours sharing the label"), y=alt.Y("label:N", sort=order, title=None),
+        x=alt.X("value:Q", title="share of neighbours sharing the label"),
+        y=alt.Y("label:N", sort=_BY_POSITION, title=None),
         color="setting:N", yOffset="setting:N",
         tooltip=["label:N", "setting:N", alt.Tooltip("value:Q", format=".3f")],
     ).properties(width=420).facet(column=alt.Column("protocol:N", title=None))
@@ -174,13 +189,14 @@ REDUCERS: dict[str, Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np
 
 
 def projection_chart(store: Store, options: ChartOptions) -> Any:
-    """2-D PCA (or UMAP) of each run's test-split image embeddings, faceted by run; prompts as diamonds."""
+    """2-D PCA (or UMAP) of each run's test-split image embeddings, faceted by run; prompts as diamonds.
+    Tooltips name each image by sample id; its report text only with `include_text`."""
     import altair as alt
     from embedstore.analyses.rundata import dataset_runs, load_run
 
     run_ids = list(options.runs) or dataset_runs(store, _dataset(store, options))
     points: list[dict[str, Any]] = []
-    reports = {r["sample_id"]: r for r in _records(store, "sample_reports")}
+    reports = {r["sample_id"]: r for r in _records(store, "sample_reports")} if options.include_text else {}
     for run_id in run_ids:
         run = load_run(store, run_id)
         test = np.flatnonzero(run.splits == "test")[: options.max_points]
@@ -195,16 +211,17 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
         for i, (a, b) in zip(test, coords, strict=True):
             positives = [label for j, label in enumerate(run.labels) if run.targets[i, j]]
             first = positives[0] if positives else NO_FINDING
-            info = reports.get(int(run.sample_ids[i]), {})
-            points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "image",
-                           "sample_id": int(run.sample_ids[i]), "labels": ", ".join(positives),
-                           "label": first, "domain": DOMAIN_OF.get(first, "Other"),
-                           "abnormal": "normal" if positives == [NO_FINDING] else "abnormal",
-                           "report": (info.get("report") or "")[:80]})
+            point = {"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "image",
+                     "sample_id": int(run.sample_ids[i]), "labels": ", ".join(positives),
+                     "label": first, "domain": DOMAIN_OF.get(first, "Other"),
+                     "abnormal": "normal" if positives == [NO_FINDING] else "abnormal"}
+            if options.include_text:
+                point["report"] = (reports.get(int(run.sample_ids[i]), {}).get("report") or "")[:80]
+            points.append(point)
         for (label, prompt, _), (a, b) in zip(prompts, text_coords, strict=True):
             points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "prompt", "label": label,
                            "domain": DOMAIN_OF.get(label, "Other"), "labels": prompt, "abnormal": "prompt",
-                           "sample_id": None, "report": prompt})
+                           "sample_id": None} | ({"report": prompt} if options.include_text else {}))
     color = {"domain": "domain:N", "label": "label:N", "abnormal": "abnormal:N"}[options.color_by]
     return alt.Chart(alt.Data(values=points),
                      title=f"Test-split image embeddings ({options.reduce.upper()}), coloured by {options.color_by}"
@@ -212,7 +229,7 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
         x=alt.X("pc1:Q", title="PC 1"), y=alt.Y("pc2:Q", title="PC 2"), color=color,
         shape=alt.Shape("kind:N", scale=alt.Scale(domain=["image", "prompt"], range=["circle", "diamond"])),
         size=alt.condition(alt.datum.kind == "prompt", alt.value(140), alt.value(18)),
-        tooltip=["sample_id:Q", "labels:N", "report:N", "kind:N"],
+        tooltip=["sample_id:Q", "labels:N", *(["report:N"] if options.include_text else []), "kind:N"],
     ).properties(width=300, height=260).facet(facet=alt.Facet("setting:N", title=None), columns=3)
 
 
@@ -269,12 +286,13 @@ def chart_spec(store: Store, kind: str, options: ChartOptions) -> dict[str, Any]
 
 
 def save_chart(spec: dict[str, Any], kind: str, out: Path) -> ChartFiles:
-    """Write `<kind>.html` (self-contained: Vega inlined), `<kind>.png` and `<kind>.vl.json`."""
+    """Write `<kind>.html` (self-contained: Vega inlined, every string escaped for the page), `<kind>.png`
+    and `<kind>.vl.json`."""
     import vl_convert
 
     out.mkdir(parents=True, exist_ok=True)
     files = ChartFiles(kind, out / f"{kind}.html", out / f"{kind}.png", out / f"{kind}.vl.json")
-    html = vl_convert.vegalite_to_html(spec, bundle=True)
+    html = chart_page(f"embedstore chart — {kind}", spec)
     png = vl_convert.vegalite_to_png(spec, scale=2)
     for path, data in ((files.html, html.encode()), (files.png, png), (files.spec, json.dumps(spec).encode())):
         with atomic_path(path) as tmp:

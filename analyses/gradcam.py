@@ -39,7 +39,7 @@ from embedstore.gradcam import (
     randomise,
     randomised_copy,
 )
-from embedstore.images import CachedImages, ImageItem, TensorCache, normalize
+from embedstore.images import CachedImages, ImageItem, TensorCache, image_size, normalize, shown
 from embedstore.paths import default_cache_path
 from embedstore.store import Store, append_rows
 
@@ -157,10 +157,11 @@ class Workspace:
 
     def input_mask(self, sample_id: int, annotation: Annotation) -> np.ndarray:
         """An annotation of one of the dataset's images, on the pixels the model sees."""
-        from PIL import Image
-
-        with Image.open(self.images[sample_id].path) as image:
-            original = (image.height, image.width)
+        path = self.images[sample_id].path
+        try:
+            original = image_size(path)
+        except InputError as error:
+            raise InputError(f"image {shown(path)} (sample {sample_id}) {error}") from None
         return annotation.input_mask(InputGeometry.from_transform(self.subject.loaded.pixel_transform, original))
 
     def inputs(self, pixels: np.ndarray) -> Any:
@@ -347,6 +348,9 @@ def _grid_figure(path: Path, title: str, labels: list[str], columns: list[str],
 def render_maps(store: Store, config: MapsConfig, progress: Progress | None = None) -> MapsResult:
     """Maps of every chosen (image, label) under every run, written under `config.out`:
     `<sample>/<run>/<label>.png` (overlay) and `.npy` (raw map), `<sample>/grid.png`, `provenance.json`."""
+    from embedstore.outputs import check_output_path
+
+    check_output_path(store, config.out, folder=True)
     if not config.runs:
         raise InputError("--run: name at least one run")
     if config.top_k is not None and config.top_k < 1:

@@ -136,6 +136,8 @@ def nearest(store: Store, run_id: str, sample: int | None = None, text: str | No
     Text queries use only text embeddings already in the store (zs runs store their prompts):
     answering never loads a model.
     """
+    if k < 1:
+        raise InputError(f"-k {k}: the number of neighbours must be at least 1")
     with store.reader() as con:
         status = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
         if status is None or status[0] != "complete":

@@ -3,7 +3,6 @@ intervals, every chart, the dataset statistics and each run's provenance — fro
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import polars as pl
 from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec
 from embedstore.analyses.common import PROTOCOLS, MetricRow
 from embedstore.analyses.localisation import localisation_table
+from embedstore.analyses.pages import html_text, page, scrub, shareable_model, shareable_path, vega_embed
 from embedstore.analyses.rundata import dataset_runs, load_run
 from embedstore.analyses.study import RunAnalysis, detail_tables, study_table
 
@@ -49,8 +49,8 @@ def stored_analyses(store: Store, run_ids: list[str], split: str = "test") -> li
 
 
 def _table_html(frame: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+    head = "".join(f"<th>{html_text(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in row) + "</tr>"
                    for row in frame.iter_rows())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -65,7 +65,7 @@ def _provenance(store: Store, run_ids: list[str]) -> pl.DataFrame:
             config, versions = json.loads(config), json.loads(versions or "{}")
             records.append({
                 "run": run_id, "mode": mode, "protocol": protocol, "prompts": prompt_set or "—",
-                "model": model_id, "weights sha256": (model_sha or "")[:16], "dataset": dataset,
+                "model": shareable_model(model_id, store.path), "weights sha256": (model_sha or "")[:16], "dataset": dataset,
                 "manifest sha256": manifest[:16], "seed": config.get("seed"),
                 "device": device, "train s": "—" if train_s is None else f"{train_s:.1f}",
                 "extract s": "—" if extract_s is None else f"{extract_s:.1f}",
@@ -83,10 +83,13 @@ th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}th{background:#f3f3f
 """
 
 
-def write_report(store: Store, out: Path, data: str | None = None) -> ReportResult:
-    """Render the report from stored results; charts whose inputs are missing are listed, not faked."""
-    import vl_convert
+def write_report(store: Store, out: Path, data: str | None = None, include_text: bool = False) -> ReportResult:
+    """Render the report from stored results; charts whose inputs are missing are listed, not faked.
+    The page is meant to be shared: it names no machine path (the store's, a model folder's) and carries
+    no report text unless `include_text` (the projection's tooltips then show each report's start)."""
+    from embedstore.outputs import check_output_path
 
+    check_output_path(store, out)
     datasets = [r[0] for r in _fetch(store, "dataset_names")]
     if data is None:
         if len(datasets) != 1:
@@ -96,9 +99,11 @@ def write_report(store: Store, out: Path, data: str | None = None) -> ReportResu
     analyses = stored_analyses(store, run_ids)
     if not analyses:
         raise InputError("no stored figures; run `embedstore analyze` before `embedstore report`")
-    sections = [f"<h1>embedstore report — {html.escape(data)}</h1>",
-                f"<p class='note'>store {html.escape(str(store.path))}; every figure read from the store "
-                "(test split, 95 % bootstrap intervals in brackets)</p>"]
+    text_note = ("report texts: included (the first 80 characters of each test-split report, in the projection's "
+                 "tooltips)" if include_text else "report texts: not included (images named by sample id)")
+    sections = [f"<h1>embedstore report — {html_text(data)}</h1>",
+                "<p class='note'>every figure read from the store (test split, 95 % bootstrap intervals in "
+                f"brackets); {text_note}</p>"]
     for protocol in PROTOCOLS:
         table = study_table(analyses, protocol)
         if table.is_empty():
@@ -106,7 +111,7 @@ def write_report(store: Store, out: Path, data: str | None = None) -> ReportResu
         sections.append(f"<h2>Study table — {protocol} protocol</h2>{_table_html(table)}")
         for name, frame in detail_tables(analyses, protocol).items():
             if not frame.is_empty():
-                sections.append(f"<h3>{html.escape(name)} ({protocol})</h3>{_table_html(frame)}")
+                sections.append(f"<h3>{html_text(name)} ({protocol})</h3>{_table_html(frame)}")
     sections += _gradcam_sections(store, data)
     stats = _fetch_frame(store, "label_stats", {"dataset": data})
     sections.append(f"<h2>Dataset statistics</h2>{_table_html(stats)}")
@@ -114,24 +119,20 @@ def write_report(store: Store, out: Path, data: str | None = None) -> ReportResu
     drawn, skipped, scripts = [], {}, []
     for kind in CHARTS:
         try:
-            spec = chart_spec(store, kind, ChartOptions(data=data))
+            spec = chart_spec(store, kind, ChartOptions(data=data, include_text=include_text))
         except InputError as error:
-            skipped[kind] = str(error)
+            skipped[kind] = scrub(str(error), store.path)
             continue
         element = f"chart-{kind}"
-        sections.append(f"<h3>{kind}</h3><div class='chart' id='{element}'></div>")
-        embed_options = "{actions: false, renderer: 'svg'}"
-        scripts.append(f"vegaEmbed('#{element}', {json.dumps(spec)}, {embed_options}).catch(console.error);")
+        sections.append(f"<h3>{html_text(kind)}</h3><div class='chart' id='{html_text(element)}'></div>")
+        scripts.append(vega_embed(element, spec))
         drawn.append(kind)
     for kind, reason in skipped.items():
-        sections.append(f"<p class='note'>{html.escape(kind)}: not drawn — {html.escape(reason)}</p>")
+        sections.append(f"<p class='note'>{html_text(kind)}: not drawn — {html_text(reason)}</p>")
     sections.append(f"<h2>Provenance</h2>{_table_html(_provenance(store, run_ids))}")
-    bundle = vl_convert.javascript_bundle()
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>embedstore report — {html.escape(data)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(sections)}"
-            f"<script>{bundle}</script><script>{''.join(scripts)}</script></body></html>")
+    text = page(f"embedstore report — {data}", "".join(sections), scripts, STYLE)
     with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return ReportResult(out, drawn, skipped)
 
 
@@ -145,9 +146,11 @@ def _gradcam_sections(store: Store, data: str) -> list[str]:
     sections = []
     for (run_id, split), rows in grouped.items():
         first = rows[0].params
-        sections.append(f"<h2>Grad-CAM localisation — {html.escape(run_id)} ({html.escape(split)} split)</h2>"
-                        f"<p class='note'>{html.escape(str(first.get('method')))} at {html.escape(str(first.get('layer')))}"
-                        f"; annotations {html.escape(str(first.get('annotations')))}; pointing tolerance "
+        annotations = first.get("annotations")
+        shown = shareable_path(str(annotations), store.path) if annotations else "none"
+        sections.append(f"<h2>Grad-CAM localisation — {html_text(run_id)} ({html_text(split)} split)</h2>"
+                        f"<p class='note'>{html_text(first.get('method'))} at {html_text(first.get('layer'))}"
+                        f"; annotations {html_text(shown)}; pointing tolerance "
                         f"{first.get('pointing_tolerance_px', 0):.1f} px; chance = what a random point, a uniform map "
                         "or a random region of the same size scores; random weights = every layer redrawn</p>"
                         + _table_html(localisation_table(rows)))
@@ -155,7 +158,7 @@ def _gradcam_sections(store: Store, data: str) -> list[str]:
         flag = next((r for r in rows if r.metric == "gradcam.sanity_flag"), None)
         if steps and flag is not None:
             verdict = "FLAGGED (maps barely change)" if flag.value else "passed (maps change)"
-            trail = ", ".join(f"{html.escape(str(r.label))} {r.value:.2f}"
+            trail = ", ".join(f"{html_text(r.label)} {r.value:.2f}"
                               for r in sorted(steps, key=lambda r: r.params.get("step", 0)))
             sections.append(f"<p>Model-randomisation check, Spearman ρ between trained and randomised maps as "
                             f"layers are redrawn top-down: {trail} — {verdict}.</p>")

@@ -18,12 +18,16 @@ def chart(
     color_by: str = typer.Option("domain", "--color-by", help="projection: domain, label or abnormal."),
     metric: str = typer.Option("f1", "--metric", help="per-label: f1, auroc or auprc."),
     reduce: str = typer.Option("pca", "--reduce", help="projection: pca or umap (needs embedstore[umap])."),
+    include_text: bool = typer.Option(False, "--include-text",
+                                      help="projection: show each report's first 80 characters in the tooltips "
+                                           "(patient text; off by default)."),
     store: Path | None = StoreOption,
 ) -> None:
     """Draw a chart of stored results (self-contained HTML, PNG and Vega-Lite JSON)."""
     from embedstore.analyses.charts import ChartOptions, chart_spec, save_chart
 
     from embedstore.errors import InputError
+    from embedstore.outputs import check_output_path
     from embedstore.store import Store
 
     if color_by not in ("domain", "label", "abnormal"):
@@ -31,14 +35,19 @@ def chart(
     if reduce not in ("pca", "umap"):
         raise InputError(f"--reduce {reduce}: choose pca or umap")
     options = ChartOptions(runs=tuple(runs), protocol=protocol, data=data, color_by=color_by, metric=metric,
-                           reduce=reduce)
-    files = save_chart(chart_spec(Store.open(store_path(store)), kind, options), kind, out)
+                           reduce=reduce, include_text=include_text)
+    opened = Store.open(store_path(store))
+    check_output_path(opened, out, folder=True)
+    files = save_chart(chart_spec(opened, kind, options), kind, out)
     typer.echo(f"wrote {files.html}, {files.png}, {files.spec}")
 
 
 def report(
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
     data: str | None = typer.Option(None, "--data", help="Dataset (default: the store's only dataset)."),
+    include_text: bool = typer.Option(False, "--include-text",
+                                      help="Put report text in the page (the projection's tooltips); by default a "
+                                           "shared report carries neither report text nor machine paths."),
     store: Path | None = StoreOption,
 ) -> None:
     """One self-contained page: study tables, charts, dataset statistics, provenance."""
@@ -46,7 +55,7 @@ def report(
 
     from embedstore.store import Store
 
-    result = write_report(Store.open(store_path(store)), out, data)
+    result = write_report(Store.open(store_path(store)), out, data, include_text=include_text)
     for kind, reason in result.skipped.items():
         typer.echo(f"chart {kind} not drawn: {reason}", err=True)
     typer.echo(f"wrote {result.path} ({len(result.charts)} charts)")

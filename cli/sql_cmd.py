@@ -29,10 +29,15 @@ def sql(
     list_: bool = typer.Option(False, "--list", help="List the named queries."),
     fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
     out: Path | None = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Stop the query after this many seconds (0: no limit)."),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", show_default=False,
+        help="Memory the query (and its result) may use: 512MB, 2GB, 1.5GiB or 10% (default: 25% of the machine's)."),
     store: Path | None = StoreOption,
 ) -> None:
     """Query the store read-only (writes, file access, ATTACH, INSTALL/LOAD and SET are refused)."""
     from embedstore import queries
+    from embedstore.outputs import check_output_path
     from embedstore.sqlrun import BINARY_FORMATS, render, run_query, write_output
     from embedstore.store import Store
 
@@ -60,9 +65,12 @@ def sql(
             raise InputError("--param is for named queries (--name); bind values in your own SQL yourself")
     if fmt in BINARY_FORMATS and out is None:
         raise InputError(f"--format {fmt} is binary: give --out FILE")
-    data = render(run_query(Store.open(store_path(store)), text, bound), fmt)
+    opened = Store.open(store_path(store))
+    if out is not None:
+        check_output_path(opened, out)
+    data = render(run_query(opened, text, bound, timeout=timeout, memory_limit=memory_limit), fmt)
     if out is None:
         sys.stdout.buffer.write(data)
     else:
-        write_output(data, out)
+        write_output(data, out, opened)
         typer.echo(f"wrote {out}", err=True)

@@ -1,5 +1,14 @@
 """embedstore: extract CLIP-style embeddings once into a store, then analyse the cached vectors."""
 
+import os as _os
+
+#: embedstore never downloads: the hub libraries (huggingface_hub, transformers, datasets, and
+#: open_clip and timm through huggingface_hub) read these switches once, when they are imported,
+#: so they are forced here, before any import path of embedstore can import them.
+OFFLINE_SWITCHES = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+_os.environ.update(OFFLINE_SWITCHES)
+
 __version__ = "0.1.0"
 
 #: Version of the store layout and schema this code reads and writes. A store with another

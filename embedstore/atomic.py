@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+#: The names `atomic_path` gives its temporary files (`.TARGET.XXXXXX.tmp`), as a glob pattern.
+TEMPORARY_PATTERN = ".*.tmp"
 
 
 def save_npy(path: Path, array: Any, durable: bool = False) -> None:

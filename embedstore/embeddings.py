@@ -1,6 +1,12 @@
-"""Bulk moves of embedding matrices between numpy and the store's `FLOAT[]` columns, via Arrow."""
+"""Bulk moves of embedding matrices between numpy and the store's `FLOAT[]` columns, via Arrow.
+
+Rows a writer cannot commit yet (a reader holds the database) are staged as Parquet files under
+`<store>/staging/<run_id>/` and committed later; committing a staged file twice adds nothing.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -17,20 +23,87 @@ def _list_column(vectors: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
 
 
-def insert_image_embeddings(
-    con: duckdb.DuckDBPyConnection, run_id: str, sample_ids: np.ndarray, vectors: np.ndarray
-) -> int:
-    """Append one row per sample to `image_embeddings` inside the caller's transaction."""
+def _embedding_batch(run_id: str, sample_ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
     if vectors.ndim != 2 or len(sample_ids) != len(vectors):
         raise ValueError(f"need one sample id per vector: {len(sample_ids)} ids, vectors {vectors.shape}")
-    batch = pa.table(
+    return pa.table(
         {
             "run_id": pa.array([run_id] * len(sample_ids), pa.string()),
             "sample_id": pa.array(np.asarray(sample_ids, dtype=np.int64)),
             "embedding": _list_column(vectors),
         }
     )
-    return append_rows(con, "image_embeddings", batch)
+
+
+def insert_image_embeddings(
+    con: duckdb.DuckDBPyConnection, run_id: str, sample_ids: np.ndarray, vectors: np.ndarray
+) -> int:
+    """Append one row per sample to `image_embeddings` inside the caller's transaction."""
+    return append_rows(con, "image_embeddings", _embedding_batch(run_id, sample_ids, vectors))
+
+
+STAGING_DIR = "staging"
+
+
+def staging_folder(store_path: Path, run_id: str) -> Path:
+    """Where a run's not-yet-committed embedding chunks wait."""
+    return store_path / STAGING_DIR / run_id
+
+
+def stage_image_embeddings(folder: Path, run_id: str, sample_ids: np.ndarray, vectors: np.ndarray) -> Path:
+    """Write one chunk as a Parquet file (atomically) to be committed later."""
+    import pyarrow.parquet as pq
+
+    from embedstore.atomic import atomic_path
+    from embedstore.store import environment_error
+
+    target = folder / f"chunk-{int(sample_ids[0]):020d}-{len(sample_ids)}.parquet"
+    try:
+        with atomic_path(target) as tmp:
+            pq.write_table(_embedding_batch(run_id, sample_ids, vectors), tmp)
+    except OSError as error:
+        raise environment_error(error, "stage embeddings in", target) from error
+    return target
+
+
+def staged_files(folder: Path) -> list[Path]:
+    """A run's staged chunks, in order (temporary files of an interrupted write are not chunks)."""
+    return sorted(folder.glob("chunk-*.parquet")) if folder.is_dir() else []
+
+
+def commit_staged(con: duckdb.DuckDBPyConnection, run_id: str, files: list[Path]) -> int:
+    """Append a run's staged chunks inside the caller's transaction, skipping rows the run already
+    has (a chunk committed just before a kill is not added twice). Returns the rows read."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in files:
+        table = pq.read_table(path)
+        con.register("_staged", table)
+        try:
+            con.execute(queries.load("insert_staged_embeddings").text, {"run_id": run_id})
+        finally:
+            con.unregister("_staged")
+        rows += table.num_rows
+    return rows
+
+
+def remove_staging(store_path: Path, run_id: str) -> None:
+    """Drop a run's staging folder (its rows are committed or no longer wanted)."""
+    import shutil
+
+    shutil.rmtree(staging_folder(store_path, run_id), ignore_errors=True)
+
+
+def remove_staged(files: list[Path]) -> None:
+    """Delete committed chunks, and their folder once it is empty."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in files}:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def read_image_embeddings(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[np.ndarray, np.ndarray]:

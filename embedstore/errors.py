@@ -53,6 +53,14 @@ class SqlError(EmbedstoreError):
 
 
 class IntegrityError(EmbedstoreError):
-    """`store verify` found mismatches between the manifest, the files and the tables."""
+    """`store verify` found mismatches between the manifest, the files and the tables, or an
+    artefact or the database is damaged and refused before use."""
 
     exit_code = 5
+
+
+class StoreEnvironmentError(EmbedstoreError):
+    """The store's files cannot be read or written: permissions, a read-only file system, a full
+    disk, a file where a folder should be. Nothing already stored is lost."""
+
+    exit_code = 6

@@ -19,15 +19,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from embedstore import __version__, queries
-from embedstore.embeddings import insert_image_embeddings, read_image_embeddings
-from embedstore.errors import InputError
-from embedstore.images import CachedImages, ImageItem, TensorCache, batches, normalize
+from embedstore.embeddings import (
+    commit_staged,
+    insert_image_embeddings,
+    read_image_embeddings,
+    remove_staged,
+    remove_staging,
+    stage_image_embeddings,
+    staged_files,
+    staging_folder,
+)
+from embedstore.errors import InputError, StoreBusyError
+from embedstore.images import (
+    CachedImages,
+    ImageItem,
+    TensorCache,
+    batches,
+    encode_autocast,
+    encode_batch,
+    normalize,
+    prepare_encoder,
+)
 from embedstore.models import LoadedModel, load_model
 from embedstore.paths import default_cache_path
 from embedstore.prompts import DEFAULT_PROMPTS, PROMPT_SETS, build_prompts, zero_shot_head
@@ -201,15 +220,42 @@ def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, ma
 # Encoding (shared by every mode)
 # ---------------------------------------------------------------------------------------------
 
+#: How long a chunk commit waits for a reader before the chunk is staged instead (extraction goes on).
+CHUNK_COMMIT_WAIT_SECONDS = 0.5
+
+
+def _commit_embeddings(ctx: RunContext, sample_ids: np.ndarray | None, vectors: np.ndarray | None,
+                       wait: bool) -> bool:
+    """Commit staged chunks, then these rows, in one transaction. Without `wait`, a database held
+    by a reader stages the rows as a Parquet file and returns False instead of blocking."""
+    folder = staging_folder(ctx.store.path, ctx.run_id)
+    files = staged_files(folder)
+    try:
+        with ctx.writer.transaction(None if wait else CHUNK_COMMIT_WAIT_SECONDS) as con:
+            commit_staged(con, ctx.run_id, files)
+            if sample_ids is not None and vectors is not None:
+                insert_image_embeddings(con, ctx.run_id, sample_ids, vectors)
+    except StoreBusyError:
+        if sample_ids is None or vectors is None:
+            return False
+        stage_image_embeddings(folder, ctx.run_id, sample_ids, vectors)
+        return False
+    remove_staged(files)
+    return True
+
+
 def _done_ids(ctx: RunContext) -> set[int]:
-    with ctx.writer.transaction() as con:
+    _commit_embeddings(ctx, None, None, wait=True)  # chunks staged before an interruption count as done
+    with ctx.store.reader() as con:  # reads share the database with other readers: no wait
         rows = con.execute("SELECT sample_id FROM image_embeddings WHERE run_id = ?", [ctx.run_id]).fetchall()
     return {int(r[0]) for r in rows}
 
 
 def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
     """Encode every image not yet in the run with `visual` (default: the model's image tower),
-    committing every `chunk_size` rows. Returns the seconds spent."""
+    committing every `chunk_size` rows. While a reader holds the database, chunks are staged and
+    encoding goes on; they are committed at the next chance, at the latest at the end. Returns the
+    seconds spent."""
     import torch
 
     visual = visual if visual is not None else ctx.model.model.visual
@@ -218,43 +264,41 @@ def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
     if not todo:
         return 0.0
     started = time.perf_counter()
-    visual = visual.to(ctx.device).eval()
-    autocast_dtype = torch.bfloat16 if ctx.device.type == "cuda" else None
-    if ctx.device.type == "cuda":
-        visual = visual.to(memory_format=torch.channels_last)
+    visual = prepare_encoder(visual, ctx.device)
+    autocast_dtype = encode_autocast(ctx.device)
     dataset = CachedImages(todo, ctx.cache, ctx.model.pixel_transform)
     pending_ids: list[np.ndarray] = []
     pending: list[np.ndarray] = []
+    staged_notice = False
 
-    def commit() -> None:
-        if pending_ids:
-            with ctx.writer.transaction() as con:
-                insert_image_embeddings(con, ctx.run_id, np.concatenate(pending_ids), np.concatenate(pending))
-            pending_ids.clear()
-            pending.clear()
+    def commit(final: bool) -> None:
+        nonlocal staged_notice
+        ids = np.concatenate(pending_ids) if pending_ids else None
+        vectors = np.concatenate(pending) if pending else None
+        pending_ids.clear()
+        pending.clear()
+        if not _commit_embeddings(ctx, ids, vectors, wait=final) and not staged_notice:
+            staged_notice = True
+            log.info("the store is being read: embeddings are staged under %s and committed once it is free",
+                     staging_folder(ctx.store.path, ctx.run_id))
 
     advance = ctx.progress(len(todo), "encoding images") if ctx.progress else None
     with torch.no_grad():
         for sample_ids, images in batches(dataset, ctx.config.encode_batch_size, ctx.config.workers):
-            x = normalize(images, ctx.model.mean, ctx.model.std, ctx.device)
-            if autocast_dtype is not None:
-                with torch.autocast(device_type="cuda", dtype=autocast_dtype):
-                    features = visual(x)
-            else:
-                features = visual(x)
+            features = encode_batch(visual, images, ctx.model.mean, ctx.model.std, ctx.device, autocast_dtype)
             pending_ids.append(sample_ids.numpy().astype(np.int64))
-            pending.append(features.float().cpu().numpy())
+            pending.append(features.cpu().numpy())
             if sum(len(p) for p in pending_ids) >= ctx.config.chunk_size:
-                commit()
+                commit(final=False)
             if advance:
                 advance(len(sample_ids))
-    commit()
+    commit(final=True)
     return time.perf_counter() - started
 
 
 def _run_embeddings(ctx: RunContext) -> np.ndarray:
     """The run's embeddings in the order of `ctx.items` (one per sample, checked)."""
-    with ctx.writer.transaction() as con:
+    with ctx.store.reader() as con:
         ids, matrix = read_image_embeddings(con, ctx.run_id)
     expected = np.array([item.sample_id for item in ctx.items], dtype=np.int64)
     if not np.array_equal(ids, expected):
@@ -281,7 +325,7 @@ def run_zero_shot(ctx: RunContext) -> StageOutput:
 
 def _reusable_source(ctx: RunContext) -> str | None:
     """A complete frozen-encoder run of the same weights, preprocessing and dataset."""
-    with ctx.writer.transaction() as con:
+    with ctx.store.reader() as con:
         row = first_row(con, queries.load("reusable_embeddings").text, {
             "model_sha256": ctx.model.sha256, "dataset_id": ctx.dataset_id,
             "preprocess_key": ctx.model.preprocess_key, "run_id": ctx.run_id,
@@ -313,12 +357,19 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
                                           ctx.config.seed)
     head_sha = ctx.writer.write_artefact(
         f"artefacts/{ctx.run_id}/head.npz", "head",
-        lambda tmp: np.savez(open(tmp, "wb"), **fit.head.state(), labels=np.array(ctx.labels)),
+        lambda tmp: _write_file(tmp, lambda f: np.savez(f, **fit.head.state(), labels=np.array(ctx.labels))),
         run_id=ctx.run_id,
     )
     details = {"embeddings_from": source, "fit": fit.detail, "best_epoch": fit.best_epoch,
                "epochs_run": fit.epochs_run, "val_bce": fit.val_loss, "head_sha256": head_sha}
     return StageOutput(embeddings, fit.head.logits(embeddings), [], fit.seconds, seconds, details)
+
+
+def _write_file(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a Python file that is closed here: a full disk is an OSError, never a silently
+    short file (torch.save to a path reports it as a RuntimeError; an unclosed file not at all)."""
+    with open(path, "wb") as handle:
+        write(handle)
 
 
 def _finetune_data(ctx: RunContext) -> Any:
@@ -359,13 +410,16 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
 
     relpath = f"artefacts/{ctx.run_id}/finetuned.pt"
     visual = ctx.model.model.visual.to(ctx.device)
-    with ctx.writer.transaction() as con:
+    with ctx.store.reader() as con:
         recorded = first_row(con, queries.load("artefact_sha256").text, {"path": relpath})
     train_seconds: float | None
     if recorded:
-        state = torch.load(ctx.store.resolve(relpath), map_location=ctx.device, weights_only=False)
+        from embedstore.integrity import load_tensors
+
+        state = load_tensors(ctx.store, relpath)        # checked against the manifest; tensors only, never code
         visual.load_state_dict(state["visual"])
-        head, details, train_seconds = Head.from_state(state["head"]), state["details"], state["train_seconds"]
+        head, train_seconds = Head.from_state(state["head"]), state["train_seconds"]
+        details = json.loads(state["details"]) | {"checkpoint_sha256": recorded[0]}
         log.info("ft: resuming from the run's checkpoint (training already done)")
     else:
         fit = FT_RECIPES[ctx.config.protocol](visual, ctx.model.embed_dim, len(ctx.labels), _finetune_data(ctx),
@@ -373,10 +427,12 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
         head, train_seconds = fit.head, fit.seconds
         details = {"fit": fit.detail, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
                    "val_bce": fit.val_loss}
-        state = {"visual": visual.state_dict(), "head": head.state(), "details": details,
-                 "train_seconds": train_seconds}
+        # Tensors and plain values only (the details as JSON), so resuming reads it with weights_only=True.
+        state = {"visual": visual.state_dict(), "details": json.dumps(details, default=str),
+                 "head": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in head.state().items()},
+                 "train_seconds": float(train_seconds)}
         details["checkpoint_sha256"] = ctx.writer.write_artefact(
-            relpath, "checkpoint", lambda tmp: torch.save(state, tmp), run_id=ctx.run_id)
+            relpath, "checkpoint", lambda tmp: _write_file(tmp, lambda f: torch.save(state, f)), run_id=ctx.run_id)
     seconds = encode_into_run(ctx, visual)
     embeddings = _run_embeddings(ctx)
     return StageOutput(embeddings, head.logits(embeddings), [], train_seconds, seconds, details)
@@ -406,6 +462,7 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
     })
     config = identity | {"labels": ctx.labels, "image_size": ctx.model.image_size,
                          "encode_batch_size": ctx.config.encode_batch_size} | output.details
+    remove_staging(ctx.store.path, ctx.run_id)  # every staged chunk is committed (or lp copied its rows)
     with ctx.writer.transaction() as con:
         queries.execute_all(con, "clear_run_outputs", {"run_id": ctx.run_id})
         append_rows(con, "scores", scores)
@@ -426,17 +483,25 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
 
 def extract(store: Store, config: ExtractConfig,
             progress: Callable[[int, str], Callable[[int], None]] | None = None) -> ExtractResult:
-    """Produce (or reuse, or resume) one complete run."""
+    """Produce (or reuse, or resume) one complete run.
+
+    The writer lock is taken first, before the dataset and the model are loaded, so a second
+    writer is refused at once rather than after the heavy work.
+    """
     import torch
 
     config.validate()
     device = resolve_device(config.device)
-    dataset_id, manifest_sha, items, splits, labels, targets = _dataset(store, config.data)
-    model = load_model(config.model)
-    identity = _run_identity(config, model, dataset_id, manifest_sha)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
-    with store.writer(f"embedstore extract --mode {config.mode} ({run_id})") as writer:
+    if config.mode == "ft" and config.protocol == "multilabel" and config.epochs < 2:
+        log.warning("warning: ft with epochs=1 under the multilabel protocol trains only the warm-up epoch on the "
+                    "head; the encoder is never unfrozen, so the run's embeddings equal the frozen encoder's (as zs). "
+                    "Ask for 2 or more epochs to fine-tune the encoder.")
+    with store.writer(f"embedstore extract --mode {config.mode} --model {config.model} --data {config.data}") as writer:
+        dataset_id, manifest_sha, items, splits, labels, targets = _dataset(store, config.data)
+        model = load_model(config.model)
+        identity = _run_identity(config, model, dataset_id, manifest_sha)
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
         with writer.transaction() as con:
             existing = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
             if existing and existing[0] == "complete":

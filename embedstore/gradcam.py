@@ -21,9 +21,9 @@ import numpy as np
 
 from embedstore import queries
 from embedstore.annotations import size_pair
-from embedstore.atomic import sha256_file
 from embedstore.errors import InputError, IntegrityError
 from embedstore.heads import Head, row_minmax
+from embedstore.integrity import load_arrays, load_tensors
 from embedstore.models import LoadedModel, load_model
 from embedstore.store import Store, first_row
 
@@ -225,17 +225,6 @@ class CamSubject:
         return self.labels.index(label)
 
 
-def _checked_artefact(store: Store, relpath: str, run_id: str) -> Any:
-    with store.reader() as con:
-        row = first_row(con, queries.load("artefact_sha256").text, {"path": relpath})
-    path = store.resolve(relpath)
-    if row is None or not path.exists():
-        raise IntegrityError(f"run {run_id}: its artefact {relpath} is missing from the store")
-    if sha256_file(path) != row[0]:
-        raise IntegrityError(f"run {run_id}: {relpath} does not match its manifest sha256 (run `store verify`)")
-    return path
-
-
 @dataclass(frozen=True)
 class StoredRun:
     """What a run's scorer is rebuilt from."""
@@ -263,17 +252,13 @@ def _zero_shot_head(store: Store, run: StoredRun, visual: Any) -> Head:
 
 
 def _probe_head(store: Store, run: StoredRun, visual: Any) -> Head:
-    """The linear probe's stored head."""
-    with np.load(_checked_artefact(store, f"artefacts/{run.run_id}/head.npz", run.run_id)) as state:
-        return Head.from_state(dict(state))
+    """The linear probe's stored head (checked against the manifest, never unpickled)."""
+    return Head.from_state(load_arrays(store, f"artefacts/{run.run_id}/head.npz"))
 
 
 def _finetuned_head(store: Store, run: StoredRun, visual: Any) -> Head:
-    """The fine-tuned run's head; loads its fine-tuned weights into `visual`."""
-    import torch
-
-    state = torch.load(_checked_artefact(store, f"artefacts/{run.run_id}/finetuned.pt", run.run_id),
-                       map_location="cpu", weights_only=False)
+    """The fine-tuned run's head; loads its fine-tuned weights into `visual` (checked, tensors only)."""
+    state = load_tensors(store, f"artefacts/{run.run_id}/finetuned.pt")
     visual.load_state_dict(state["visual"])
     return Head.from_state(state["head"])
 

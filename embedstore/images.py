@@ -1,24 +1,185 @@
-"""Decoded, resized image tensors: a cache keyed by image sha256 and preprocessing, and batched loading.
+"""The one image decoder, decoded and resized image tensors (a cache keyed by image sha256 and
+preprocessing), and batched loading.
 
-The model's pixel pipeline (resize, crop, to RGB, to tensor) runs once per image and preprocessing;
-its output is exactly k/255 per pixel, so it is stored losslessly as uint8 and normalised per batch
+Every path that reads a dataset image (ingest validation, the extraction DataLoader and its tensor
+cache, Grad-CAM) goes through `read_image_bytes` and `decode_rgb`: only regular files are opened,
+at most MAX_IMAGE_BYTES are read, images over MAX_IMAGE_PIXELS are refused before they are
+decoded, and every mode becomes 8-bit RGB the same way (`to_rgb8`; DECODER_KEY names it inside
+each model's preprocessing key).
+
+The model's pixel pipeline (resize, crop, to tensor) runs once per image and preprocessing; its
+output is exactly k/255 per pixel, so it is stored losslessly as uint8 and normalised per batch
 (on the GPU when there is one). Worker processes decode in parallel.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import re
+import stat
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedstore.atomic import save_npy
 from embedstore.errors import InputError
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 log = logging.getLogger(__name__)
+
+#: Largest image decoded, in pixels (width × height). A chest film is at most about 4,300 × 4,300
+#: (18.5 MP); anything larger is refused from its header, before a byte of pixels is decoded
+#: (a 20,000 × 20,000 1-bit PNG is a few kilobytes on disk and 400 MP in memory).
+MAX_IMAGE_PIXELS = 50_000_000
+#: Largest image file read, in bytes (a 16-bit 50 MP image stored raw is 100 MB).
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+#: How images become 8-bit RGB (`to_rgb8`). It is part of every model's preprocessing key, so of run
+#: identity and of the tensor cache's folders: change it whenever decoding changes what a model sees.
+DECODER_KEY = "rgb8;high-bit-depth=min-max;v1"
+#: The file formats read (Pillow's names). Pillow opens some forty more (EPS runs Ghostscript; old
+#: decoders such as FLI, PCX, SGI, TGA have had memory-safety bugs): none is a radiograph format.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "JPEG2000", "PPM")
+#: Pillow modes with more than 8 bits per sample: windowed to 8 bits by `to_rgb8`.
+HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+#: The reason `read_image_bytes` gives for a missing file (callers add where they looked).
+NOT_FOUND = "not found"
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def shown(text: object) -> str:
+    """`text` with control and other unprintable characters escaped (`\\x00`, `\\n`, `\\x1b`): a path
+    read from a CSV may hold anything, and it is printed on a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def _not_regular(mode: int) -> InputError:
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+    return InputError(f"is {kind}, not a regular file")
+
+
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of one image file, refusing anything but a regular file of at most MAX_IMAGE_BYTES.
+
+    A FIFO would block, a device such as /dev/zero never ends, a directory is no image: the path is
+    stat'ed and refused before it is opened, opened non-blocking, and checked again on the open file
+    (it may have been swapped in between). Raises InputError whose message is the reason alone
+    ("not found", "is a FIFO, not a regular file", …), for the caller to prefix with the image.
+    """
+    name = os.fspath(path)
+    if "\x00" in name:
+        raise InputError("has a NUL byte in its path")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        mode = os.stat(name).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(mode)
+        with open(os.open(name, flags), "rb", closefd=True) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise _not_regular(info.st_mode)
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(NOT_FOUND) from None
+    except OSError as error:
+        raise InputError(f"is unreadable ({error.strerror or error})") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InputError(f"is larger than the limit of {MAX_IMAGE_BYTES:,} bytes")
+    if not data:
+        raise InputError("is empty (0 bytes)")
+    return data
+
+
+def _too_large(pixels: int | None) -> InputError:
+    count = f"{pixels:,} pixels" if pixels is not None else "more pixels than Pillow allows"
+    return InputError(f"is too large: {count}, over the limit of {MAX_IMAGE_PIXELS:,}")
+
+
+def _open(data: bytes) -> Any:
+    """Pillow's lazy image over `data`, its size checked against MAX_IMAGE_PIXELS from the header.
+
+    Pillow's own decompression-bomb warning (over its limit of about 89 MP) is made an error here,
+    in every process and thread that decodes, so it is never printed: it is one more bad image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(int(found.group(1)) if found else None) from None
+    except UnidentifiedImageError:
+        raise InputError(f"is truncated or not an image (not a {', '.join(IMAGE_FORMATS[:-1])} or "
+                         f"{IMAGE_FORMATS[-1]} file)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"is truncated or not an image ({shown(error)[:80]})") from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise _too_large(image.width * image.height)
+    return image
+
+
+def to_rgb8(image: PILImage) -> PILImage:
+    """8-bit RGB, as the model's transforms expect.
+
+    8-bit images are used as stored: a palette through its palette, alpha dropped (not composited),
+    CMYK/YCbCr/HSV converted, grey repeated in R, G and B. High-bit-depth images (16-bit PNG, 32-bit
+    integer or float TIFF) are windowed to their own value range, min..max → 0..255, as a viewer
+    shows an image with no stored window: a 12-bit film in a 16-bit PNG keeps its contrast instead of
+    going near-black (scaling by the container's depth, >> 8) or white (Pillow's convert clips at
+    255). Full-range 16-bit data comes out as value / 257, the same as >> 8 up to rounding.
+    Non-finite floats: NaN and -inf → 0, +inf → 255; a uniform image → black.
+    """
+    from PIL import Image
+
+    if image.mode == "La":  # premultiplied alpha: Pillow converts it to RGB only through LA
+        image = image.convert("LA")
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image.convert("RGB")
+    precision = np.float64 if image.mode == "I" else np.float32  # float32 is exact for 16 bits, not for 32
+    values: np.ndarray[Any, Any] = np.asarray(image, dtype=precision)
+    finite = np.isfinite(values) if image.mode == "F" else None  # integers are always finite
+    present = values[finite] if finite is not None and not finite.all() else values
+    low, high = (float(present.min()), float(present.max())) if present.size else (0.0, 0.0)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+    if scale == 0.0:
+        scaled = np.where(values == np.inf, 255.0, 0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def decode_rgb(data: bytes) -> PILImage:
+    """Decode image bytes fully to 8-bit RGB (`to_rgb8`); anything wrong is an InputError reason."""
+    image = _open(data)
+    try:
+        with image:
+            image.load()
+            return to_rgb8(image)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
+        raise InputError(f"is truncated or not an image ({shown(error)[:80]})") from None
+
+
+def load_rgb(path: str | os.PathLike[str]) -> tuple[PILImage, bytes]:
+    """One image file as 8-bit RGB, and its bytes (for hashing)."""
+    data = read_image_bytes(path)
+    return decode_rgb(data), data
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of an image file, from its header, with the same refusals as the decoder."""
+    with _open(read_image_bytes(path)) as image:
+        return image.height, image.width
 
 
 @dataclass(frozen=True)
@@ -50,13 +211,11 @@ class TensorCache:
 
 def decode(item: ImageItem, pixel_transform: Callable[[Any], Any]) -> np.ndarray:
     """Read and preprocess one image to uint8 CHW; a vanished or broken file names itself."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(item.path) as image:
-            tensor = pixel_transform(image.convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise InputError(f"image {item.path} (sample {item.sample_id}) cannot be read: {error}") from None
+        image, _ = load_rgb(item.path)
+    except InputError as error:
+        raise InputError(f"image {shown(item.path)} (sample {item.sample_id}) {error}") from None
+    tensor = pixel_transform(image)
     return (tensor.numpy() * 255.0).round().astype(np.uint8)
 
 
@@ -82,17 +241,55 @@ class CachedImages:
         return item.sample_id, torch.from_numpy(array)
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """An image a DataLoader worker could not decode: the error travels as data, not as an exception
+    (torch re-raises a worker's exception with its whole traceback as the message)."""
+
+    message: str
+    details: tuple[str, ...]
+
+
+class _Guarded:
+    """`dataset`, with an InputError from one item turned into a _Failed item."""
+
+    def __init__(self, dataset: CachedImages) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except InputError as error:
+            return _Failed(str(error), tuple(error.details))
+
+
+def _collate(items: list[Any]) -> Any:
+    from torch.utils.data import default_collate
+
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    return failed if failed is not None else default_collate(items)
+
+
 def batches(dataset: CachedImages, batch_size: int, workers: int, shuffle: bool = False,
             seed: int = 0) -> Iterator[tuple[Any, Any]]:
-    """(sample_ids, uint8 images) batches from a DataLoader with `workers` decoding processes."""
+    """(sample_ids, uint8 images) batches from a DataLoader with `workers` decoding processes.
+
+    An image that cannot be decoded raises the decoder's one-line InputError here, in the caller's
+    process, whichever worker met it."""
     import torch
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                        generator=generator, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=False)
-    yield from loader
+    loader: Any = DataLoader(_Guarded(dataset), batch_size=batch_size, shuffle=shuffle,  # type: ignore[arg-type]
+                             num_workers=workers, generator=generator, pin_memory=torch.cuda.is_available(),
+                             persistent_workers=False, collate_fn=_collate)
+    for batch in loader:
+        if isinstance(batch, _Failed):
+            raise InputError(batch.message, details=list(batch.details))
+        yield batch
 
 
 def normalize(images: Any, mean: Sequence[float], std: Sequence[float], device: Any, dtype: Any = None) -> Any:
@@ -106,3 +303,39 @@ def normalize(images: Any, mean: Sequence[float], std: Sequence[float], device: 
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x.to(dtype) if dtype is not None else x
+
+
+def encode_autocast(device: Any) -> Any:
+    """embedstore's encoding precision: bf16 autocast on CUDA, none (fp32) elsewhere."""
+    import torch
+
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+def prepare_encoder(visual: Any, device: Any) -> Any:
+    """The image tower ready to encode on `device`: eval mode, channels-last weights on CUDA
+    (to match the channels-last batches `normalize` makes there)."""
+    import torch
+
+    visual = visual.to(device).eval()
+    if device.type == "cuda":
+        visual = visual.to(memory_format=torch.channels_last)
+    return visual
+
+
+def encode_batch(visual: Any, images: Any, mean: Sequence[float], std: Sequence[float], device: Any,
+                 autocast_dtype: Any = None) -> Any:
+    """Features (float32, on `device`) of one uint8 NCHW batch: normalised on `device`, encoded
+    without gradients, under autocast to `autocast_dtype` when one is given.
+
+    Kept free of store imports so benchmarks can time exactly the code `extract` runs."""
+    import contextlib
+
+    import torch
+
+    x = normalize(images, mean, std, device)
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    with torch.no_grad(), autocast:
+        features = visual(x)
+    return features.float()

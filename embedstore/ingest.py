@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import uuid
@@ -23,18 +22,17 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
+import pyarrow.parquet as pq
 
 from embedstore import queries
 from embedstore.errors import InputError
+from embedstore.images import NOT_FOUND, load_rgb, shown
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
-from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF, NO_FINDING
+from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF, LABEL_SPELLINGS, NO_FINDING, parse_label_value
 from embedstore.splits import SPLIT_NAMES, SPLITTERS
-from embedstore.store import Store, append_rows, first_row
+from embedstore.store import Store, StoreWriter, append_rows, first_row
 
 log = logging.getLogger(__name__)
-
-VALUE_OF = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": None}
 
 #: IU-Xray "Problems" terms and the CheXpert label each is taken as (approximate; see README).
 PROBLEM_TO_LABEL: dict[str, str] = {
@@ -74,7 +72,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.row}: {self.message}" if self.row is not None else f"{self.file}: {self.message}"
+        """`file:row: message`, control characters escaped (a value from a CSV may hold any)."""
+        return shown(f"{self.file}:{self.row}: {self.message}" if self.row is not None else f"{self.file}: {self.message}")
 
 
 @dataclass
@@ -136,22 +135,52 @@ class IngestResult:
 # Reading files
 # ---------------------------------------------------------------------------------------------
 
-def _read_table(path: Path) -> pl.DataFrame:
-    """A CSV (all columns as text) or Parquet file; unreadable input is one clear line."""
+def _check_header(path: Path, columns: list[str]) -> None:
+    """Every column named, and each name once: a second `Cardiomegaly` would silently replace the first."""
+    first: dict[str, int] = {}
+    for number, name in enumerate(columns, start=1):
+        if not name.strip():
+            raise InputError(f"{path}: column {number} of the header has an empty name")
+        if name in first:
+            raise InputError(f"{path}: column {name!r} appears more than once in the header "
+                             f"(columns {first[name]} and {number})")
+        first[name] = number
+
+
+def _read_table(path: Path, problems: list[Problem]) -> pl.DataFrame:
+    """A CSV (all columns as text) or Parquet file; unreadable input is one clear line.
+
+    The header must name every column once. A CSV row (numbered from 2, the header being row 1;
+    blank lines are no rows) with more or fewer fields than the header is a bad row, added to
+    `problems`; it stays in the frame, cut or padded with blanks, so that it can be skipped.
+    """
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
         if path.suffix.lower() == ".parquet":
+            _check_header(path, list(pq.read_schema(path).names))
             return pl.read_parquet(path)
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            records = list(csv.DictReader(handle))
-            columns = list(records[0].keys()) if records else next(csv.reader(open(path, encoding="utf-8-sig")), [])
-        if None in columns:
-            raise InputError(f"{path}: a row has more fields than the header")
-        return pl.DataFrame(records, schema={c: pl.String for c in columns}) if records else pl.DataFrame(
-            schema={c: pl.String for c in columns})
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, csv.Error) as error:
+            reader = csv.reader(handle)
+            columns = next(reader, [])
+            _check_header(path, columns)
+            records: list[list[str]] = []
+            for fields in reader:
+                if not fields:
+                    continue
+                if len(fields) != len(columns):
+                    problems.append(Problem(path.name, len(records) + 2,
+                                            f"{len(fields)} fields, but the header has {len(columns)}"))
+                    fields = (fields + [""] * len(columns))[:len(columns)]
+                records.append(fields)
+        return pl.DataFrame(records, schema={c: pl.String for c in columns}, orient="row")
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"{path}: cannot read as a table ({str(error).splitlines()[0][:120]})") from None
+
+
+def _malformed(problems: list[Problem], file: str) -> set[int]:
+    """Rows of `file` already found bad by `_read_table` (kept as samples, whatever their projection)."""
+    return {p.row for p in problems if p.file == file and p.row is not None}
 
 
 def _require_columns(path: Path, frame: pl.DataFrame, required: Iterable[str], allowed: Iterable[str] | None) -> None:
@@ -173,21 +202,15 @@ def _text(value: object) -> str:
 
 def _parse_values(file: str, line: int, record: dict[str, object], labels: Iterable[str],
                   problems: list[Problem]) -> dict[str, int | None]:
+    """Each label's value (labels.parse_label_value); a value outside the listed spellings is a bad row."""
     values: dict[str, int | None] = {}
     for label in labels:
-        raw = _text(record.get(label))
-        if raw not in VALUE_OF:
-            try:
-                numeric = float(raw)
-            except ValueError:
-                numeric = None
-            if numeric in (1.0, 0.0, -1.0):
-                values[label] = int(numeric)
-                continue
-            problems.append(Problem(file, line, f"column {label!r}: value {raw!r} is not 1, 0, -1 or blank"))
+        raw = record.get(label)
+        try:
+            values[label] = parse_label_value(raw)
+        except ValueError:
+            problems.append(Problem(file, line, f"column {label!r}: value {raw!r} is not {LABEL_SPELLINGS}"))
             values[label] = None
-        else:
-            values[label] = VALUE_OF[raw]
     return values
 
 
@@ -199,10 +222,10 @@ def load_iuxray14(path: Path, config: IngestConfig) -> Loaded:
     """The study's `iuxray_frontal_14labels.csv`; images under `images/images_normalized/`."""
     csv_path = path / STUDY_CSV if path.is_dir() else path
     root = csv_path.parent
-    frame = _read_table(csv_path)
+    loaded = Loaded("iuxray14", csv_path, list(CHEXPERT_LABELS), [])
+    frame = _read_table(csv_path, loaded.problems)
     required = ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS]
     _require_columns(csv_path, frame, required, allowed=required)
-    loaded = Loaded("iuxray14", csv_path, list(CHEXPERT_LABELS), [])
     for line, record in enumerate(frame.iter_rows(named=True), start=2):
         filename = _text(record["filename"])
         loaded.rows.append(SourceRow(
@@ -220,14 +243,14 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
     Problems column through PROBLEM_TO_LABEL, which is approximate (a warning says so).
     """
     root = path if path.is_dir() else path.parent
-    reports = _read_table(root / REPORTS_CSV)
-    projections = _read_table(root / PROJECTIONS_CSV)
+    loaded = Loaded("kaggle", root / PROJECTIONS_CSV, list(CHEXPERT_LABELS), [])
+    reports = _read_table(root / REPORTS_CSV, loaded.problems)
+    projections = _read_table(root / PROJECTIONS_CSV, loaded.problems)
     _require_columns(root / REPORTS_CSV, reports, ["uid", "Problems", *TEXT_COLUMNS], None)
     _require_columns(root / PROJECTIONS_CSV, projections, ["uid", "filename", "projection"], None)
-    loaded = Loaded("kaggle", root / PROJECTIONS_CSV, list(CHEXPERT_LABELS), [])
     label_rows: dict[str, dict[str, object]] = {}
     if config.labels_csv is not None:
-        table = _read_table(config.labels_csv)
+        table = _read_table(config.labels_csv, loaded.problems)
         _require_columns(config.labels_csv, table, ["uid", *CHEXPERT_LABELS], None)
         duplicates = []
         for line, record in enumerate(table.iter_rows(named=True), start=2):
@@ -244,9 +267,10 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
         )
     by_uid = {_text(r["uid"]): r | {"_line": i} for i, r in enumerate(reports.iter_rows(named=True), start=2)}
     unmapped: set[str] = set()
+    malformed = _malformed(loaded.problems, PROJECTIONS_CSV)
     for line, record in enumerate(projections.iter_rows(named=True), start=2):
         projection = _text(record["projection"])
-        if not _keep_projection(projection, config):
+        if not _keep_projection(projection, config) and line not in malformed:
             continue
         uid = _text(record["uid"])
         report = by_uid.get(uid)
@@ -287,7 +311,8 @@ def load_manifest(path: Path, config: IngestConfig) -> Loaded:
     """A generic CSV or Parquet manifest: `path` (or `filename`) relative to the manifest's folder,
     label columns (values 1/0/-1/blank) or a `labels` column (a list, or names joined by `|` or `;`),
     and optional `uid`, `split`, `report`, `projection`."""
-    frame = _read_table(path)
+    problems: list[Problem] = []
+    frame = _read_table(path, problems)
     path_column = "path" if "path" in frame.columns else "filename"
     _require_columns(path, frame, [path_column], None)
     list_labels = "labels" in frame.columns
@@ -295,7 +320,8 @@ def load_manifest(path: Path, config: IngestConfig) -> Loaded:
     if list_labels and label_columns:
         raise InputError(f"{path}: give labels either as a `labels` column or as label columns, not both "
                          f"(found labels and {', '.join(label_columns[:3])})")
-    loaded = Loaded("manifest", path, [], [])
+    loaded = Loaded("manifest", path, [], [], problems)
+    malformed = _malformed(problems, path.name)
     records = list(frame.iter_rows(named=True))
     if list_labels:
         names: list[str] = []
@@ -313,7 +339,7 @@ def load_manifest(path: Path, config: IngestConfig) -> Loaded:
         loaded.labels = _ordered_labels(label_columns)
     for index, record in enumerate(records):
         line = index + 2
-        if not _keep_projection(_text(record.get("projection")), config):
+        if not _keep_projection(_text(record.get("projection")), config) and line not in malformed:
             continue
         filename = _text(record[path_column])
         if list_labels:
@@ -368,33 +394,33 @@ FORMATS: dict[str, Callable[[Path, IngestConfig], Loaded]] = {
 # ---------------------------------------------------------------------------------------------
 
 def _check_image(row: SourceRow) -> str | None:
-    """Hash the file and decode it fully; returns what is wrong, or None."""
+    """Read, hash and fully decode the file with extraction's own decoder (embedstore.images: regular
+    files only, size and pixel limits); returns what is wrong, or None."""
     try:
-        data = row.path.read_bytes()
-    except FileNotFoundError:
-        return f"image {row.filename} not found at {row.path}"
-    except OSError as error:
-        return f"image {row.filename} unreadable ({error.strerror})"
-    if not data:
-        return f"image {row.filename} is empty (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"image {row.filename} is truncated or not an image ({str(error)[:80]})"
+        image, data = load_rgb(row.path)
+    except InputError as error:
+        where = f" at {shown(row.path)}" if str(error) == NOT_FOUND else ""
+        return f"image {shown(row.filename)} {error}{where}"
+    image.close()
     row.image_sha256 = hashlib.sha256(data).hexdigest()
     return None
 
 
-def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None) -> dict[int, list[Problem]]:
-    """Problems per row index: parsing, identity, duplicates, conflicting uids, image files."""
+def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None,
+                  given_split: bool = False) -> dict[int, list[Problem]]:
+    """Problems per row index: parsing, identity, duplicates, conflicting uids, image files, and
+    (with `given_split`) a blank split."""
     by_row: dict[int, list[Problem]] = {}
     index_of = {(r.file, r.row): i for i, r in enumerate(loaded.rows)}
+    unattached = []
     for problem in loaded.problems:
         if (problem.file, problem.row) in index_of:
             by_row.setdefault(index_of[problem.file, problem.row], []).append(problem)
-        else:  # a row the loader could not turn into a sample: never skippable
-            raise InputError(f"{loaded.source.name}: bad input", details=[str(problem)])
+        else:  # a row the loader could not turn into a sample (a reports or labels row): never skippable
+            unattached.append(str(problem))
+    if unattached:
+        raise InputError(f"{len(unattached)} bad row(s) that cannot be skipped (listed above); fix them",
+                         details=unattached)
 
     def add(i: int, message: str) -> None:
         row = loaded.rows[i]
@@ -410,6 +436,8 @@ def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None) -> dic
             add(i, "empty uid")
         if row.split is not None and row.split not in SPLIT_NAMES:
             add(i, f"split {row.split!r} is not one of {', '.join(SPLIT_NAMES)}")
+        elif given_split and row.split is None:
+            add(i, f"split is blank; give one of {', '.join(SPLIT_NAMES)}")
         if row.filename in first_with:
             add(i, f"duplicate filename {row.filename} (first at row {loaded.rows[first_with[row.filename]].row})")
             continue
@@ -470,7 +498,15 @@ def _manifest_sha256(rows: list[SourceRow], splits: list[str], labels: list[str]
 
 
 def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] | None = None) -> IngestResult:
-    """Validate and write a dataset; on any problem (without `skip_bad`) the store is unchanged."""
+    """Validate and write a dataset; on any problem (without `skip_bad`) the store is unchanged.
+
+    The writer lock is taken before any image is read, so a second writer is refused at once.
+    """
+    with store.writer(f"embedstore ingest {config.name}") as writer:
+        return _ingest_locked(writer, config, progress)
+
+
+def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable[[int], None] | None) -> IngestResult:
     fmt = _detect(config.path) if config.format == "auto" else config.format
     if fmt not in FORMATS:
         raise InputError(f"--format {config.format}: choose one of auto, {', '.join(FORMATS)}")
@@ -485,7 +521,7 @@ def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] |
         raise InputError(f"--split given: {loaded.source.name} has no split column")
     if not loaded.rows:
         raise InputError(f"{loaded.source}: no rows to ingest")
-    problems = _row_problems(loaded, progress)
+    problems = _row_problems(loaded, progress, given_split=method == "given")
     if problems and not config.skip_bad:
         details = [str(p) for i in sorted(problems) for p in problems[i]]
         raise InputError(
@@ -508,7 +544,7 @@ def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] |
             loaded.warnings.append(f"label {label!r} has no positive sample")
     manifest_sha = _manifest_sha256(loaded.rows, splits, loaded.labels)
     dataset_id = f"ds_{uuid.uuid4().hex[:12]}"
-    with store.writer(f"embedstore ingest {config.name}") as writer, writer.transaction() as con:
+    with writer.transaction() as con:
         existing = first_row(con, "SELECT dataset_id FROM datasets WHERE name = ?", [config.name])
         if existing:
             if not config.replace:

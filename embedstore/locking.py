@@ -10,10 +10,12 @@ A second writer is refused at once, with the holder's pid, command and start tim
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import struct
 import sys
 import time
 from datetime import UTC, datetime
@@ -36,6 +38,44 @@ def describe_holder(lock_path: Path) -> str:
     return "another process"
 
 
+def describe_process(pid: int) -> str:
+    """A process by pid and, where /proc tells it, its command line (how the user started it)."""
+    if pid == os.getpid():
+        return f"pid {pid} (this process)"
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"pid {pid}"
+    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
+    if len(words) > 2 and Path(words[0]).name.startswith("python") and words[1] == "-m":
+        words = words[2:]  # `python -m embedstore.cli sql …` reads better as `embedstore.cli sql …`
+    elif words:
+        words[0] = Path(words[0]).name
+    command = " ".join(words)
+    return f"pid {pid} ({command[:120]}{'…' if len(command) > 120 else ''})"
+
+
+def writer_running(store_dir: Path) -> bool | None:
+    """Whether a process holds the store's writer lock now, asked without taking it (F_GETLK),
+    so a writer starting meanwhile is never refused. None where this platform's lock record is unknown."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fd = os.open(store_dir / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # Linux struct flock
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return bool(struct.unpack_from("h", answer)[0] != fcntl.F_UNLCK)
+
+
 class WriterLock:
     """Context manager taking the store's writer lock without waiting."""
 
@@ -49,8 +89,10 @@ class WriterLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
             os.close(fd)
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise  # not held by another process: the file system cannot lock (the caller names it)
             raise StoreLockedError(
                 f"store {self.store_dir} is being written by {describe_holder(self.path)}; "
                 "wait for it to finish or stop it"
@@ -61,8 +103,12 @@ class WriterLock:
             "command": self.command,
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            os.close(fd)  # a full disk: release the lock rather than keep it with no holder named
+            raise
         self._fd = fd
         return self
 

@@ -11,11 +11,17 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+import pickle
+import re
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedstore import OFFLINE_SWITCHES
 from embedstore.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -90,43 +96,111 @@ def _split_transform(preprocess: Any) -> tuple[Any, tuple[float, ...], tuple[flo
 
 
 def _preprocess_key(pixel_transform: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> str:
-    text = repr(pixel_transform) + repr(mean) + repr(std)
+    """What a model sees of an image: the decoder (how files become 8-bit RGB) and the transforms."""
+    from embedstore import images
+
+    text = images.DECODER_KEY + repr(pixel_transform) + repr(mean) + repr(std)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _offline_help(model_id: str, reason: str) -> ModelUnavailableError:
+    name, _, tag = model_id.partition(":")
+    call = (f"'{name}', pretrained='{tag}'" if tag and name not in ("hf-hub", "local-dir") else f"'{model_id}'")
     return ModelUnavailableError(
         f"--model {model_id}: cannot be loaded offline ({reason}); embedstore never downloads weights. "
         f"Download it once on a machine with internet (python -c \"import open_clip; "
-        f"open_clip.create_model_and_transforms('{model_id}')\", which fills the Hugging Face cache), "
+        f"open_clip.create_model_and_transforms({call})\", which fills the Hugging Face cache), "
         "or save an open_clip_config.json and weights in a folder and pass --model local-dir:/that/folder"
     )
 
 
+def _unsafe_weights(model_id: str, error: Exception) -> ModelUnavailableError:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    reason = f"it would unpickle {found.group(1)}" if found else "it needs unpickling"
+    return ModelUnavailableError(
+        f"--model {model_id}: its weights file is not plain tensors ({reason}); embedstore never unpickles "
+        "objects from a file: save the weights with torch.save(model.state_dict(), ...) or as safetensors"
+    )
+
+
+class NetworkRefusedError(ConnectionRefusedError):
+    """What any connection attempt meets while a model loads."""
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise NetworkRefusedError("embedstore: no network access while loading a model (embedstore works offline)")
+
+
+def _guarded_connect(original: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            _refuse()
+        return original(sock, address)
+
+    return connect
+
+
+#: Module attributes that hold a hub library's offline switch after it was imported (it reads the
+#: environment once, at import time: embedstore/__init__.py sets the environment before that).
+_IMPORTED_SWITCHES = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("transformers.utils.hub", "_is_offline_mode"))
+_guard_lock = threading.Lock()
+_guard_depth = 0
+_guard_saved: list[tuple[Any, str, Any]] = []
+_INHERITED = object()
+
+
 @contextlib.contextmanager
-def _offline() -> Any:
-    saved = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update({key: "1" for key in saved})
+def offline() -> Iterator[None]:
+    """Load models with no network at all: the hub libraries' offline switches on (also in a session
+    that imported them before embedstore), and every internet socket connection or host lookup
+    refused — the last line of defence for loader paths that ignore those switches (open_clip's URL
+    downloads, torch.hub). Local (AF_UNIX) sockets are untouched. Everything is restored on exit."""
+    global _guard_depth
+    with _guard_lock:
+        if _guard_depth == 0:
+            _guard_saved.clear()
+            os.environ.update(OFFLINE_SWITCHES)
+            for module_name, attribute in _IMPORTED_SWITCHES:
+                module = sys.modules.get(module_name)
+                if module is not None and hasattr(module, attribute):
+                    _guard_saved.append((module, attribute, getattr(module, attribute)))
+                    setattr(module, attribute, True)
+            for attribute in ("connect", "connect_ex"):       # inherited from _socket.socket: shadowed
+                _guard_saved.append((socket.socket, attribute, socket.socket.__dict__.get(attribute, _INHERITED)))
+                setattr(socket.socket, attribute, _guarded_connect(getattr(socket.socket, attribute)))
+            for attribute in ("create_connection", "getaddrinfo"):
+                _guard_saved.append((socket, attribute, getattr(socket, attribute)))
+                setattr(socket, attribute, _refuse)
+        _guard_depth += 1
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _guard_lock:
+            _guard_depth -= 1
+            if _guard_depth == 0:
+                for owner, attribute, value in reversed(_guard_saved):
+                    if value is _INHERITED:
+                        delattr(owner, attribute)
+                    else:
+                        setattr(owner, attribute, value)
+                _guard_saved.clear()
 
 
 def _create(open_clip_id: str, pretrained: str | None, model_id: str) -> tuple[Any, Any, Any]:
     import open_clip
     import torch
 
-    with _offline():
+    with offline():
         try:
             with torch.random.fork_rng():
                 torch.manual_seed(0)  # a built-in without weights gets the same random weights every time
-                model, _, preprocess = open_clip.create_model_and_transforms(open_clip_id, pretrained=pretrained)
+                # weights_only: a weights file is read as tensors, never unpickled; pretrained_image: a
+                # timm trunk never fetches its own ImageNet weights.
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    open_clip_id, pretrained=pretrained, weights_only=True, pretrained_image=False)
             tokenizer = open_clip.get_tokenizer(open_clip_id)
+        except pickle.UnpicklingError as error:
+            raise _unsafe_weights(model_id, error) from None
         except (OSError, RuntimeError, ValueError) as error:
             raise _offline_help(model_id, str(error).splitlines()[0][:160]) from None
     return model, preprocess, tokenizer
@@ -151,8 +225,48 @@ def _resolve_local_dir(model_id: str) -> tuple[str, str | None]:
     return f"local-dir:{folder.resolve()}", None
 
 
+def _hub_file(model_id: str, repo: str, *names: str) -> str | None:
+    """The first of `names` in the local Hugging Face cache of `repo` (looked up on disk only)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        try:
+            found = try_to_load_from_cache(repo, name)
+        except ValueError:
+            raise InputError(f"--model {model_id}: {repo!r} is not a Hugging Face repo id (ORG/NAME)") from None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_weights(model_id: str, repo: str, filename: str | None = None) -> str | None:
+    """open_clip's weights file of a hub repo in the cache (safetensors first, as open_clip looks)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    filename = filename or HF_WEIGHTS_NAME
+    safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else filename.rsplit(".", 1)[0] + ".safetensors"
+    return _hub_file(model_id, repo, safe, filename)
+
+
 def _resolve_hub(model_id: str) -> tuple[str, str | None]:
+    """An hf-hub id is loaded by open_clip from the cache alone; it must hold both config and weights
+    (open_clip would otherwise quietly start from random weights)."""
+    repo = model_id.removeprefix("hf-hub:")
+    if _hub_file(model_id, repo, "open_clip_config.json") is None:
+        raise _offline_help(model_id, "it is not in the Hugging Face cache")
+    if _hub_weights(model_id, repo) is None:
+        raise _offline_help(model_id, "its weights are not in the Hugging Face cache")
     return model_id, None
+
+
+def _pretrained_cached(model_id: str, cfg: dict[str, Any]) -> bool:
+    """Whether open_clip finds a pretrained tag's weights without downloading (where it looks first)."""
+    if "file" in cfg:
+        return Path(cfg["file"]).is_file()
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        return _hub_weights(model_id, repo, filename or None) is not None
+    return bool(cfg.get("url")) and (Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])).is_file()
 
 
 def _resolve_builtin(model_id: str) -> tuple[str, str | None]:
@@ -164,6 +278,13 @@ def _resolve_builtin(model_id: str) -> tuple[str, str | None]:
             f"--model {model_id}: unknown; `embedstore models list` shows the registry "
             "(aliases, demo, hf-hub:ORG/REPO, local-dir:PATH, open_clip built-in names)"
         )
+    if tag and not Path(tag).is_file():
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        if not cfg:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+            raise InputError(f"--model {model_id}: {name} has no pretrained tag {tag!r} (tags: {tags})")
+        if not _pretrained_cached(model_id, cfg):
+            raise _offline_help(model_id, "its pretrained weights are not in the cache")
     return name, tag or None
 
 
@@ -209,10 +330,8 @@ def _embed_dim(model: Any, image_size: int) -> int:
 
 
 def _hub_cached(repo: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, "open_clip_config.json")
-    return isinstance(found, str)
+    """Config and weights both in the local Hugging Face cache (what loading needs)."""
+    return _hub_file(repo, repo, "open_clip_config.json") is not None and _hub_weights(repo, repo) is not None
 
 
 def list_models() -> list[ModelEntry]:

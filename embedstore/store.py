@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,10 +22,17 @@ import duckdb
 import pyarrow as pa
 
 from embedstore import SCHEMA_VERSION, __version__, queries
-from embedstore.atomic import atomic_path, sha256_file
-from embedstore.errors import SchemaVersionError, StoreBusyError, StoreNotFoundError
+from embedstore.atomic import TEMPORARY_PATTERN, atomic_path, sha256_file
+from embedstore.errors import (
+    EmbedstoreError,
+    IntegrityError,
+    SchemaVersionError,
+    StoreBusyError,
+    StoreEnvironmentError,
+    StoreNotFoundError,
+)
 from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF
-from embedstore.locking import LOCK_NAME, WriterLock, describe_holder
+from embedstore.locking import LOCK_NAME, WriterLock, describe_process
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,11 @@ READ_ONLY_CONFIG = {
 }
 
 READER_WAIT_SECONDS = 15.0
-WRITER_WAIT_SECONDS = 60.0
+#: A writer waits for readers as long as they need; it says who it waits for after this long, then every minute.
+WRITER_NOTICE_SECONDS = 10.0
+WRITER_NOTICE_EVERY_SECONDS = 60.0
+
+_HOLDER_PID = re.compile(r"\(PID (\d+)\)")
 
 
 def _now() -> datetime:
@@ -51,23 +63,101 @@ def _is_lock_conflict(error: duckdb.Error) -> bool:
     return "lock" in str(error).lower() and "conflicting" in str(error).lower()
 
 
-def _connect(db_path: Path, *, read_only: bool, wait_seconds: float) -> duckdb.DuckDBPyConnection:
-    """Open the database, retrying while another process holds it for a short commit."""
-    deadline = time.monotonic() + wait_seconds
+def database_holder(error: duckdb.Error) -> str:
+    """The process DuckDB names as holding the database file (its pid is in the error message)."""
+    match = _HOLDER_PID.search(str(error))
+    return describe_process(int(match.group(1))) if match else "another process"
+
+
+#: DuckDB's words for a database file that is damaged: a block's checksum, a truncated file, not DuckDB at all.
+_DAMAGED = ("corrupt database file", "not a valid duckdb database file", "could not read enough bytes")
+#: Causes (as the OS words them) that are the environment's, not the data's.
+_ENVIRONMENT = ("permission denied", "read-only file system", "no space left on device", "disk quota exceeded",
+                "is a directory", "not a directory", "no such file or directory", "input/output error",
+                "file too large", "too many open files")
+
+
+#: DuckDB errors that concern the database file itself; every other kind is about a query.
+_FILE_LEVEL_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
+                      duckdb.FatalException, duckdb.TransactionException, duckdb.InvalidInputException)
+#: The same kinds as they read when DuckDB's error reaches Python as an OSError through Arrow.
+_FILE_LEVEL_PREFIXES = ("io error", "serialization error", "internal error", "fatal error", "transaction error",
+                        "invalid input error", "corrupt database file")
+
+
+def _file_level(error: Exception, lowered: str) -> bool:
+    if isinstance(error, duckdb.Error):
+        return isinstance(error, _FILE_LEVEL_ERRORS)
+    # An OSError is about the file unless it carries a DuckDB query error's "<Kind> Error:" prefix.
+    kind = lowered.split(" error:", 1)[0]
+    return lowered.startswith(_FILE_LEVEL_PREFIXES) or not kind.isalpha()
+
+
+def database_error(error: Exception, db_path: Path) -> EmbedstoreError | None:
+    """The one-line store error that a DuckDB error about the database file stands for, else None.
+
+    A damaged file is an IntegrityError (exit 5); a file the environment will not let DuckDB read or
+    write (permissions, read-only or full disk) is a StoreEnvironmentError (exit 6). DuckDB's errors
+    reach Python as duckdb.Error, or as OSError when raised while streaming a result through Arrow.
+    """
+    message = " ".join(str(error).split())
+    lowered = message.lower()
+    if not _file_level(error, lowered):  # a query's own error (conversion, binder, ...) may quote any text
+        return None
+    if not isinstance(error, duckdb.InvalidInputException) and any(word in lowered for word in _DAMAGED):
+        return IntegrityError(f"database {db_path} is damaged ({message[:200]}); embedstore will not use it: "
+                              "`embedstore store verify` shows what is affected, restore the store from a backup")
+    about_store = isinstance(error, duckdb.IOException) or str(db_path) in message  # commits name their file
+    if about_store and not isinstance(error, duckdb.InvalidInputException) and any(w in lowered for w in _ENVIRONMENT):
+        return StoreEnvironmentError(f"cannot use database {db_path}: {message.removeprefix('IO Error: ')[:300]}")
+    return None
+
+
+def environment_error(error: OSError, doing: str, path: Path) -> StoreEnvironmentError:
+    """An OSError on one of the store's files as one line naming the file and the cause."""
+    return StoreEnvironmentError(f"cannot {doing} {path}: {error.strerror or error}")
+
+
+@contextlib.contextmanager
+def _database_errors(db_path: Path, consequence: str = "") -> Iterator[None]:
+    """Translate DuckDB errors about the database file (not query errors) into one-line store errors."""
+    try:
+        yield
+    except (duckdb.Error, OSError) as error:
+        translated = database_error(error, db_path)
+        if translated is None:
+            raise
+        raise type(translated)(f"{translated}{consequence}") from error
+
+
+def _connect(db_path: Path, *, read_only: bool, wait_seconds: float | None,
+             config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the database, retrying while another process holds it.
+
+    Readers give up after `wait_seconds` (a writer's commits are short). A writer passes None and
+    waits for as long as a reader holds the file, naming that reader now and then: readers have
+    their own time limits, and a writer must never fail because someone is reading.
+    """
+    started = time.monotonic()
+    next_notice = started + WRITER_NOTICE_SECONDS
     delay = 0.02
     while True:
         try:
             if read_only:
-                return duckdb.connect(str(db_path), read_only=True, config=READ_ONLY_CONFIG)
+                return duckdb.connect(str(db_path), read_only=True, config={**READ_ONLY_CONFIG, **(config or {})})
             return duckdb.connect(str(db_path))
         except duckdb.IOException as error:
-            if not _is_lock_conflict(error) or time.monotonic() >= deadline:
-                if _is_lock_conflict(error):
-                    holder = describe_holder(db_path.parent / LOCK_NAME)
-                    raise StoreBusyError(
-                        f"store {db_path.parent} stayed busy for {wait_seconds:.0f} s (held by {holder})"
-                    ) from None
+            if not _is_lock_conflict(error):
                 raise
+            now = time.monotonic()
+            if wait_seconds is not None and now - started >= wait_seconds:
+                raise StoreBusyError(
+                    f"store {db_path.parent} stayed busy for {wait_seconds:.0f} s (held by {database_holder(error)})"
+                ) from None
+            if wait_seconds is None and now >= next_notice:
+                log.warning("waiting for %s to close store %s (%.0f s so far); nothing is lost meanwhile",
+                            database_holder(error), db_path.parent, now - started)
+                next_notice = now + WRITER_NOTICE_EVERY_SECONDS
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.5)
 
@@ -84,7 +174,11 @@ class Store:
     def init(cls, path: Path) -> tuple[Store, bool]:
         """Create the store at `path`, or check the one there. Returns (store, created)."""
         store = cls(path)
-        store.path.mkdir(parents=True, exist_ok=True)
+        store._refuse_a_file()
+        try:
+            store.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise environment_error(error, "create store", Path(error.filename or store.path)) from error
         existed = store.db_path.exists()
         with store.writer("store init") as writer, writer.transaction() as con:
             if existed:
@@ -110,6 +204,7 @@ class Store:
     def open(cls, path: Path) -> Store:
         """Open an existing store, refusing one whose schema version this code does not know."""
         store = cls(path)
+        store._refuse_a_file()
         if not store.db_path.exists():
             raise StoreNotFoundError(
                 f"no store at {store.path}; create one with `embedstore store init --store {store.path}`"
@@ -118,15 +213,30 @@ class Store:
             _check_schema_version(con, store.path)
         return store
 
+    def _refuse_a_file(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreEnvironmentError(f"store {self.path} is a file, not a folder: give a store folder's path")
+
     # -- connections ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def reader(self, wait_seconds: float = READER_WAIT_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection: no writes, no file access, no extensions, settings locked."""
-        con = _connect(self.db_path, read_only=True, wait_seconds=wait_seconds)
-        try:
-            yield con
-        finally:
-            con.close()
+    def reader(self, wait_seconds: float = READER_WAIT_SECONDS,
+               settings: dict[str, Any] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection: no writes, no file access, no extensions, settings locked.
+
+        `settings` (for user SQL: memory_limit, temp_directory, ...) are applied before the
+        configuration is locked, and then the local file system is switched off too: DuckDB lets
+        SQL read the database's own file even with external access disabled.
+        """
+        with _database_errors(self.db_path):
+            con = _connect(self.db_path, read_only=True, wait_seconds=wait_seconds,
+                           config=None if settings is None else {**settings, "lock_configuration": False})
+            try:
+                if settings is not None:
+                    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+                    con.execute("SET lock_configuration = true")
+                yield con
+            finally:
+                con.close()
 
     def writer(self, command: str | None = None) -> StoreWriter:
         """Take the writer lock (refused at once if another process holds it)."""
@@ -172,6 +282,10 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
 
 
+#: Folders where an interrupted atomic write can leave a temporary file (beside the top level).
+TEMPORARY_FOLDERS = ("indices", "artefacts", "staging")
+
+
 class StoreWriter:
     """Holds the writer lock; opens the database read-write only inside `transaction()`."""
 
@@ -180,26 +294,50 @@ class StoreWriter:
         self._lock = WriterLock(store.path, command)
 
     def __enter__(self) -> StoreWriter:
-        self._lock.__enter__()
+        try:
+            self._lock.__enter__()
+        except OSError as error:
+            raise environment_error(error, "take the writer lock", self._lock.path) from error
+        self._remove_stale_temporary_files()
         return self
+
+    def _remove_stale_temporary_files(self) -> None:
+        """Temporary files of atomic writes (`.NAME.XXXX.tmp`) left by a writer that was killed:
+        with the lock held, no other writer can be writing them."""
+        if not self.store.db_path.exists():  # `store init` in a folder of the user's: not ours to clean
+            return
+        folders = [self.store.path, *(self.store.path / name for name in TEMPORARY_FOLDERS)]
+        for folder in folders:
+            pattern = TEMPORARY_PATTERN if folder == self.store.path else f"**/{TEMPORARY_PATTERN}"
+            for path in folder.glob(pattern) if folder.is_dir() else []:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:  # a read-only store: `verify` still reports it
+                    continue
+                log.info("removed %s, left by an interrupted write", path)
 
     def __exit__(self, *exc_info: Any) -> None:
         self._lock.__exit__(*exc_info)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One short read-write transaction: committed on success, rolled back on any error."""
-        con = _connect(self.store.db_path, read_only=False, wait_seconds=WRITER_WAIT_SECONDS)
-        try:
-            con.begin()
+    def transaction(self, wait_seconds: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One short read-write transaction: committed on success, rolled back on any error.
+
+        By default it waits for readers as long as they hold the database; with `wait_seconds` it
+        raises StoreBusyError instead (for a caller that can stage its rows and go on working).
+        """
+        with _database_errors(self.store.db_path, "; nothing of this step was committed"):
+            con = _connect(self.store.db_path, read_only=False, wait_seconds=wait_seconds)
             try:
-                yield con
-            except BaseException:
-                con.rollback()
-                raise
-            con.commit()
-        finally:
-            con.close()
+                con.begin()
+                try:
+                    yield con
+                except BaseException:
+                    con.rollback()
+                    raise
+                con.commit()
+            finally:
+                con.close()
 
     def write_artefact(
         self,
@@ -213,10 +351,14 @@ class StoreWriter:
     ) -> str:
         """Write an artefact atomically and record it in the manifest. Returns its sha256."""
         target = self.store.resolve(relpath)
-        with atomic_path(target) as tmp:
-            write(tmp)
-            digest = sha256_file(tmp)
-            size = tmp.stat().st_size
+        try:
+            with atomic_path(target) as tmp:
+                write(tmp)
+                digest = sha256_file(tmp)
+                size = tmp.stat().st_size
+        except OSError as error:
+            raise StoreEnvironmentError(f"cannot write {target}: {error.strerror or error}; nothing was "
+                                        "recorded and the store is as it was") from error
         with self.transaction() as con:
             con.execute(
                 "INSERT OR REPLACE INTO manifest VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

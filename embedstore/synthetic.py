@@ -77,6 +77,9 @@ class SampleConfig:
             raise InputError(f"--n {self.n}: need at least 10 images")
         if not 64 <= self.size <= 1024:
             raise InputError(f"--size {self.size}: choose between 64 and 1024 pixels")
+        from embedstore.outputs import check_output_path
+
+        check_output_path(None, self.out, folder=True)
 
 
 # ---------------------------------------------------------------------------------------------

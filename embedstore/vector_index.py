@@ -34,6 +34,13 @@ def build_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
     return index
 
 
+def _write(index: faiss.Index, path: Path) -> None:
+    """Write through a Python file: FAISS's own file writer ignores a failed write (a full disk
+    leaves a short file recorded as good); Python's raises OSError, which the store reports."""
+    with open(path, "wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
+
+
 def write_index(writer: StoreWriter, run_id: str, ids: np.ndarray, vectors: np.ndarray,
                 table_name: str = "image_embeddings") -> str:
     """Build, write atomically and record in the manifest. Returns the file's sha256."""
@@ -41,7 +48,7 @@ def write_index(writer: StoreWriter, run_id: str, ids: np.ndarray, vectors: np.n
     return writer.write_artefact(
         index_relpath(run_id, table_name),
         "faiss",
-        lambda tmp: faiss.write_index(index, str(tmp)),
+        lambda tmp: _write(index, tmp),
         run_id=run_id,
         table_name=table_name,
         n_rows=int(index.ntotal),
@@ -49,9 +56,16 @@ def write_index(writer: StoreWriter, run_id: str, ids: np.ndarray, vectors: np.n
 
 
 def read_index(path: Path) -> faiss.Index:
-    """Read an index file, turning FAISS's errors on a damaged file into one line."""
+    """Read a store's index file (`<store>/indices/<file>`) once its bytes match that store's manifest
+    (`integrity.read_artefact`: FAISS never parses a changed file), turning FAISS's errors into one line."""
+    from embedstore.integrity import read_artefact
+    from embedstore.store import Store
+
+    if path.parent.name != "indices":
+        raise IntegrityError(f"{path}: not an index file of a store (indices/<file>); run `embedstore store verify`")
+    data = read_artefact(Store(path.parent.parent), f"indices/{path.name}")
     try:
-        return faiss.read_index(str(path))
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
         raise IntegrityError(f"{path}: not a readable FAISS index ({reason[:120]})") from None

@@ -10,7 +10,7 @@ import pytest
 
 from embedstore import SCHEMA_VERSION
 from embedstore.embeddings import read_image_embeddings
-from embedstore.errors import SchemaVersionError, StoreNotFoundError
+from embedstore.errors import SchemaVersionError, StoreEnvironmentError, StoreNotFoundError
 from embedstore.paths import default_store_path, resolve_store_path
 from embedstore.store import Store
 from tests.conftest import add_embedding_run
@@ -90,7 +90,7 @@ def test_failed_artefact_write_leaves_old_file_and_manifest(tmp_store: Store) ->
             path.write_bytes(b"half")
             raise OSError("disk full")
 
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(StoreEnvironmentError, match="cannot write .*a.bin: disk full"):
             writer.write_artefact("artefacts/a.bin", "blob", fail)
     assert (tmp_store.path / "artefacts" / "a.bin").read_bytes() == b"old"
     assert not list((tmp_store.path / "artefacts").glob("*.tmp"))
