@@ -27,4 +27,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint browser
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2

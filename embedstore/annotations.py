@@ -124,13 +124,13 @@ class Annotation:
         """The annotated region on the model's input pixels."""
         if self.mask_path is None:
             return geometry.box_mask(*self.box)
-        from PIL import Image, UnidentifiedImageError
+        from embedstore.images import load_rgb, shown
 
-        try:
-            with Image.open(self.mask_path) as image:
-                pixels = np.asarray(image.convert("L"))
-        except (OSError, UnidentifiedImageError) as error:
-            raise InputError(f"--masks {self.mask_path}: cannot be read ({error})") from None
+        try:  # the images' own decoder: regular files only, size and pixel limits (an 8-bit mask is kept as is)
+            image, _ = load_rgb(self.mask_path)
+        except InputError as error:
+            raise InputError(f"--masks {shown(self.mask_path)}: {error}") from None
+        pixels = np.asarray(image.convert("L"))
         if pixels.shape != geometry.original:
             raise InputError(f"--masks {self.mask_path}: {pixels.shape[1]}×{pixels.shape[0]} pixels, but its image is "
                              f"{geometry.original[1]}×{geometry.original[0]}")

@@ -86,8 +86,8 @@ _FILE_LEVEL_PREFIXES = ("io error", "serialization error", "internal error", "fa
 
 
 def _file_level(error: Exception, lowered: str) -> bool:
-    if isinstance(error, duckdb.Error):
-        return isinstance(error, _FILE_LEVEL_ERRORS)
+    if isinstance(error, duckdb.Error):  # a failed block checksum arrives as the base class itself
+        return isinstance(error, _FILE_LEVEL_ERRORS) or type(error) is duckdb.Error
     # An OSError is about the file unless it carries a DuckDB query error's "<Kind> Error:" prefix.
     kind = lowered.split(" error:", 1)[0]
     return lowered.startswith(_FILE_LEVEL_PREFIXES) or not kind.isalpha()

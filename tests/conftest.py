@@ -116,3 +116,4 @@ def synthetic_store(tmp_store: Store, synthetic_dir: Path) -> Store:
 
     ingest(tmp_store, IngestConfig(path=synthetic_dir, name="syn"))
     return tmp_store
+

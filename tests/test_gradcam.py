@@ -240,7 +240,7 @@ def test_missing_columns_and_mask_files_are_named(cam_store: tuple[Store, dict[s
     masks.mkdir()
     broken = masks / mask_name(row[0], row[1])
     broken.write_bytes(b"not a png")
-    with pytest.raises(InputError, match=f"--masks {broken}: cannot be read"):
+    with pytest.raises(InputError, match=f"--masks {broken}: is truncated or not an image"):
         validate(store, ValidateConfig(run=runs["ft-study"], annotations=one, masks=masks))
     from PIL import Image
 
@@ -440,6 +440,7 @@ def test_maps_outline_the_expert_annotation(cam_store: tuple[Store, dict[str, st
     assert json.loads((outlined / "provenance.json").read_text())["annotations"]["sha256"]
 
 
+@pytest.mark.slow
 def test_validate_stores_localisation_sanity_and_draws_them(
         cam_store: tuple[Store, dict[str, str]], synthetic_dir: Path, tmp_path: Path, run_cli: object) -> None:
     store, runs = cam_store

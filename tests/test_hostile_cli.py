@@ -145,11 +145,11 @@ def test_writer_waits_for_a_reader_and_names_it(tmp_store: Store, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def big_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """400 small images: long enough an extraction to interrupt or read during."""
+    """240 small images: long enough an extraction to interrupt or read during."""
     from embedstore.synthetic import SampleConfig, write_sample
 
     out = tmp_path_factory.mktemp("big") / "iuxray"
-    write_sample(SampleConfig(out=out, n=400, size=64, workers=1))
+    write_sample(SampleConfig(out=out, n=240, size=64, workers=1))
     return out
 
 
@@ -203,7 +203,7 @@ def test_a_long_reader_never_fails_the_extraction(tmp_store: Store, tmp_path: Pa
     assert "staged" in stderr
     with tmp_store.reader() as con:
         assert con.execute("SELECT status FROM runs").fetchall() == [("complete",)]
-        assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM image_embeddings").fetchall() == [(400, 400)]
+        assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM image_embeddings").fetchall() == [(240, 240)]
     assert not staging_folder(tmp_store.path, run_id).exists()
     assert verify_store(tmp_store).ok
 
@@ -233,5 +233,5 @@ def test_ctrl_c_on_extract_says_how_to_resume(tmp_store: Store, tmp_path: Path, 
     resumed = run_cli(*command[3:], "--resume")
     assert resumed.returncode == 0, resumed.stderr
     with tmp_store.reader() as con:
-        assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM image_embeddings").fetchall() == [(400, 400)]
+        assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM image_embeddings").fetchall() == [(240, 240)]
     assert verify_store(tmp_store).ok

@@ -436,11 +436,11 @@ def test_a_16_bit_dataset_ingests(tmp_store: Store, tmp_path: Path) -> None:
 
 def test_every_image_is_opened_through_the_one_decoder() -> None:
     """Ingest validation, the extraction DataLoader, the tensor cache and Grad-CAM read images only
-    through embedstore.images (annotation masks are binary and read apart, in annotations.py)."""
+    through embedstore.images (annotation masks too)."""
     offenders = []
     for folder in ("embedstore", "analyses", "cli"):
         for source in (REPO / folder).rglob("*.py"):
-            if source.name in ("images.py", "annotations.py", "synthetic.py", "demo_model.py"):
+            if source.name in ("images.py", "synthetic.py", "demo_model.py"):
                 continue
             text = source.read_text()
             offenders += [f"{source.relative_to(REPO)}: {term}" for term in ("Image.open(", '.convert("RGB")')
@@ -601,3 +601,17 @@ def test_the_extraction_dataloader_refuses_the_same_paths_in_one_line(tmp_path: 
             assert message.startswith("image ") and "(sample 7)" in message, message
     finally:
         timer.cancel()
+
+
+def test_a_mask_that_is_no_regular_file_is_named_not_read(tmp_path: Path) -> None:
+    """A FIFO or a device given as an annotation mask is refused before it is opened (it would block
+    or never end), through the images' own reader."""
+    from embedstore.annotations import Annotation, InputGeometry
+
+    fifo = tmp_path / "mask.png"
+    os.mkfifo(fifo)
+    geometry = InputGeometry(original=(8, 8), resized=(8, 8), top=0, left=0, crop=(8, 8))
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        annotation = Annotation(filename="a.png", label="Cardiomegaly", box=(0, 0, 1, 1), row=2, mask_path=path)
+        with pytest.raises(InputError, match="not a regular file"):
+            annotation.input_mask(geometry)

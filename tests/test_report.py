@@ -65,6 +65,7 @@ def test_every_chart_kind_draws_stored_results(reported_store: Store, tmp_path: 
                 assert value["value"] == stored[(value["run_id"], value["protocol"], value["metric"])]
 
 
+@pytest.mark.slow
 def test_projection_by_umap_maps_images_and_prompts(reported_store: Store) -> None:
     spec = chart_spec(reported_store, "projection", ChartOptions(reduce="umap", color_by="abnormal"))
     values = _values(spec)
@@ -109,4 +110,5 @@ def test_demo_fast_runs_end_to_end_and_reuses_its_work(tmp_path: Path, run_cli) 
     assert len(list((store / "report" / "gradcam").glob("*/grid.png"))) == 15
     again = run_cli("demo", "--fast", "--store", str(store), timeout=900)
     assert again.returncode == 0 and again.stderr.count("already complete") == 6
+    assert again.stderr.count("already validated") == 2
     assert run_cli("store", "verify", "--store", str(store)).returncode == 0
