@@ -58,6 +58,9 @@ def ingest(
     store: Path | None = StoreOption,
 ) -> None:
     """Validate a dataset and write it into the store in one transaction."""
+    from embedstore.locking import refuse_if_written
+
+    refuse_if_written(store_path(store))  # before the heavy imports
     from embedstore.ingest import IngestConfig
     from embedstore.ingest import ingest as run_ingest
     from embedstore.progress import progress_bar

@@ -29,6 +29,9 @@ def extract(
     store: Path | None = StoreOption,
 ) -> None:
     """Write a complete run (embeddings, scores, FAISS index, artefacts) for every split."""
+    from embedstore.locking import refuse_if_written
+
+    refuse_if_written(store_path(store))  # before torch and the model are even imported
     from embedstore.extract import ExtractConfig
     from embedstore.extract import extract as run_extract
     from embedstore.store import Store

@@ -76,6 +76,19 @@ def writer_running(store_dir: Path) -> bool | None:
     return bool(struct.unpack_from("h", answer)[0] != fcntl.F_UNLCK)
 
 
+def refuse_if_written(store_dir: Path) -> None:
+    """Refuse at once when another process holds the writer lock: a command calls this before its
+    heavy imports so a second writer is turned away in well under a second. The lock itself is
+    still taken, later, by the writer (a writer starting in between is caught there)."""
+    if writer_running(store_dir):
+        raise _locked(store_dir, store_dir / LOCK_NAME)
+
+
+def _locked(store_dir: Path, lock_path: Path) -> StoreLockedError:
+    return StoreLockedError(f"store {store_dir} is being written by {describe_holder(lock_path)}; "
+                            "wait for it to finish or stop it")
+
+
 class WriterLock:
     """Context manager taking the store's writer lock without waiting."""
 
@@ -93,10 +106,7 @@ class WriterLock:
             os.close(fd)
             if error.errno not in (errno.EACCES, errno.EAGAIN):
                 raise  # not held by another process: the file system cannot lock (the caller names it)
-            raise StoreLockedError(
-                f"store {self.store_dir} is being written by {describe_holder(self.path)}; "
-                "wait for it to finish or stop it"
-            ) from None
+            raise _locked(self.store_dir, self.path) from None
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
