@@ -1,4 +1,5 @@
-"""GPU benchmark (DESIGN §9): ViT-B/16 encoding, fine-tuning and lp on one CUDA device, each against a
+"""GPU benchmark against the performance budgets in docs/benchmarks.md: ViT-B/16 encoding,
+fine-tuning and lp on one CUDA device, each against a
 faithful re-implementation of the study's own loop run in the same process on the same model.
 
 Sections (each timed with torch.cuda.synchronize, after warm-up; one failing section does not stop
@@ -60,11 +61,11 @@ import torch
 N_IMAGES = 3818          # IU-Xray frontal images
 N_TRAIN, N_VAL = 2673, 573  # the study's split
 N_LABELS = 14
-STUDY_SECONDS = 21 * 60  # the study's three settings took over 21 minutes (DESIGN §9)
+STUDY_SECONDS = 21 * 60  # the study's three settings took over 21 minutes
 BUDGET_STUDY_SECONDS = 120
-BUDGET_CACHE_IMAGES_PER_S = 5000  # DESIGN §9, on one H100
+BUDGET_CACHE_IMAGES_PER_S = 5000  # the budget for encoding from the tensor cache on one H100
 #: Analyses of one 3,818 × 512 run with 1,000-resample intervals, measured on the 2-core development
-#: machine (docs/benchmarks.md, "Analyses (issue 5)"); analyses need duckdb/polars/faiss, which the
+#: machine (docs/benchmarks.md, the analyses section); analyses need duckdb/polars/faiss, which the
 #: GPU machine lacks, so they are not measured here.
 ANALYSES_SECONDS_DOCS = {"multilabel": 1.09, "study": 1.54}
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore import queries
-from embedstore.store import append_rows
+from embedstore.store import STAGING_FOLDER, append_rows
 
 
 def _list_column(vectors: np.ndarray) -> pa.ListArray:
@@ -42,12 +42,9 @@ def insert_image_embeddings(
     return append_rows(con, "image_embeddings", _embedding_batch(run_id, sample_ids, vectors))
 
 
-STAGING_DIR = "staging"
-
-
 def staging_folder(store_path: Path, run_id: str) -> Path:
     """Where a run's not-yet-committed embedding chunks wait."""
-    return store_path / STAGING_DIR / run_id
+    return store_path / STAGING_FOLDER / run_id
 
 
 def stage_image_embeddings(folder: Path, run_id: str, sample_ids: np.ndarray, vectors: np.ndarray) -> Path:

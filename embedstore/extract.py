@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -357,19 +356,12 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
                                           ctx.config.seed)
     head_sha = ctx.writer.write_artefact(
         f"artefacts/{ctx.run_id}/head.npz", "head",
-        lambda tmp: _write_file(tmp, lambda f: np.savez(f, **fit.head.state(), labels=np.array(ctx.labels))),
+        lambda handle: np.savez(handle, **fit.head.state(), labels=np.array(ctx.labels)),
         run_id=ctx.run_id,
     )
     details = {"embeddings_from": source, "fit": fit.detail, "best_epoch": fit.best_epoch,
                "epochs_run": fit.epochs_run, "val_bce": fit.val_loss, "head_sha256": head_sha}
     return StageOutput(embeddings, fit.head.logits(embeddings), [], fit.seconds, seconds, details)
-
-
-def _write_file(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a Python file that is closed here: a full disk is an OSError, never a silently
-    short file (torch.save to a path reports it as a RuntimeError; an unclosed file not at all)."""
-    with open(path, "wb") as handle:
-        write(handle)
 
 
 def _finetune_data(ctx: RunContext) -> Any:
@@ -432,7 +424,7 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
                  "head": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in head.state().items()},
                  "train_seconds": float(train_seconds)}
         details["checkpoint_sha256"] = ctx.writer.write_artefact(
-            relpath, "checkpoint", lambda tmp: _write_file(tmp, lambda f: torch.save(state, f)), run_id=ctx.run_id)
+            relpath, "checkpoint", lambda handle: torch.save(state, handle), run_id=ctx.run_id)
     seconds = encode_into_run(ctx, visual)
     embeddings = _run_embeddings(ctx)
     return StageOutput(embeddings, head.logits(embeddings), [], train_seconds, seconds, details)

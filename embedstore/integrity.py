@@ -23,14 +23,11 @@ import numpy as np
 from embedstore import queries
 from embedstore.atomic import TEMPORARY_PATTERN, sha256_file
 from embedstore.errors import IntegrityError
-from embedstore.store import DB_NAME, STORE_FILES, TEMPORARY_FOLDERS, Store, first_row
+from embedstore.store import DB_NAME, MANAGED_FOLDERS, STORE_FILES, STORE_FOLDERS, Store, first_row
 
 log = logging.getLogger(__name__)
 
-#: Folders whose every file must be in the manifest (beside the store's own files at the top level).
-MANAGED_FOLDERS = ("indices", "artefacts")
-#: Folders (beside the top level) where a temporary file of an interrupted atomic write is reported.
-TEMPORARY_FILE_FOLDERS = TEMPORARY_FOLDERS
+#: How `verify` reports a temporary file of an interrupted atomic write.
 TEMPORARY_FILE = "temporary file left by an interrupted write (the next writing command removes it)"
 
 #: What each mode's complete run must have in the manifest and on disk (see embedstore/extract.py).
@@ -148,7 +145,7 @@ def _unrecorded_files(store: Store, recorded: set[str]) -> list[Problem]:
         if (path.is_file() and relpath not in recorded and relpath not in STORE_FILES
                 and not fnmatch.fnmatch(path.name, TEMPORARY_PATTERN)):
             problems.append(Problem(relpath, "file not recorded in the manifest"))
-    nested = [path for folder in TEMPORARY_FILE_FOLDERS for path in (store.path / folder).rglob(TEMPORARY_PATTERN)]
+    nested = [path for folder in STORE_FOLDERS for path in (store.path / folder).rglob(TEMPORARY_PATTERN)]
     temporary = sorted(path for path in {*store.path.glob(TEMPORARY_PATTERN), *nested} if path.is_file())
     if (problems or temporary) and writer_running(store.path):
         # a running writer renames an artefact into place just before it records it in the manifest

@@ -12,11 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedstore.errors import InputError
-from embedstore.integrity import MANAGED_FOLDERS
-from embedstore.store import DB_NAME, STORE_FILES, Store
-
-#: Folders inside a store where no user output may go (staging: embedding chunks not yet committed).
-PROTECTED_FOLDERS = frozenset({*MANAGED_FOLDERS, "staging"})
+from embedstore.store import DB_NAME, STORE_FILES, STORE_FOLDERS, Store
 
 
 def enclosing_store(path: Path) -> Path | None:
@@ -39,7 +35,7 @@ def _refusal(target: Path, root: Path, folder: bool, recorded: list[Path]) -> st
     if root not in target.parents:
         return None
     parts = target.relative_to(root).parts
-    if parts[0] in PROTECTED_FOLDERS:
+    if parts[0] in STORE_FOLDERS:
         return f"inside the store's managed folder {parts[0]}/"
     if parts[0] in STORE_FILES:
         return f"the store's own file {parts[0]}"

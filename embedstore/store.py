@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 import pyarrow as pa
@@ -282,8 +282,13 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
 
 
-#: Folders where an interrupted atomic write can leave a temporary file (beside the top level).
-TEMPORARY_FOLDERS = ("indices", "artefacts", "staging")
+#: Folders whose every file must be in the manifest (beside the store's own files at the top level).
+MANAGED_FOLDERS = ("indices", "artefacts")
+#: Where a run's embedding chunks wait while a reader holds the database (see embedstore/embeddings.py).
+STAGING_FOLDER = "staging"
+#: The folders a store manages: interrupted atomic writes may leave temporary files in them, and
+#: user output never goes there (embedstore/outputs.py).
+STORE_FOLDERS = (*MANAGED_FOLDERS, STAGING_FOLDER)
 
 
 class StoreWriter:
@@ -306,7 +311,7 @@ class StoreWriter:
         with the lock held, no other writer can be writing them."""
         if not self.store.db_path.exists():  # `store init` in a folder of the user's: not ours to clean
             return
-        folders = [self.store.path, *(self.store.path / name for name in TEMPORARY_FOLDERS)]
+        folders = [self.store.path, *(self.store.path / name for name in STORE_FOLDERS)]
         for folder in folders:
             pattern = TEMPORARY_PATTERN if folder == self.store.path else f"**/{TEMPORARY_PATTERN}"
             for path in folder.glob(pattern) if folder.is_dir() else []:
@@ -343,17 +348,22 @@ class StoreWriter:
         self,
         relpath: str,
         kind: str,
-        write: Callable[[Path], None],
+        write: Callable[[BinaryIO], None],
         *,
         run_id: str | None = None,
         table_name: str | None = None,
         n_rows: int | None = None,
     ) -> str:
-        """Write an artefact atomically and record it in the manifest. Returns its sha256."""
+        """Write an artefact atomically and record it in the manifest. Returns its sha256.
+
+        `write` gets an open binary file, closed here: a failed write (a full disk) is an OSError,
+        reported as one line, never a short file recorded as good.
+        """
         target = self.store.resolve(relpath)
         try:
             with atomic_path(target) as tmp:
-                write(tmp)
+                with open(tmp, "wb") as handle:
+                    write(handle)
                 digest = sha256_file(tmp)
                 size = tmp.stat().st_size
         except OSError as error:

@@ -6,6 +6,7 @@ Vectors are L2-normalised before indexing, so inner product is cosine similarity
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
@@ -34,11 +35,10 @@ def build_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
     return index
 
 
-def _write(index: faiss.Index, path: Path) -> None:
-    """Write through a Python file: FAISS's own file writer ignores a failed write (a full disk
-    leaves a short file recorded as good); Python's raises OSError, which the store reports."""
-    with open(path, "wb") as handle:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
+def _write(index: faiss.Index, handle: BinaryIO) -> None:
+    """Through the store's Python file: FAISS's own file writer ignores a failed write (a full disk
+    would leave a short file recorded as good)."""
+    faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]
 
 
 def write_index(writer: StoreWriter, run_id: str, ids: np.ndarray, vectors: np.ndarray,
@@ -48,7 +48,7 @@ def write_index(writer: StoreWriter, run_id: str, ids: np.ndarray, vectors: np.n
     return writer.write_artefact(
         index_relpath(run_id, table_name),
         "faiss",
-        lambda tmp: _write(index, tmp),
+        lambda handle: _write(index, handle),
         run_id=run_id,
         table_name=table_name,
         n_rows=int(index.ntotal),

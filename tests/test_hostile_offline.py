@@ -442,7 +442,7 @@ def test_a_manifest_consistent_pickle_is_refused_not_run(payload, tmp_store: Sto
     marker = tmp_path / "code-ran"
     relpath = "artefacts/run-x/finetuned.pt"
     with tmp_store.writer("test") as writer:
-        writer.write_artefact(relpath, "checkpoint", lambda tmp: tmp.write_bytes(payload(marker)), run_id="run-x")
+        writer.write_artefact(relpath, "checkpoint", lambda handle: handle.write(payload(marker)), run_id="run-x")
     with pytest.raises(IntegrityError, match="finetuned.pt") as caught:
         load_tensors(tmp_store, relpath)
     assert not marker.exists()
@@ -456,7 +456,7 @@ def test_a_head_with_pickled_objects_is_refused(tmp_store: Store, tmp_path: Path
     relpath = "artefacts/run-x/head.npz"
     objects = np.array([_Plant(marker)], dtype=object)
     with tmp_store.writer("test") as writer:
-        writer.write_artefact(relpath, "head", lambda tmp: np.savez(open(tmp, "wb"), weight=objects), run_id="run-x")
+        writer.write_artefact(relpath, "head", lambda handle: np.savez(handle, weight=objects), run_id="run-x")
     with pytest.raises(IntegrityError, match="head.npz"):
         load_arrays(tmp_store, relpath)
     assert not marker.exists()
@@ -468,7 +468,7 @@ def test_every_artefact_read_is_checked_against_the_manifest(damage: str, tmp_st
 
     relpath = "artefacts/run-x/head.npz"
     with tmp_store.writer("test") as writer:
-        writer.write_artefact(relpath, "head", lambda tmp: np.savez(open(tmp, "wb"), w=np.ones(3)), run_id="run-x")
+        writer.write_artefact(relpath, "head", lambda handle: np.savez(handle, w=np.ones(3)), run_id="run-x")
     assert read_artefact(tmp_store, relpath) == tmp_store.resolve(relpath).read_bytes()
     path = tmp_store.resolve(relpath)
     if damage == "missing":

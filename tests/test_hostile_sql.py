@@ -44,7 +44,7 @@ def store(tmp_store: Store) -> Store:
     """A store with a FAISS index and an artefact, both in the manifest."""
     add_embedding_run(tmp_store, n=5, d=4)
     with tmp_store.writer("test") as writer:
-        writer.write_artefact("artefacts/run-a/head.npz", "head", lambda p: p.write_bytes(b"head"), run_id="run-a")
+        writer.write_artefact("artefacts/run-a/head.npz", "head", lambda handle: handle.write(b"head"), run_id="run-a")
     return tmp_store
 
 
@@ -274,7 +274,7 @@ def test_a_manifest_path_outside_the_managed_folders_is_protected_too(store: Sto
     from embedstore.outputs import check_output_path
 
     with store.writer("test") as writer:
-        writer.write_artefact("report/kept.bin", "other", lambda p: p.write_bytes(b"x"))
+        writer.write_artefact("report/kept.bin", "other", lambda handle: handle.write(b"x"))
     with pytest.raises(InputError, match="manifest"):
         check_output_path(store, store.path / "report" / "kept.bin")
     with pytest.raises(InputError, match="manifest"):

@@ -377,7 +377,7 @@ def test_real_foreign_lock_and_read_only_store(store: Store, run_cli, inprocess)
         assert verify.returncode == 0, verify.stderr  # readers need no write access
         with store.writer("test") as writer:
             with pytest.raises(StoreEnvironmentError, match="Permission denied") as refused:
-                writer.write_artefact("indices/x.faiss", "faiss", lambda tmp: tmp.write_bytes(b"x"))
+                writer.write_artefact("indices/x.faiss", "faiss", lambda handle: handle.write(b"x"))
             assert str(store.path / "indices" / "x.faiss") in str(refused.value)
             with pytest.raises(StoreEnvironmentError, match=str(store.db_path)), writer.transaction() as con:
                 con.execute("INSERT INTO meta VALUES ('x', 'y')")
@@ -416,7 +416,7 @@ def disk_full_on_commit(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 def test_disk_full_while_writing_an_index_loses_nothing(store: Store, pristine: dict[str, Any],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import embedstore.vector_index
+    import embedstore.store
 
     zs = pristine["runs"]["zs"]
     before = snapshot(store)
@@ -424,7 +424,7 @@ def test_disk_full_while_writing_an_index_loses_nothing(store: Store, pristine: 
     def full_disk(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         return open("/dev/full", mode, *args, **kwargs) if "w" in mode else open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(embedstore.vector_index, "open", full_disk, raising=False)
+    monkeypatch.setattr(embedstore.store, "open", full_disk, raising=False)  # where artefacts are opened
     with store.writer("test") as writer, pytest.raises(StoreEnvironmentError) as refused:
         write_index(writer, zs, np.arange(3), np.ones((3, 4), dtype=np.float32))
     assert str(store.resolve(index_relpath(zs))) in str(refused.value)
@@ -439,8 +439,8 @@ def test_disk_full_while_writing_an_artefact_is_one_line(store: Store, inprocess
 
     before = snapshot(store)
 
-    def write_and_fail(tmp: Path) -> None:
-        tmp.write_bytes(b"half")
+    def write_and_fail(handle: Any) -> None:
+        handle.write(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with store.writer("test") as writer, pytest.raises(StoreEnvironmentError, match="No space left on device"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -84,10 +85,10 @@ def test_embeddings_round_trip_through_the_store(tmp_store: Store) -> None:
 
 def test_failed_artefact_write_leaves_old_file_and_manifest(tmp_store: Store) -> None:
     with tmp_store.writer("test") as writer:
-        digest = writer.write_artefact("artefacts/a.bin", "blob", lambda p: p.write_bytes(b"old"))
+        digest = writer.write_artefact("artefacts/a.bin", "blob", lambda handle: handle.write(b"old"))
 
-        def fail(path: Path) -> None:
-            path.write_bytes(b"half")
+        def fail(handle: Any) -> None:
+            handle.write(b"half")
             raise OSError("disk full")
 
         with pytest.raises(StoreEnvironmentError, match="cannot write .*a.bin: disk full"):
