@@ -1,10 +1,16 @@
 """Multi-label classification metrics from a run's stored scores, per protocol.
 
-`study` (DESIGN section 2, "compute_metrics_v2"): each row's scores min-max scaled to [0, 1] and
-thresholded at 0.5 (plus the 0.20…0.90 sweep); macro-F1 as classification_report (zero_division=0),
-exact match, LRAP, coverage error and ranking loss on the scaled scores, AUROC/AUPRC per label.
-`multilabel` (section 3): raw scores, one threshold per label tuned for F1 on val and applied to
-the split analysed; threshold-free metrics as well.
+`study` (the notebook's "compute_metrics_v2", README "The study protocol"): each row's scores scaled
+as `(s − min) / (max − min + 1e-8)` and thresholded at 0.5 (plus the 0.20…0.90 sweep); macro-F1 as
+classification_report (zero_division=0), exact match, LRAP, coverage error and ranking loss on the
+scaled scores, AUROC/AUPRC per label; per domain, the notebook's "compute_domain_metrics": one
+"any label of the domain" target. `multilabel`: raw scores, one threshold per label tuned for F1 on
+val and applied to the split analysed (on val itself only threshold-free figures); per domain, the
+per-label macro.
+
+Each macro says in `params` which labels it averages: macro AUROC those with both classes in the
+split, macro AUPRC those with a positive, macro-F1 every label (no positive: F1 0). A bootstrap
+resample in which one of the averaged labels is undefined is skipped for the macro and counted.
 
 The per-sample ranking figures (LRAP, coverage, ranking loss) and the thresholded outcomes are SQL
 (`sql/sample_ranking.sql`, `sql/label_outcomes.sql`, window functions in DuckDB); bootstrap intervals
@@ -13,16 +19,27 @@ re-weight those per-sample outcomes, so no metric is implemented twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
+from embedstore.analyses.common import (
+    AnalysisOptions,
+    MetricRow,
+    fixed_macro,
+    resampling_strata,
+    warn_few_resamples,
+    with_intervals,
+)
 from embedstore.analyses.rundata import RunData
 
 from embedstore import queries
 from embedstore.heads import row_minmax
+
+log = logging.getLogger(__name__)
 
 
 def _scored(con: duckdb.DuckDBPyConnection, scores: np.ndarray, targets: np.ndarray,
@@ -147,25 +164,68 @@ def _per_label_curve(metric: Callable[[np.ndarray, np.ndarray, np.ndarray], np.n
     return np.stack([metric(scores[:, j], targets[:, j], weights) for j in range(scores.shape[1])], axis=1)
 
 
-def _macro(values: np.ndarray) -> np.ndarray:
-    """Mean over labels defined in each row (NaN only if none is)."""
-    valid = np.isfinite(values)
-    with np.errstate(invalid="ignore"):
-        return np.where(valid.any(axis=1), np.nansum(values, axis=1) / valid.sum(axis=1), np.nan)
+#: Figures that depend on the decision thresholds: refused on the split the thresholds were tuned on.
+THRESHOLDED = frozenset({"macro_f1", "micro_f1", "exact_match", "hamming_loss", "abnormal_f1", "f1", "precision",
+                         "recall", "threshold", "domain_macro_f1", "domain_any_f1"})
+
+#: Macro means over a fixed label set, whose intervals skip (and count) resamples missing one of them.
+FIXED_SET_MACROS = {"macro_auroc", "macro_auprc", "domain_macro_auroc"}
+
+
+@dataclass(frozen=True)
+class Merged:
+    """One "any of these labels" target: truth, score (the highest) and prediction (any predicted)."""
+
+    truth: np.ndarray
+    score: np.ndarray
+    predicted: np.ndarray
+
+    @classmethod
+    def of(cls, columns: list[int], scores: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> Merged:
+        if not columns:
+            zeros = np.zeros(len(scores))
+            return cls(zeros, zeros, zeros)
+        return cls(targets[:, columns].max(axis=1).astype(np.float64), scores[:, columns].max(axis=1),
+                   predicted[:, columns].max(axis=1))
+
+    def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """AUROC, AUPRC and F1 of the merged target under each weighting."""
+        t, p = self.truth, self.predicted
+        return {"auroc": weighted_auroc(self.score, t, weights),
+                "auprc": weighted_average_precision(self.score, t, weights),
+                "f1": _f1(weights @ (p * t), weights @ (p * (1 - t)), weights @ ((1 - p) * t))}
+
+
+def label_sets(targets: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
+    """Which label columns each macro averages on this split: AUROC needs both classes, AUPRC a
+    positive; macro-F1 averages every label (one without positives counts as F1 0)."""
+    positives = targets.sum(axis=0)
+    return {"auroc": np.flatnonzero((positives > 0) & (positives < len(targets))),
+            "auprc": np.flatnonzero(positives > 0),
+            "f1": np.arange(len(labels))}
+
+
+def _averaged_params(labels: list[str], columns: np.ndarray, rule: str) -> dict[str, object]:
+    return {"averaged_over": [labels[j] for j in columns],
+            "left_out": [label for j, label in enumerate(labels) if j not in set(columns.tolist())], "rule": rule}
 
 
 def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
-            domains: dict[str, list[int]], options: AnalysisOptions, params: dict[str, object]) -> list[MetricRow]:
-    """Every classification figure of one split, each with its bootstrap interval."""
+            domains: dict[str, list[int]], options: AnalysisOptions, params: dict[str, object],
+            merged_domains: bool = False) -> list[MetricRow]:
+    """Every classification figure of one split, each with its bootstrap interval.
+
+    Macro AUROC/AUPRC average the labels defined on the whole split; a resample in which one of them
+    is undefined is skipped for the macro and counted. Per domain: with `merged_domains` (the study)
+    one "any label of the domain" target (`domain_any_*`); otherwise the per-label macro
+    (`domain_macro_*`).
+    """
     lrap, coverage, ranking_loss = ranking_per_sample(scores, targets)
     predicted, tp, fp, fn = outcomes(scores, targets, thresholds)
-    abnormal_columns = [j for j, label in enumerate(labels) if label != "No Finding"]
-    abnormal_truth = targets[:, abnormal_columns].max(axis=1) if abnormal_columns else np.zeros(len(targets))
-    abnormal_score = scores[:, abnormal_columns].max(axis=1) if abnormal_columns else np.zeros(len(targets))
-    abnormal_predicted = predicted[:, abnormal_columns].max(axis=1) if abnormal_columns else np.zeros(len(targets))
-    binary_tp = abnormal_predicted * abnormal_truth
-    binary_fp = abnormal_predicted * (1 - abnormal_truth)
-    binary_fn = (1 - abnormal_predicted) * abnormal_truth
+    abnormal = Merged.of([j for j, label in enumerate(labels) if label != "No Finding"], scores, targets, predicted)
+    merged = {domain: Merged.of(columns, scores, targets, predicted) for domain, columns in domains.items()}
+    defined = label_sets(targets, labels)
+    domain_auroc = {domain: np.intersect1d(columns, defined["auroc"]) for domain, columns in domains.items()}
 
     def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
         total = weights.sum(axis=1)
@@ -173,22 +233,27 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
         per_label_f1 = result.pop("per_label_f1")
         auroc = _per_label_curve(weighted_auroc, scores, targets, weights)
         auprc = _per_label_curve(weighted_average_precision, scores, targets, weights)
+        binary = abnormal.figures(weights)
         result |= {
             "lrap": weights @ lrap / total,
             "coverage_error": weights @ coverage / total,
             "ranking_loss": weights @ ranking_loss / total,
-            "macro_auroc": _macro(auroc),
-            "macro_auprc": _macro(auprc),
-            "abnormal_auroc": weighted_auroc(abnormal_score, abnormal_truth, weights),
-            "abnormal_f1": _f1(weights @ binary_tp, weights @ binary_fp, weights @ binary_fn),
+            "macro_auroc": fixed_macro(auroc, defined["auroc"]),
+            "macro_auprc": fixed_macro(auprc, defined["auprc"]),
+            "abnormal_auroc": binary["auroc"],
+            "abnormal_f1": binary["f1"],
         }
         for j, label in enumerate(labels):
             result[f"f1|{label}"] = per_label_f1[:, j]
             result[f"auroc|{label}"] = auroc[:, j]
             result[f"auprc|{label}"] = auprc[:, j]
         for domain, columns in domains.items():
-            result[f"domain_macro_f1|{domain}"] = per_label_f1[:, columns].mean(axis=1)
-            result[f"domain_macro_auroc|{domain}"] = _macro(auroc[:, columns])
+            if merged_domains:
+                for name, values in merged[domain].figures(weights).items():
+                    result[f"domain_any_{name}|{domain}"] = values
+            else:
+                result[f"domain_macro_f1|{domain}"] = per_label_f1[:, columns].mean(axis=1)
+                result[f"domain_macro_auroc|{domain}"] = fixed_macro(auroc, domain_auroc[domain])
         return result
 
     point = {name: float(values[0]) for name, values in compute(np.ones((1, len(scores)))).items()}
@@ -198,8 +263,24 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
         point[f"recall|{label}"] = float(confusion["recall"][j])
         point[f"threshold|{label}"] = float(thresholds[j])
         point[f"positives|{label}"] = float(targets[:, j].sum())
-    return with_intervals({k: v for k, v in point.items() if np.isfinite(v)}, compute, len(scores), options,
-                          params=params)
+    if merged_domains:
+        point |= {f"domain_positives|{domain}": float(m.truth.sum()) for domain, m in merged.items()}
+    params_of = {
+        "macro_auroc": _averaged_params(labels, defined["auroc"], "labels with both classes in the split"),
+        "macro_auprc": _averaged_params(labels, defined["auprc"], "labels with a positive in the split"),
+        "macro_f1": _averaged_params(labels, defined["f1"], "every label; one without positives counts as F1 0"),
+    }
+    for domain, columns in domains.items():
+        members = [labels[j] for j in columns]
+        params_of[f"domain_macro_f1|{domain}"] = {"averaged_over": members, "rule": "per-label macro"}
+        params_of[f"domain_macro_auroc|{domain}"] = _averaged_params(labels, domain_auroc[domain],
+                                                                     "per-label macro, labels with both classes")
+        for name in ("domain_any_auroc", "domain_any_auprc", "domain_any_f1", "domain_positives"):
+            params_of[f"{name}|{domain}"] = {"target": f"any of {', '.join(members)}",
+                                                        "score": "highest score of the domain's labels"}
+    rows = with_intervals({k: v for k, v in point.items() if np.isfinite(v)}, compute, len(scores), options,
+                          params=params, params_of=params_of, strata=resampling_strata(targets, options))
+    return rows
 
 
 def sweep(scores: np.ndarray, targets: np.ndarray, options: AnalysisOptions) -> list[MetricRow]:
@@ -213,18 +294,36 @@ def sweep(scores: np.ndarray, targets: np.ndarray, options: AnalysisOptions) -> 
     return rows
 
 
+#: The split thresholds are tuned on under the multilabel protocol.
+TUNING_SPLIT = "val"
+
+
 def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
-    """Classification figures of `options.split` under `options.protocol`."""
+    """Classification figures of `options.split` under `options.protocol`.
+
+    Under multilabel the thresholds are tuned on val, so on val itself only threshold-free figures
+    are reported (in-sample thresholded figures would flatter the run); a warning says so.
+    """
     mask = run.split(options.split)
-    if options.protocol == "study":
+    study = options.protocol == "study"
+    if study:
         scores = row_minmax(run.scores)
         thresholds = np.full(len(run.labels), options.threshold)
-        params: dict[str, object] = {"scores": "row min-max", "threshold": options.threshold}
+        params: dict[str, object] = {"scores": "row min-max (s - min) / (max - min + 1e-8)",
+                                     "threshold": options.threshold}
         extra = sweep(scores[mask], run.targets[mask], options)
     else:
         scores = run.scores
-        val = run.split("val")
+        val = run.split(TUNING_SPLIT)
         thresholds = tune_thresholds(scores[val], run.targets[val])
-        params = {"scores": "raw", "threshold": "per label, tuned for F1 on val"}
+        params = {"scores": "raw", "threshold": f"per label, tuned for F1 on {TUNING_SPLIT}"}
         extra = []
-    return figures(scores[mask], run.targets[mask], thresholds, run.labels, run.domains, options, params) + extra
+    rows = figures(scores[mask], run.targets[mask], thresholds, run.labels, run.domains, options, params,
+                   merged_domains=study)
+    if not study and options.split == TUNING_SPLIT:
+        log.warning("warning: %s: thresholded figures (F1, exact match, precision, recall, …) are not reported on "
+                    "%s: the thresholds are tuned on it; threshold-free figures (AUROC, AUPRC, LRAP, …) are",
+                    run.run_id, TUNING_SPLIT)
+        rows = [row for row in rows if row.metric not in THRESHOLDED]
+    warn_few_resamples(rows, options, run.run_id, FIXED_SET_MACROS)
+    return rows + extra

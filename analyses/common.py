@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 PROTOCOLS = ("study", "multilabel")
+
+#: How bootstrap resamples are drawn: `simple` from the whole split; `stratified` within strata of
+#: the rarest positive label of each sample, so every stratum (and the rarest label's positives)
+#: keeps its size in every resample.
+RESAMPLINGS = ("simple", "stratified")
+
+#: Below this share of usable resamples a figure's interval is flagged with a warning.
+MIN_KEPT_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,7 @@ class AnalysisOptions:
     bootstrap: int = 1000
     seed: int = 42
     k: int = 10
+    resampling: str = "simple"
     threshold: float = 0.5
     sweep: tuple[float, ...] = tuple(round(0.20 + 0.05 * i, 2) for i in range(15))
 
@@ -37,16 +49,44 @@ class MetricRow:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def bootstrap_weights(n: int, resamples: int, seed: int, chunk: int = 200) -> Iterator[np.ndarray]:
+def bootstrap_weights(n: int, resamples: int, seed: int, chunk: int = 200,
+                      strata: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Multiplicity of each sample in each resample (rows of a resamples × n matrix), in chunks so
-    that memory stays bounded for large splits. Seeded: the same seed gives the same resamples."""
+    that memory stays bounded for large splits. Seeded: the same seed gives the same resamples.
+    With `strata` (one stratum id per sample) each stratum is resampled within itself."""
     rng = np.random.default_rng(seed)
+    members = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
-        draws = rng.integers(0, n, size=(size, n))
         weights = np.zeros((size, n))
-        np.add.at(weights, (np.repeat(np.arange(size), n), draws.reshape(-1)), 1.0)
+        for group in members:
+            draws = group[rng.integers(0, len(group), size=(size, len(group)))]
+            np.add.at(weights, (np.repeat(np.arange(size), len(group)), draws.reshape(-1)), 1.0)
         yield weights
+
+
+def rarest_label_strata(targets: np.ndarray) -> np.ndarray:
+    """Per sample, the column of its rarest positive label in `targets` (−1 without one): resampling
+    within these strata keeps the rarest label's positives, and every label whose positives have
+    no rarer label, in every resample."""
+    positives = np.asarray(targets) > 0
+    counts = positives.sum(axis=0)
+    rarity = np.where(positives, counts[None, :], np.iinfo(np.int64).max)
+    return np.where(positives.any(axis=1), rarity.argmin(axis=1), -1)
+
+
+def resampling_strata(targets: np.ndarray, options: AnalysisOptions) -> np.ndarray | None:
+    """The strata `options.resampling` asks for (None: simple resampling)."""
+    return rarest_label_strata(targets) if options.resampling == "stratified" else None
+
+
+def fixed_macro(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Mean of `values` (resamples × labels) over a fixed set of label columns — those defined on the
+    whole split — per resample; NaN (a skipped resample, counted) where one of them is undefined."""
+    if len(columns) == 0:
+        return np.full(len(values), np.nan)
+    chosen = values[:, columns]
+    return np.where(np.isfinite(chosen).all(axis=1), chosen.mean(axis=1) if chosen.size else np.nan, np.nan)
 
 
 def interval(values: np.ndarray) -> tuple[float | None, float | None, int]:
@@ -72,23 +112,39 @@ def normal_interval(values: np.ndarray, point: float) -> tuple[float | None, flo
 
 
 def with_intervals(point: dict[str, float], resampled: Callable[[np.ndarray], dict[str, np.ndarray]], n: int,
-                   options: AnalysisOptions, label_of: Callable[[str], str | None] = lambda name: None,
-                   params: dict[str, Any] | None = None) -> list[MetricRow]:
-    """MetricRows for `point` figures, each with a bootstrap interval from `resampled(weights)`."""
+                   options: AnalysisOptions, params: dict[str, Any] | None = None, label: str | None = None,
+                   params_of: dict[str, dict[str, Any]] | None = None,
+                   strata: np.ndarray | None = None) -> list[MetricRow]:
+    """MetricRows for `point` figures ("metric|label", or "metric" for `label`), each with a bootstrap interval from
+    `resampled(weights)`; `params_of` adds params to single figures, `strata` stratifies resampling."""
     rows = []
     collected: dict[str, list[np.ndarray]] = {name: [] for name in point}
     if options.bootstrap > 0 and n > 0:
-        for weights in bootstrap_weights(n, options.bootstrap, options.seed):
+        for weights in bootstrap_weights(n, options.bootstrap, options.seed, strata=strata):
             for name, values in resampled(weights).items():
                 if name in collected:
                     collected[name].append(values)
+    resampling = {"resampling": options.resampling} if options.bootstrap > 0 else {}
     for name, value in point.items():
         low = high = skipped = None
         if collected[name]:
             low, high, skipped = interval(np.concatenate(collected[name]))
-        metric, _, label = name.partition("|")
-        rows.append(MetricRow(metric, float(value), label or label_of(name), low, high, skipped, params or {}))
+        metric, _, own_label = name.partition("|")
+        rows.append(MetricRow(metric, float(value), own_label or label, low, high, skipped,
+                              (params or {}) | resampling | (params_of or {}).get(name, {})))
     return rows
+
+
+def warn_few_resamples(rows: list[MetricRow], options: AnalysisOptions, run_id: str, metrics: set[str]) -> None:
+    """Warn for each of `metrics` whose interval rests on fewer than MIN_KEPT_SHARE of the resamples."""
+    for row in rows:
+        if row.metric not in metrics or row.n_resamples_skipped is None or options.bootstrap == 0:
+            continue
+        kept = 1 - row.n_resamples_skipped / options.bootstrap
+        if kept < MIN_KEPT_SHARE:
+            log.warning("warning: %s %s (%s): only %.0f %% of the %d resamples had every averaged label defined; "
+                        "the interval covers those only (stratified resampling keeps rare labels' positives)",
+                        run_id, row.metric, options.protocol, 100 * kept, options.bootstrap)
 
 
 def metrics_table(records: list[tuple[str, str, str, MetricRow]]) -> Any:

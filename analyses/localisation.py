@@ -124,12 +124,8 @@ def summarise(records: Sequence[MapRecord], options: AnalysisOptions, prefix: st
         def resampled(weights: np.ndarray, columns: dict[str, np.ndarray] = columns) -> dict[str, np.ndarray]:
             return {f"{prefix}{name}": values for name, values in _weighted_means(columns, weights).items()}
 
-        rows.extend(with_intervals(defined, resampled, len(members), options, lambda name, label=label: label,
-                                   group_params))
+        rows.extend(with_intervals(defined, resampled, len(members), options, group_params, label=label))
     return rows
-
-
-
 
 
 def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:

@@ -1,7 +1,8 @@
 """Nearest-neighbour label agreement from the run's FAISS index (cosine), leave-one-out.
 
-For each query sample, its k nearest neighbours (never itself) among the samples of the same split
-("within"), and among the train split ("test→train"). Figures: mean label-set Jaccard between a
+For each query sample, its k nearest neighbours among the samples of the same split ("within"), and
+among the train split ("test→train"): never itself, and under multilabel never another image of its
+study (same uid; two frontal films of one study are near-duplicates). Figures: mean label-set Jaccard between a
 sample and its neighbours, per-label precision@k (share of a positive sample's neighbours that share
 the label), and the kNN vote (share of neighbours with the label) scored as macro AUROC and as
 macro F1 at a majority vote.
@@ -9,10 +10,19 @@ macro F1 at a majority vote.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import faiss
 import numpy as np
-from embedstore.analyses.classification import thresholded, weighted_auroc
-from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
+from embedstore.analyses.classification import label_sets, thresholded, weighted_auroc
+from embedstore.analyses.common import (
+    AnalysisOptions,
+    MetricRow,
+    fixed_macro,
+    resampling_strata,
+    warn_few_resamples,
+    with_intervals,
+)
 from embedstore.analyses.rundata import RunData
 
 from embedstore import queries
@@ -45,16 +55,38 @@ def ivf_index(ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> tuple[fais
     return index, {"search": f"IVF approximate (nlist {nlist}, nprobe 8)"}
 
 
+@dataclass(frozen=True)
+class SameStudy:
+    """Which samples share a study (uid): a query's neighbours never come from its own study, where two
+    frontal images of one study are near-duplicates of each other."""
+
+    sample_ids: np.ndarray  # sorted, as in RunData
+    groups: np.ndarray  # integer group code per sample
+
+    @classmethod
+    def of(cls, sample_ids: np.ndarray, uids: np.ndarray) -> SameStudy:
+        return cls(sample_ids, np.unique(uids, return_inverse=True)[1])
+
+    @property
+    def largest(self) -> int:
+        return int(np.bincount(self.groups).max()) if len(self.groups) else 1
+
+    def group_of(self, ids: np.ndarray) -> np.ndarray:
+        return self.groups[np.clip(np.searchsorted(self.sample_ids, ids), 0, len(self.sample_ids) - 1)]
+
+
 def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allowed_ids: np.ndarray | None,
-           k: int) -> np.ndarray:
+           k: int, same_study: SameStudy | None = None) -> np.ndarray:
     """Ids of the k nearest neighbours of each query (among `allowed_ids` when given; otherwise the
-    whole index), the query itself excluded."""
+    whole index), the query itself excluded — and, with `same_study`, every image of its study."""
     unit = _unit32(queries)
     params = None
     if allowed_ids is not None:
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64)))
-    _, found = index.search(unit, k + 1, params=params)
+    _, found = index.search(unit, k + (1 if same_study is None else same_study.largest), params=params)
     keep = (found != query_ids[:, None]) & (found >= 0)
+    if same_study is not None:
+        keep &= same_study.group_of(found) != same_study.group_of(query_ids)[:, None]
     first_kept = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
 
@@ -74,6 +106,7 @@ def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarra
             options: AnalysisOptions, params: dict[str, object]) -> list[MetricRow]:
     """Jaccard, precision@k, vote AUROC and vote F1 with bootstrap intervals over query samples."""
     result = agreement(targets, neighbour_targets, valid)
+    defined = label_sets(targets, labels)
     jaccard, votes = result["jaccard"], result["votes"]
     predicted = (votes >= 0.5).astype(np.float64)
     tp, fp, fn = predicted * targets, predicted * (1 - targets), (1 - predicted) * targets
@@ -84,11 +117,9 @@ def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarra
         positives = weights @ targets
         with np.errstate(invalid="ignore", divide="ignore"):
             precision_at_k = np.where(positives > 0, (weights @ (votes * targets)) / positives, np.nan)
-        valid_auroc = np.isfinite(auroc)
         out = {
             "knn_jaccard": weights @ jaccard / total,
-            "knn_vote_macro_auroc": np.where(valid_auroc.any(1), np.nansum(auroc, 1) / np.maximum(valid_auroc.sum(1), 1),
-                                             np.nan),
+            "knn_vote_macro_auroc": fixed_macro(auroc, defined["auroc"]),
             "knn_vote_macro_f1": thresholded(tp, fp, fn, weights)["macro_f1"],
         }
         for j, label in enumerate(labels):
@@ -96,8 +127,12 @@ def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarra
         return out
 
     point = {name: float(values[0]) for name, values in compute(np.ones((1, len(targets)))).items()}
+    params_of = {"knn_vote_macro_auroc": {"averaged_over": [labels[j] for j in defined["auroc"]],
+                                          "rule": "labels with both classes in the split"},
+                 "knn_vote_macro_f1": {"averaged_over": labels,
+                                       "rule": "every label; one without positives counts as F1 0"}}
     return with_intervals({k: v for k, v in point.items() if np.isfinite(v)}, compute, len(targets), options,
-                          params=params)
+                          params=params, params_of=params_of, strata=resampling_strata(targets, options))
 
 
 def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
@@ -107,6 +142,11 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     rows: list[MetricRow] = []
     targets = run.targets.astype(np.float64)
     pools = {"within": run.sample_ids[mask], f"{options.split}_to_train": run.sample_ids[run.split("train")]}
+    same_study = None
+    excluded = "the query itself"
+    if options.protocol == "multilabel" and run.uids is not None:
+        same_study = SameStudy.of(run.sample_ids, run.uids)
+        excluded = "the query and every image of its study (same uid)"
     if options.split == "train":
         pools.pop("train_to_train")
     for scope, pool in pools.items():
@@ -119,14 +159,17 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
             in_pool = np.isin(run.sample_ids, pool)
             pool_index, exactness = ivf_index(run.sample_ids[in_pool], run.embeddings[in_pool], options.seed)
             allowed = None
-        neighbours = search(pool_index, run.embeddings[mask], run.sample_ids[mask], allowed, k)
+        neighbours = search(pool_index, run.embeddings[mask], run.sample_ids[mask], allowed, k, same_study)
         valid = neighbours >= 0
         rows_of = np.searchsorted(run.sample_ids, np.where(valid, neighbours, run.sample_ids[0]))
         neighbour_targets = targets[rows_of] * valid[:, :, None]
         rows += figures(targets[mask], neighbour_targets, valid, run.labels, options,
-                        {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True} | exactness)
-    return [MetricRow(f"{row.metric}:{row.params['scope']}", row.value, row.label, row.ci_low, row.ci_high,
+                        {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True, "excluded": excluded}
+                        | exactness)
+    rows = [MetricRow(f"{row.metric}:{row.params['scope']}", row.value, row.label, row.ci_low, row.ci_high,
                       row.n_resamples_skipped, row.params) for row in rows]
+    warn_few_resamples(rows, options, run.run_id, {f"knn_vote_macro_auroc:{scope}" for scope in pools})
+    return rows
 
 
 def nearest(store: Store, run_id: str, sample: int | None = None, text: str | None = None,

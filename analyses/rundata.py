@@ -37,6 +37,7 @@ class RunData:
     scores: np.ndarray
     targets: np.ndarray
     index_path: Path
+    uids: np.ndarray | None = None
 
     def split(self, name: str) -> np.ndarray:
         """Boolean mask of the samples in split `name`."""
@@ -82,9 +83,13 @@ def load_run(store: Store, run_id: str) -> RunData:
     scores[row_index, col_index] = rows["logit"]
     targets[row_index, col_index] = np.asarray(rows["truth"], dtype=np.int8)
     splits = np.empty(len(ids), dtype=object)
-    splits[np.searchsorted(ids, np.asarray(split_rows["sample_id"], dtype=np.int64))] = split_rows["split"]
+    uids = np.empty(len(ids), dtype=object)
+    rows_of = np.searchsorted(ids, np.asarray(split_rows["sample_id"], dtype=np.int64))
+    splits[rows_of] = split_rows["split"]
+    uids[rows_of] = split_rows["uid"]
     return RunData(run_id, mode, protocol, prompt_set, model_id, dataset, train_s, extract_s, config, ids,
-                   splits.astype(str), labels, embeddings, scores, targets, store.resolve(index_relpath(run_id)))
+                   splits.astype(str), labels, embeddings, scores, targets, store.resolve(index_relpath(run_id)),
+                   uids.astype(str))
 
 
 def dataset_runs(store: Store, dataset: str) -> list[str]:

@@ -1,10 +1,10 @@
 """How the embedding space separates the labels.
 
-`study` (DESIGN section 2, "compute_separability"): raw embeddings of the split, one label per
+`study` (the notebook's "compute_separability", README "The study protocol"): raw embeddings of the split, one label per
 sample = argmax of the multi-hot row (its first positive label); intra = mean over classes of the
 mean Euclidean distance of members to their centroid; inter = mean distance over all pairs of class
-centroids; ratio = inter / intra; logistic-probe and 5-NN (cosine) accuracy fitted and scored on
-the same samples, as the notebook does; silhouette (cosine), Davies–Bouldin, Fisher ratio.
+centroids; ratio = inter / intra; logistic-probe (balanced class weights) and 5-NN (cosine)
+accuracy fitted and scored on the same samples, as the notebook does; silhouette (cosine), Davies–Bouldin, Fisher ratio.
 
 Intervals are point ± 1.96 bootstrap standard deviations: percentile intervals of these dispersion
 figures sit below the estimate, because a resample duplicates members of small classes.
@@ -17,7 +17,13 @@ positives' and negatives' centroids over their mean spread).
 from __future__ import annotations
 
 import numpy as np
-from embedstore.analyses.common import AnalysisOptions, MetricRow, bootstrap_weights, normal_interval
+from embedstore.analyses.common import (
+    AnalysisOptions,
+    MetricRow,
+    bootstrap_weights,
+    normal_interval,
+    resampling_strata,
+)
 from embedstore.analyses.rundata import RunData
 
 
@@ -99,7 +105,7 @@ def _study_scores(x: np.ndarray, classes: np.ndarray, seed: int) -> dict[str, fl
         x, classes = x[keep], classes[keep]
     if len(np.unique(classes)) < 2 or len(np.unique(classes)) >= len(x):
         return result
-    probe = LogisticRegression(max_iter=1000, random_state=seed).fit(x, classes)
+    probe = LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed).fit(x, classes)
     knn = KNeighborsClassifier(n_neighbors=min(5, len(x)), metric="cosine").fit(x, classes)
     return result | {
         "probe_accuracy": float(probe.score(x, classes)),
@@ -137,12 +143,14 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     point = class_geometry(x, membership, np.ones((1, len(x))))
     resampled: dict[str, list[np.ndarray]] = {name: [] for name in point}
     chunk = max(1, min(100, int(5e7 // max(1, len(x) * membership.shape[1]))))
-    for weights in bootstrap_weights(len(x), options.bootstrap, options.seed, chunk=chunk):
+    strata = resampling_strata(targets, options)
+    for weights in bootstrap_weights(len(x), options.bootstrap, options.seed, chunk=chunk, strata=strata):
         for name, values in class_geometry(x, membership, weights).items():
             resampled[name].append(values)
-    rows = _rows(point, resampled, params)
+    rows = _rows(point, resampled, params | ({"resampling": options.resampling} if options.bootstrap > 0 else {}))
     if options.protocol == "study":
         sampled = params | ({"subsample": STUDY_EXACT_LIMIT} if len(x) > STUDY_EXACT_LIMIT else {})
+        sampled |= {"probe": "LogisticRegression(max_iter=1000, class_weight='balanced')", "in_sample": True}
         rows += [MetricRow(name, value, params=sampled if name != "fisher_ratio" else params)
                  for name, value in _study_scores(x, classes, options.seed).items()]
     else:

@@ -1,6 +1,6 @@
 """`embedstore analyze`: run every analysis on the selected runs, store every figure in `metrics`,
-and lay out the study table (DESIGN section 1) with per-label, per-domain, normal-vs-abnormal and
-neighbour tables."""
+and lay out the study table (README, "The study table") with per-label, per-domain,
+normal-vs-abnormal and neighbour tables."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 from embedstore.analyses import classification, neighbors, separability
-from embedstore.analyses.common import PROTOCOLS, AnalysisOptions, MetricRow, metrics_table
+from embedstore.analyses.common import PROTOCOLS, RESAMPLINGS, AnalysisOptions, MetricRow, metrics_table
 from embedstore.analyses.rundata import RunData, dataset_runs, load_run
 
 from embedstore import queries
@@ -31,11 +31,17 @@ STUDY_COLUMNS = (
     ("inter-class dist ↑", "inter_class_distance"),
     ("intra-class dist ↓", "intra_class_distance"),
     ("ratio ↑", "separation_ratio"),
-    ("F1 ↑", "macro_f1"),
+    ("macro-F1, all labels ↑", "macro_f1"),
     ("exact match ↑", "exact_match"),
     ("LRAP ↑", "lrap"),
     ("coverage error ↓", "coverage_error"),
 )
+
+TIME_COLUMN = "train time (min) ↓"
+
+#: The threshold-free macros' headers say which labels they average (macro-F1 averages every label).
+MACRO_AUROC_HEADER = "macro AUROC (labels with both classes)"
+MACRO_AUPRC_HEADER = "macro AUPRC (labels with a positive)"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class AnalyzeConfig:
     bootstrap: int = 1000
     seed: int = 42
     k: int = 10
+    resampling: str = "simple"
 
     def protocols(self) -> tuple[str, ...]:
         if self.protocol == "both":
@@ -110,12 +117,14 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
     protocols = config.protocols()
     if config.bootstrap < 0 or config.k < 1:
         raise InputError("--bootstrap must be 0 or more and --k at least 1")
+    if config.resampling not in RESAMPLINGS:
+        raise InputError(f"--resampling {config.resampling}: choose one of {', '.join(RESAMPLINGS)}")
     runs = [load_run(store, run_id) for run_id in _select_runs(store, config)]
     analyses = []
     for protocol in protocols:
         chosen = runs if config.runs else [run for run in runs if run.protocol == protocol]
         options = AnalysisOptions(protocol=protocol, split=config.split, bootstrap=config.bootstrap, seed=config.seed,
-                                  k=config.k)
+                                  k=config.k, resampling=config.resampling)
         analyses += [RunAnalysis(run, protocol, analyze_run(run, options)) for run in chosen]
     if not analyses:
         raise InputError("no complete runs match; extract some with `embedstore extract`")
@@ -145,7 +154,8 @@ def _setting(analysis: RunAnalysis, analyses: list[RunAnalysis]) -> str:
 
 
 def study_table(analyses: list[RunAnalysis], protocol: str) -> pl.DataFrame:
-    """DESIGN section 1's table for one protocol: one row per setting."""
+    """The study table for one protocol: one row per setting. The time column is what embedstore
+    spent training (lp: the head fitted on cached vectors, not the notebook's re-encoding loop)."""
     chosen = sorted((a for a in analyses if a.protocol == protocol), key=lambda a: ("zs", "ft", "lp").index(a.run.mode)
                     if a.run.mode in ("zs", "ft", "lp") else 9)
     records = []
@@ -154,7 +164,8 @@ def study_table(analyses: list[RunAnalysis], protocol: str) -> pl.DataFrame:
         for title, metric in STUDY_COLUMNS:
             record[title] = _cell(analysis.figure(metric))
         minutes = analysis.run.train_seconds / 60 if analysis.run.train_seconds and analysis.run.mode != "zs" else None
-        record["time (min) ↓"] = "—" if minutes is None else f"{minutes:.2f}"
+        note = " (head on cached vectors)" if analysis.run.mode == "lp" else ""
+        record[TIME_COLUMN] = "—" if minutes is None else f"{minutes:.2f}{note}"
         record["run"] = analysis.run.run_id
         records.append(record)
     return pl.DataFrame(records)
@@ -175,18 +186,25 @@ def detail_tables(analyses: list[RunAnalysis], protocol: str) -> dict[str, pl.Da
                               "precision": _cell(analysis.figure("precision", label)),
                               "recall": _cell(analysis.figure("recall", label))})
         for domain in analysis.run.domains:
-            per_domain.append({"setting": setting, "domain": domain,
-                               "macro F1": _cell(analysis.figure("domain_macro_f1", domain)),
-                               "macro AUROC": _cell(analysis.figure("domain_macro_auroc", domain))})
+            if protocol == "study":
+                per_domain.append({"setting": setting, "domain": domain,
+                                   "positives (any label)": _cell(analysis.figure("domain_positives", domain), 0),
+                                   "F1 (any label)": _cell(analysis.figure("domain_any_f1", domain)),
+                                   "AUROC (any label)": _cell(analysis.figure("domain_any_auroc", domain)),
+                                   "AUPRC (any label)": _cell(analysis.figure("domain_any_auprc", domain))})
+            else:
+                per_domain.append({"setting": setting, "domain": domain,
+                                   "per-label macro F1": _cell(analysis.figure("domain_macro_f1", domain)),
+                                   "per-label macro AUROC": _cell(analysis.figure("domain_macro_auroc", domain))})
         binary.append({"setting": setting, "AUROC": _cell(analysis.figure("abnormal_auroc")),
                        "F1": _cell(analysis.figure("abnormal_f1")),
-                       "macro AUROC (all labels)": _cell(analysis.figure("macro_auroc")),
-                       "macro AUPRC (all labels)": _cell(analysis.figure("macro_auprc"))})
+                       MACRO_AUROC_HEADER: _cell(analysis.figure("macro_auroc")),
+                       MACRO_AUPRC_HEADER: _cell(analysis.figure("macro_auprc"))})
         for scope in sorted({r.metric.split(":")[1] for r in analysis.rows if r.metric.startswith("knn_jaccard:")}):
             knn.append({"setting": setting, "scope": scope,
                         "label-set Jaccard": _cell(analysis.figure(f"knn_jaccard:{scope}")),
-                        "vote macro AUROC": _cell(analysis.figure(f"knn_vote_macro_auroc:{scope}")),
-                        "vote macro F1": _cell(analysis.figure(f"knn_vote_macro_f1:{scope}"))})
+                        "vote " + MACRO_AUROC_HEADER: _cell(analysis.figure(f"knn_vote_macro_auroc:{scope}")),
+                        "vote macro-F1 (all labels)": _cell(analysis.figure(f"knn_vote_macro_f1:{scope}"))})
     return {"per label": pl.DataFrame(per_label), "per domain": pl.DataFrame(per_domain),
             "normal vs abnormal, and threshold-free": pl.DataFrame(binary),
             "nearest-neighbour label agreement": pl.DataFrame(knn)}

@@ -47,7 +47,7 @@ def synthetic_run(store: Store, n: int, dim: int = 512, seed: int = 0) -> str:
     with store.writer("bench") as writer:
         with writer.transaction() as con:
             con.execute("INSERT INTO datasets VALUES ('d', 'bench', 'manifest', 'synthetic', 'x', ?, 'given', NULL, "
-                        "'[]', ?)", [n, datetime.now()])
+                        "'[]', '{}', ?)", [n, datetime.now()])
             append_rows(con, "samples", pa.table({
                 "dataset_id": pa.array(["d"] * n), "sample_id": pa.array(ids), "uid": pa.array(ids.astype(str)),
                 "filename": pa.array(ids.astype(str)), "path": pa.array(ids.astype(str)), "split": pa.array(splits),
@@ -55,7 +55,8 @@ def synthetic_run(store: Store, n: int, dim: int = 512, seed: int = 0) -> str:
                 "image_sha256": pa.array([""] * n)}))
             append_rows(con, "labels", pa.table({
                 "dataset_id": pa.array(["d"] * n * len(labels)), "sample_id": pa.array(np.repeat(ids, len(labels))),
-                "label": pa.array(labels * n), "value": pa.array(targets.reshape(-1), pa.int8())}))
+                "label": pa.array(labels * n), "value": pa.array(targets.reshape(-1), pa.int8()),
+                "positive": pa.array(targets.reshape(-1) == 1)}))
             con.execute("INSERT INTO runs (run_id, mode, protocol, model_id, dataset_id, config, status, train_seconds)"
                         " VALUES (?, 'lp', 'multilabel', 'synthetic', 'd', ?, 'complete', 1.0)",
                         [run_id, json.dumps({"labels": labels})])

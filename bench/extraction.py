@@ -82,7 +82,7 @@ def _matrix(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray, list[str
                            "WHERE r.run_id = ? ORDER BY s.sample_id", [run_id]).fetchall()
         scores = con.execute("SELECT sample_id, label, logit FROM scores WHERE run_id = ?", [run_id]).fetchall()
         positives = con.execute("SELECT l.sample_id, l.label FROM labels l JOIN runs r USING (dataset_id) "
-                                "WHERE r.run_id = ? AND l.value = 1", [run_id]).fetchall()
+                                "WHERE r.run_id = ? AND l.positive", [run_id]).fetchall()
     index = {sid: i for i, (sid, _) in enumerate(rows)}
     matrix = np.zeros((len(rows), len(labels)))
     for sid, label, logit in scores:

@@ -538,7 +538,7 @@ def ft(bench: Bench) -> dict[str, Any]:
         try:
             warm = data(batch, sizes.warmup, dtype)
             _train_epoch(visual, head, optimizer, warm, 0, scaler=scaler)
-            _val_loss(visual, head, warm)
+            _val_loss(visual, head, warm, fp32=scaled, batch_means=scaled)  # the study recipe validates in fp32
             steps = max(1, images // batch)
             bench.sync()
             started = time.perf_counter()
@@ -547,7 +547,7 @@ def ft(bench: Bench) -> dict[str, Any]:
             train = steps * batch / (time.perf_counter() - started)
             val_steps = max(1, sizes.val_images // batch)
             started = time.perf_counter()
-            _val_loss(visual, head, data(batch, val_steps, dtype))
+            _val_loss(visual, head, data(batch, val_steps, dtype), fp32=scaled, batch_means=scaled)
             bench.sync()
             val = val_steps * batch / (time.perf_counter() - started)
         finally:

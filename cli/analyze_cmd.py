@@ -21,6 +21,9 @@ def analyze(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % intervals (0: none)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the bootstrap."),
     k: int = typer.Option(10, "--k", help="Neighbours for the kNN label agreement."),
+    resampling: str = typer.Option("simple", "--resampling",
+                                   help="Bootstrap: simple, or stratified by each sample's rarest positive label "
+                                        "(keeps rare labels' positives in every resample)."),
     fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
     store: Path | None = StoreOption,
 ) -> None:
@@ -41,7 +44,7 @@ def analyze(
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     config = AnalyzeConfig(data=data, runs=tuple(runs), protocol=protocol, split=split, bootstrap=bootstrap,
-                           seed=seed, k=k)
+                           seed=seed, k=k, resampling=resampling)
     analyses = run_analyze(Store.open(store_path(store)), config)
     if fmt == "json":
         typer.echo(json.dumps(metrics_records(analyses), default=str, indent=1))

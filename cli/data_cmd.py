@@ -38,7 +38,7 @@ def stats(name: str = typer.Argument(..., help="Dataset name."), store: Path | N
 
     result = dataset_stats(Store.open(store_path(store)), name)
     for title, table in (("dataset", result.dataset), ("labels", result.per_label),
-                         ("labels per image", result.labels_per_image)):
+                         ("labels per image", result.labels_per_image), ("checks", result.checks)):
         typer.echo(f"{title}:")
         typer.echo(render(table, "table").decode())
 

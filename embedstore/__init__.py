@@ -12,5 +12,6 @@ _os.environ.update(OFFLINE_SWITCHES)
 __version__ = "0.1.0"
 
 #: Version of the store layout and schema this code reads and writes. A store with another
-#: version is refused, never migrated silently.
-SCHEMA_VERSION = 1
+#: version is refused, never migrated silently. Version 2: `labels.value` raw and `labels.positive`
+#: derived (version 1 overwrote blank No Finding values with 1), and `datasets.checks`.
+SCHEMA_VERSION = 2

@@ -40,9 +40,12 @@ from embedstore.images import (
     CachedImages,
     ImageItem,
     TensorCache,
+    autocast_dtype,
     batches,
     encode_autocast,
     encode_batch,
+    encode_precision,
+    ft_train_precision,
     normalize,
     prepare_encoder,
 )
@@ -204,14 +207,20 @@ def _dataset(store: Store, name: str) -> tuple[str, str, list[ImageItem], np.nda
     return dataset_id, manifest_sha, items, splits, labels, targets
 
 
-def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, manifest_sha: str) -> dict[str, Any]:
+def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, manifest_sha: str,
+                  device_type: str) -> dict[str, Any]:
+    """What determines a run's result, its id hashed from it; it includes the numeric precision
+    (encoding, and ft's training autocast), so every run's config says which it used."""
     identity: dict[str, Any] = {
         "mode": config.mode, "protocol": config.protocol, "prompt_set": config.prompt_set,
         "model_sha256": model.sha256, "preprocess_key": model.preprocess_key,
         "dataset_id": dataset_id, "dataset_manifest_sha256": manifest_sha, "seed": config.seed,
+        "encode_precision": encode_precision(config.protocol, device_type),
     }
     if config.mode != "zs":
         identity |= {"epochs": config.epochs, "batch_size": config.batch_size}
+    if config.mode == "ft":
+        identity["ft_train_precision"] = ft_train_precision(config.protocol, device_type)
     return identity
 
 
@@ -264,7 +273,7 @@ def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
         return 0.0
     started = time.perf_counter()
     visual = prepare_encoder(visual, ctx.device)
-    autocast_dtype = encode_autocast(ctx.device)
+    autocast = encode_autocast(ctx.device, ctx.config.protocol)
     dataset = CachedImages(todo, ctx.cache, ctx.model.pixel_transform)
     pending_ids: list[np.ndarray] = []
     pending: list[np.ndarray] = []
@@ -284,7 +293,7 @@ def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
     advance = ctx.progress(len(todo), "encoding images") if ctx.progress else None
     with torch.no_grad():
         for sample_ids, images in batches(dataset, ctx.config.encode_batch_size, ctx.config.workers):
-            features = encode_batch(visual, images, ctx.model.mean, ctx.model.std, ctx.device, autocast_dtype)
+            features = encode_batch(visual, images, ctx.model.mean, ctx.model.std, ctx.device, autocast)
             pending_ids.append(sample_ids.numpy().astype(np.int64))
             pending.append(features.cpu().numpy())
             if sum(len(p) for p in pending_ids) >= ctx.config.chunk_size:
@@ -328,6 +337,7 @@ def _reusable_source(ctx: RunContext) -> str | None:
         row = first_row(con, queries.load("reusable_embeddings").text, {
             "model_sha256": ctx.model.sha256, "dataset_id": ctx.dataset_id,
             "preprocess_key": ctx.model.preprocess_key, "run_id": ctx.run_id,
+            "encode_precision": encode_precision(ctx.config.protocol, ctx.device.type),
         })
     return row[0] if row else None
 
@@ -375,7 +385,6 @@ def _finetune_data(ctx: RunContext) -> Any:
                for name in ("train", "val")}
     if not subsets["train"] or not subsets["val"]:
         raise InputError(f"--data {ctx.config.data}: ft needs samples in both train and val splits")
-    autocast = {"study": torch.float16, "multilabel": torch.bfloat16}[ctx.config.protocol]
 
     def generate(subset: list[ImageItem], shuffle: bool, epoch: int) -> Any:
         dataset = CachedImages(subset, ctx.cache, ctx.model.pixel_transform)
@@ -388,7 +397,7 @@ def _finetune_data(ctx: RunContext) -> Any:
         train_batches=lambda epoch: generate(subsets["train"], True, epoch),
         val_batches=lambda: generate(subsets["val"], False, 0),
         device=ctx.device,
-        autocast_dtype=autocast if ctx.device.type == "cuda" else None,
+        autocast_dtype=autocast_dtype(ft_train_precision(ctx.config.protocol, ctx.device.type)),
         batches_per_epoch=int(np.ceil(len(subsets["train"]) / ctx.config.batch_size)),
     )
 
@@ -491,7 +500,7 @@ def extract(store: Store, config: ExtractConfig,
     with store.writer(f"embedstore extract --mode {config.mode} --model {config.model} --data {config.data}") as writer:
         dataset_id, manifest_sha, items, splits, labels, targets = _dataset(store, config.data)
         model = load_model(config.model)
-        identity = _run_identity(config, model, dataset_id, manifest_sha)
+        identity = _run_identity(config, model, dataset_id, manifest_sha, device.type)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
         with writer.transaction() as con:

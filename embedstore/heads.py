@@ -1,10 +1,24 @@
 """Linear heads on frozen features (lp) and the fine-tuning recipes (ft), per protocol.
 
-`study` reproduces the notebook: head `Linear(d, L)` (Xavier), BCE-with-logits, batch 24, AdamW,
-cosine schedule stepped once per epoch, early stopping on val BCE with patience 5 (best kept);
-its ft builds a fresh AdamW and cosine schedule at the start of every epoch, as the notebook does.
+`study` reproduces the notebook exactly:
+- head `Linear(d, L)` built after `torch.manual_seed(seed)` with PyTorch's default init, then
+  `xavier_uniform_` on the weight only (the bias keeps its default uniform init);
+- BCE-with-logits, batch 24, at most `epochs` epochs;
+- early stopping on val BCE with patience 5 and min_delta 1e-4 (an epoch improves only when its
+  loss < best − 1e-4), the best checkpoint kept and restored;
+- val BCE = the mean over val batches (batch 24, in order) of each batch's mean BCE, as the
+  notebook averages `loss.item()` over its val loader — not the per-element mean of the whole set;
+- lp: encoder frozen (cached features), AdamW lr 1e-4 wd 1e-2, cosine schedule stepped once per
+  epoch with T_max = the number of epochs asked for (the rate never rises again);
+- ft, as the notebook actually runs it: the whole model trains from the first epoch, and a fresh
+  AdamW (lr 1e-5, wd 1e-2) with a fresh cosine schedule (T_max = epochs) is built at the start of
+  every epoch, so the rate stays 1e-5; training under the data's autocast (fp16 + GradScaler on
+  CUDA), validation always in fp32.
 `multilabel` fits an L2-regularised logistic head on normalised cached features (strength chosen on
-val), and fine-tunes with one warm-up epoch on the head, then one optimizer and schedule.
+val by the per-element mean val BCE), and fine-tunes with one warm-up epoch on the head, then one
+optimizer and schedule; its head starts with a zero bias (a symmetric start; the warm-up epoch fits
+it), and its val BCE is the exact per-element mean over the whole val set, under the training
+autocast. Both protocols stop early with the same patience and min_delta.
 """
 
 from __future__ import annotations
@@ -21,13 +35,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PATIENCE = 5
+#: The smallest drop in val BCE that counts as an improvement (the notebook's early-stopping min_delta).
+MIN_DELTA = 1e-4
+
+
+#: The study's row scaling adds this to the span. It matters: without it every row's top label is
+#: exactly 1.0, a tie across samples that moves per-label AUROC/AUPRC.
+MINMAX_EPSILON = 1e-8
 
 
 def row_minmax(scores: np.ndarray) -> np.ndarray:
-    """Scale each row to [0, 1] (the study's per-sample normalisation); a constant row becomes 0."""
+    """The study's per-sample scaling `(s − min) / (max − min + 1e-8)`: each row into [0, 1); a
+    constant row becomes 0."""
+    scores = np.asarray(scores, dtype=np.float64)
     low = scores.min(axis=1, keepdims=True)
-    span = scores.max(axis=1, keepdims=True) - low
-    return np.divide(scores - low, span, out=np.zeros_like(scores, dtype=np.float64), where=span > 0)
+    return (scores - low) / (scores.max(axis=1, keepdims=True) - low + MINMAX_EPSILON)
 
 
 @dataclass
@@ -67,20 +89,34 @@ class FitResult:
     detail: dict[str, Any]
 
 
-def _xavier_head(dim: int, n_labels: int) -> Any:
+def _xavier_head(dim: int, n_labels: int, zero_bias: bool = True) -> Any:
+    """`Linear(dim, n_labels)` with a Xavier-uniform weight. The study keeps the bias's PyTorch
+    default init (`zero_bias=False`, the notebook's order: build, then Xavier on the weight)."""
     import torch
 
     head = torch.nn.Linear(dim, n_labels)
     torch.nn.init.xavier_uniform_(head.weight)
-    torch.nn.init.zeros_(head.bias)
+    if zero_bias:
+        torch.nn.init.zeros_(head.bias)
     return head
 
 
-class EarlyStopping:
-    """Track val loss; keep the best state; stop after PATIENCE epochs without improvement."""
+def _bce_batch_means(logits: Any, targets: Any, batch_size: int) -> float:
+    """The study's val BCE: the mean over consecutive batches of `batch_size` of each batch's mean."""
+    import torch.nn.functional as F
 
-    def __init__(self, patience: int = PATIENCE) -> None:
+    losses = [float(F.binary_cross_entropy_with_logits(z, y))
+              for z, y in zip(logits.split(batch_size), targets.split(batch_size), strict=True)]
+    return sum(losses) / max(len(losses), 1)
+
+
+class EarlyStopping:
+    """Track val loss; keep the best state; stop after `patience` epochs without an improvement
+    greater than `min_delta` (a smaller drop neither resets patience nor replaces the best state)."""
+
+    def __init__(self, patience: int = PATIENCE, min_delta: float = MIN_DELTA) -> None:
         self.patience = patience
+        self.min_delta = min_delta
         self.best_loss = float("inf")
         self.best_epoch = -1
         self.best_state: Any = None
@@ -88,7 +124,7 @@ class EarlyStopping:
 
     def update(self, epoch: int, loss: float, state: Callable[[], Any]) -> bool:
         """Record an epoch's val loss; returns True when training should stop."""
-        if loss < self.best_loss:
+        if loss < self.best_loss - self.min_delta:
             self.best_loss, self.best_epoch, self.best_state = loss, epoch, copy.deepcopy(state())
             self.bad_epochs = 0
         else:
@@ -98,21 +134,24 @@ class EarlyStopping:
 
 def fit_study_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                    epochs: int = 10, batch_size: int = 24, seed: int = 42) -> FitResult:
-    """The study's linear probe, on cached raw features instead of re-encoding every epoch."""
+    """The study's linear probe, on cached raw features instead of re-encoding every epoch; the
+    cosine schedule spans the `epochs` asked for, val BCE is the mean of per-batch means."""
     import torch
     import torch.nn.functional as F
 
     started = time.perf_counter()
     torch.manual_seed(seed)
-    head = _xavier_head(train_x.shape[1], train_y.shape[1])
+    head = _xavier_head(train_x.shape[1], train_y.shape[1], zero_bias=False)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).float()
     vx, vy = torch.from_numpy(val_x).float(), torch.from_numpy(val_y).float()
     generator = torch.Generator().manual_seed(seed)
     stopper = EarlyStopping()
+    rates: list[float] = []
     epoch = 0
     for epoch in range(epochs):
+        rates.append(float(optimizer.param_groups[0]["lr"]))
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             loss = F.binary_cross_entropy_with_logits(head(x[batch]), y[batch])
             optimizer.zero_grad()
@@ -120,12 +159,19 @@ def fit_study_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
             optimizer.step()
         schedule.step()
         with torch.no_grad():
-            val_loss = float(F.binary_cross_entropy_with_logits(head(vx), vy))
+            val_loss = _bce_batch_means(head(vx), vy, batch_size)
         if stopper.update(epoch, val_loss, head.state_dict):
             break
     head.load_state_dict(stopper.best_state)
     return FitResult(Head.from_module(head), time.perf_counter() - started, epoch + 1, stopper.best_epoch,
-                     stopper.best_loss, {"recipe": "study", "lr": 1e-4, "weight_decay": 1e-2, "batch_size": batch_size})
+                     stopper.best_loss, _study_detail(1e-4, epochs, rates, stopper, batch_size=batch_size))
+
+
+def _study_detail(lr: float, epochs: int, rates: list[float], stopper: EarlyStopping, **more: Any) -> dict[str, Any]:
+    """The study recipe's settings as the run's config records them (`lr_by_epoch`: each epoch's rate)."""
+    return {"recipe": "study", "lr": lr, "weight_decay": 1e-2, "t_max": epochs,
+            "lr_by_epoch": rates, "patience": stopper.patience, "min_delta": stopper.min_delta,
+            "bias_init": "pytorch-default", "val_bce_averaging": "mean of per-batch means", **more}
 
 
 LOGISTIC_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -205,17 +251,33 @@ def _autocast(data: FineTuneData) -> Any:
     return torch.autocast(device_type=data.device.type, dtype=data.autocast_dtype)
 
 
-def _val_loss(visual: Any, head: Any, data: FineTuneData) -> float:
+def _precision(data: FineTuneData) -> str:
+    """The name ("fp32", "bf16", "fp16") of the data's autocast precision."""
+    from embedstore.images import AUTOCAST_DTYPES
+
+    name = None if data.autocast_dtype is None else str(data.autocast_dtype).removeprefix("torch.")
+    return {dtype: precision for precision, dtype in AUTOCAST_DTYPES.items()}[name]
+
+
+def _val_loss(visual: Any, head: Any, data: FineTuneData, fp32: bool = False, batch_means: bool = False) -> float:
+    """Val BCE: under the data's autocast unless `fp32`; the per-element mean over the whole val set,
+    or with `batch_means` the mean over val batches of each batch's mean (the study's)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     visual.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), _autocast(data):
+    batch_losses: list[float] = []
+    with torch.no_grad(), contextlib.nullcontext() if fp32 else _autocast(data):
         for images, targets in data.val_batches():
             logits = head(visual(images).float())
             total += float(F.binary_cross_entropy_with_logits(logits, targets, reduction="sum"))
             count += targets.numel()
+            batch_losses.append(float(F.binary_cross_entropy_with_logits(logits, targets)))
+    if batch_means:
+        return sum(batch_losses) / max(len(batch_losses), 1)
     return total / max(count, 1)
 
 
@@ -259,26 +321,30 @@ def _best_fit(visual: Any, head: Any, stopper: EarlyStopping, started: float, la
 
 def finetune_study(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int, seed: int) -> FitResult:
     """The notebook's ft as it actually runs: the whole model trains from the first epoch, and a
-    fresh AdamW (lr 1e-5, wd 1e-2) with a fresh cosine schedule is built every epoch."""
+    fresh AdamW (lr 1e-5, wd 1e-2) with a fresh cosine schedule (T_max = epochs) is built every
+    epoch; training under the data's autocast (GradScaler on CUDA), validation in fp32."""
     import torch
 
     started = time.perf_counter()
     torch.manual_seed(seed)
-    head = _xavier_head(dim, n_labels).to(data.device)
+    head = _xavier_head(dim, n_labels, zero_bias=False).to(data.device)
     scaler = torch.amp.GradScaler("cuda") if data.device.type == "cuda" else None
     stopper = EarlyStopping()
+    rates: list[float] = []
     epoch = 0
     for epoch in range(epochs):
         optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=1e-5, weight_decay=1e-2)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        rates.append(float(optimizer.param_groups[0]["lr"]))
         train_loss = _train_epoch(visual, head, optimizer, data, epoch, scaler=scaler)
         schedule.step()
-        val_loss = _val_loss(visual, head, data)
+        val_loss = _val_loss(visual, head, data, fp32=True, batch_means=True)
         log.info("ft (study) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
         if stopper.update(epoch, val_loss, _states(visual, head)):
             break
-    return _best_fit(visual, head, stopper, started, epoch,
-                     {"recipe": "study", "lr": 1e-5, "optimizer": "AdamW rebuilt every epoch"})
+    detail = _study_detail(1e-5, epochs, rates, stopper, optimizer="AdamW rebuilt every epoch",
+                           train_precision=_precision(data), val_precision="fp32")
+    return _best_fit(visual, head, stopper, started, epoch, detail)
 
 
 def finetune_multilabel(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int,
@@ -310,7 +376,10 @@ def finetune_multilabel(visual: Any, dim: int, n_labels: int, data: FineTuneData
         if stopper.update(epoch, val_loss, _states(visual, head)):
             break
     return _best_fit(visual, head, stopper, started, epoch,
-                     {"recipe": "multilabel", "warmup_epochs": 1, "lr_encoder": 1e-5, "lr_head": 1e-3})
+                     {"recipe": "multilabel", "warmup_epochs": 1, "lr_encoder": 1e-5, "lr_head": 1e-3,
+                      "patience": stopper.patience, "min_delta": stopper.min_delta, "bias_init": "zero",
+                      "val_bce_averaging": "per-element mean", "train_precision": _precision(data),
+                      "val_precision": _precision(data)})
 
 
 FT_RECIPES: dict[str, Callable[..., FitResult]] = {

@@ -305,11 +305,39 @@ def normalize(images: Any, mean: Sequence[float], std: Sequence[float], device: 
     return x.to(dtype) if dtype is not None else x
 
 
-def encode_autocast(device: Any) -> Any:
-    """embedstore's encoding precision: bf16 autocast on CUDA, none (fp32) elsewhere."""
+#: Autocast precision per (step, protocol, device type); a combination not listed runs in fp32 (no
+#: autocast). The study protocol encodes (and validates ft) in fp32 as its notebook does, and trains
+#: ft under fp16 autocast with a GradScaler on CUDA; multilabel uses bf16 autocast on CUDA.
+PRECISIONS: dict[tuple[str, str, str], str] = {
+    ("encode", "multilabel", "cuda"): "bf16",
+    ("ft-train", "study", "cuda"): "fp16",
+    ("ft-train", "multilabel", "cuda"): "bf16",
+}
+#: torch's name of each precision's autocast dtype (fp32: no autocast).
+AUTOCAST_DTYPES: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def encode_precision(protocol: str, device_type: str) -> str:
+    """How a run encodes images: "fp32" or "bf16" (recorded in the run's config)."""
+    return PRECISIONS.get(("encode", protocol, device_type), "fp32")
+
+
+def ft_train_precision(protocol: str, device_type: str) -> str:
+    """The autocast precision of ft's training steps: "fp32", "fp16" or "bf16"."""
+    return PRECISIONS.get(("ft-train", protocol, device_type), "fp32")
+
+
+def autocast_dtype(precision: str) -> Any:
+    """The torch dtype to autocast to for a precision name, or None for fp32."""
     import torch
 
-    return torch.bfloat16 if device.type == "cuda" else None
+    name = AUTOCAST_DTYPES[precision]
+    return getattr(torch, name) if name is not None else None
+
+
+def encode_autocast(device: Any, protocol: str = "multilabel") -> Any:
+    """The autocast dtype for encoding under `protocol` on `device` (None: fp32, no autocast)."""
+    return autocast_dtype(encode_precision(protocol, device.type))
 
 
 def prepare_encoder(visual: Any, device: Any) -> Any:

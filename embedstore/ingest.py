@@ -90,6 +90,8 @@ class SourceRow:
     split: str | None
     values: dict[str, int | None]
     image_sha256: str = ""
+    #: the derived target per label (`_derive_positives`); `values` stay exactly as read
+    positive: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -458,41 +460,97 @@ def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None,
     return by_row
 
 
-def _apply_no_finding(loaded: Loaded) -> None:
-    """A sample with no positive label gets No Finding (DESIGN section 2)."""
-    if NO_FINDING not in loaded.labels:
-        return
+def _derive_positives(loaded: Loaded) -> tuple[int, int]:
+    """Set each row's derived `positive` labels: value 1, and No Finding for a sample with no
+    positive finding (the study's rule), leaving the raw `values` untouched.
+
+    Returns (derived, from_uncertain): the samples whose No Finding is positive by the rule although
+    their own No Finding value is not 1, and those of them with at least one uncertain (-1) finding,
+    which become No Finding only because their findings were uncertain.
+    """
+    derived = from_uncertain = 0
     for row in loaded.rows:
-        if not any(value == 1 for label, value in row.values.items() if label != NO_FINDING):
-            row.values[NO_FINDING] = 1
+        row.positive = {label: row.values[label] == 1 for label in loaded.labels}
+        if NO_FINDING not in loaded.labels or row.positive[NO_FINDING]:
+            continue
+        findings = [value for label, value in row.values.items() if label != NO_FINDING]
+        if not any(value == 1 for value in findings):
+            row.positive[NO_FINDING] = True
+            derived += 1
+            from_uncertain += any(value == -1 for value in findings)
+    return derived, from_uncertain
+
+
+def _identical_groups(rows: list[SourceRow]) -> list[list[int]]:
+    """Row indices of each group of byte-identical images (same image sha256, two rows or more),
+    in order of first appearance."""
+    by_sha: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_sha.setdefault(row.image_sha256, []).append(i)
+    return [group for group in by_sha.values() if len(group) > 1]
+
+
+def _units(rows: list[SourceRow], groups: list[list[int]]) -> list[int]:
+    """The split unit of each row: the uids linked through `groups` of identical images, found by
+    union-find over uid <-> image, numbered in order of first appearance. Without groups a unit is a uid."""
+    parent: dict[str, str] = {}
+
+    def find(uid: str) -> str:
+        root = parent.setdefault(uid, uid)
+        while root != parent[root]:
+            root = parent[root]
+        while uid != root:  # path compression
+            parent[uid], uid = root, parent[uid]
+        return root
+
+    for row in rows:
+        find(row.uid)
+    for group in groups:
+        first = find(rows[group[0]].uid)
+        for i in group[1:]:
+            other = find(rows[i].uid)
+            if other != first:
+                parent[other] = first
+    roots = [find(row.uid) for row in rows]
+    number = {root: n for n, root in enumerate(dict.fromkeys(roots))}
+    return [number[root] for root in roots]
 
 
 # ---------------------------------------------------------------------------------------------
 # Ingest
 # ---------------------------------------------------------------------------------------------
 
-def _split(rows: list[SourceRow], labels: list[str], method: str, seed: int) -> list[str]:
+def _split(rows: list[SourceRow], labels: list[str], method: str, seed: int,
+           identical: list[list[int]]) -> list[str]:
+    """Each row's split. `study` splits uids exactly as the study did; `stratified` splits units of
+    uids linked by `identical` images, so that no image sits in two splits; `given` is read."""
     if method == "given":
         return [row.split or "" for row in rows]
-    uids = list(dict.fromkeys(row.uid for row in rows))
-    position = {uid: i for i, uid in enumerate(uids)}
-    positives = np.zeros((len(uids), len(labels)), dtype=bool)
-    for row in rows:
-        positives[position[row.uid]] |= np.array([row.values[label] == 1 for label in labels])
-    too_few = InputError(f"--split {method}: with {len(uids)} uid(s) a split would be empty; ingest more samples")
-    if len(uids) < len(SPLIT_NAMES):
+    units = _units(rows, identical if method == "stratified" else [])
+    first_uid: dict[int, str] = {}
+    for row, unit in zip(rows, units, strict=True):
+        first_uid.setdefault(unit, row.uid)
+    names = [first_uid[unit] for unit in range(len(first_uid))]
+    positives = np.zeros((len(names), len(labels)), dtype=bool)
+    for row, unit in zip(rows, units, strict=True):
+        positives[unit] |= np.array([row.positive[label] for label in labels])
+    what = f"{len(names)} uid(s)" if method != "stratified" else f"{len(names)} uid group(s) (uids sharing an image are one)"
+    too_few = InputError(f"--split {method}: with {what} a split would be empty; ingest more samples")
+    if len(names) < len(SPLIT_NAMES):
         raise too_few
     try:
-        uid_split = dict(zip(uids, SPLITTERS[method](uids, positives, seed), strict=True))
+        unit_split = SPLITTERS[method](names, positives, seed)
     except ValueError:  # sklearn's train_test_split refuses a split it would leave empty
         raise too_few from None
-    return [uid_split[row.uid] for row in rows]
+    return [unit_split[unit] for unit in units]
 
 
 def _manifest_sha256(rows: list[SourceRow], splits: list[str], labels: list[str]) -> str:
+    """Hash of every sample's uid, filename, image sha256, split, raw label values and derived positives."""
     digest = hashlib.sha256()
     for row, split in sorted(zip(rows, splits, strict=True), key=lambda pair: pair[0].filename):
-        record = [row.uid, row.filename, row.image_sha256, split, [row.values[label] for label in labels]]
+        record = [row.uid, row.filename, row.image_sha256, split, [row.values[label] for label in labels],
+                  [row.positive[label] for label in labels]]
         digest.update(json.dumps(record, separators=(",", ":")).encode() + b"\n")
     return digest.hexdigest()
 
@@ -532,16 +590,18 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
     loaded.rows = [row for i, row in enumerate(loaded.rows) if i not in problems]
     if not loaded.rows:
         raise InputError(f"{loaded.source}: every row is bad; nothing to ingest")
-    _apply_no_finding(loaded)
-    splits = _split(loaded.rows, loaded.labels, method, config.seed)
+    derived, from_uncertain = _derive_positives(loaded)
+    identical = _identical_groups(loaded.rows)
+    splits = _split(loaded.rows, loaded.labels, method, config.seed, identical)
     counts = {name: splits.count(name) for name in SPLIT_NAMES}
     empty = [name for name, count in counts.items() if count == 0]
     if empty:
         raise InputError(f"{loaded.source.name}: split(s) {', '.join(empty)} would be empty "
                          f"({len(loaded.rows)} samples, --split {method}); ingest more samples")
     for label in loaded.labels:
-        if not any(row.values[label] == 1 for row in loaded.rows):
+        if not any(row.positive[label] for row in loaded.rows):
             loaded.warnings.append(f"label {label!r} has no positive sample")
+    checks = _checks(loaded, splits, identical, method, derived, from_uncertain)
     manifest_sha = _manifest_sha256(loaded.rows, splits, loaded.labels)
     dataset_id = f"ds_{uuid.uuid4().hex[:12]}"
     with writer.transaction() as con:
@@ -559,14 +619,43 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
         ids = np.asarray(next(iter(sample_ids.values())), dtype=np.int64)
         _insert_rows(con, dataset_id, ids, loaded, splits)
         con.execute(
-            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [dataset_id, config.name, fmt, str(loaded.source.resolve()), manifest_sha, len(loaded.rows), method,
-             config.seed if method != "given" else None, json.dumps(skipped),
+             config.seed if method != "given" else None, json.dumps(skipped), json.dumps(checks),
              datetime.now(UTC).replace(tzinfo=None)],
         )
     for warning in loaded.warnings:
         log.warning("warning: %s", warning)
     return IngestResult(dataset_id, config.name, fmt, len(loaded.rows), counts, skipped, loaded.warnings, manifest_sha)
+
+
+def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], method: str, derived: int,
+            from_uncertain: int) -> dict[str, int]:
+    """The counts stored in `datasets.checks`, each non-zero one also added to the warnings."""
+    crossing = [group for group in identical if len({splits[i] for i in group}) > 1]
+    checks = {
+        "identical_image_groups": len(identical),
+        "identical_images": sum(len(group) for group in identical),
+        "cross_split_duplicate_groups": len(crossing),
+        "cross_split_duplicate_images": sum(len(group) for group in crossing),
+        "no_finding_derived": derived,
+        "no_finding_from_uncertain": from_uncertain,
+    }
+    if identical:
+        kept = "; each group was put in one split" if method == "stratified" else ""
+        loaded.warnings.append(
+            f"{checks['identical_image_groups']} group(s) of byte-identical images ({checks['identical_images']} "
+            f"images) under different rows; the named query duplicate_images lists them{kept}")
+    if crossing:
+        loaded.warnings.append(
+            f"{checks['cross_split_duplicate_groups']} group(s) of byte-identical images "
+            f"({checks['cross_split_duplicate_images']} images) sit in more than one split: the {method} split "
+            "is kept (reproduction), so the same image can be in training and in val or test")
+    if from_uncertain:
+        loaded.warnings.append(
+            f"{from_uncertain} sample(s) have No Finding only because none of their findings is positive: each "
+            "has an uncertain (-1) finding (the raw values are kept in labels.value)")
+    return checks
 
 
 def _register_labels(con: duckdb.DuckDBPyConnection, labels: list[str]) -> None:
@@ -597,6 +686,7 @@ def _insert_rows(
         "sample_id": pa.array(np.repeat(ids, len(loaded.labels))),
         "label": pa.array([label for _ in rows for label in loaded.labels]),
         "value": pa.array([r.values[label] for r in rows for label in loaded.labels], pa.int8()),
+        "positive": pa.array([r.positive[label] for r in rows for label in loaded.labels], pa.bool_()),
     })
     append_rows(con, "samples", samples)
     append_rows(con, "labels", labels)

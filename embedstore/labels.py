@@ -1,4 +1,4 @@
-"""The 14 CheXpert labels in the study's order, and the clinical domain of each (DESIGN section 2)."""
+"""The 14 CheXpert labels in the study's order, and the clinical domain of each."""
 
 from __future__ import annotations
 

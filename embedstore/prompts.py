@@ -63,7 +63,7 @@ def _mean_embedding(prompts: list[Prompt], text: np.ndarray, label: str, positiv
 
 
 def _study_head(prompts: list[Prompt], text: np.ndarray, labels: list[str], logit_scale: float) -> Head:
-    """DESIGN section 2: raw `encode_image` · raw `encode_text` — no normalisation, no logit scale."""
+    """The study's zero-shot logit: raw `encode_image` · raw `encode_text` — no normalisation, no logit scale."""
     weight = np.stack([_mean_embedding(prompts, text, label, True, unit=False) for label in labels])
     return Head(weight.astype(np.float64), np.zeros(len(labels)), normalize_input=False)
 

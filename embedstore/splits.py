@@ -16,7 +16,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def study_split(uids: Sequence[str], positives: np.ndarray, seed: int = 42) -> list[str]:
-    """DESIGN section 2: `train_test_split(uids, test_size=0.30, random_state=seed)`, then the 30 %
+    """The study's split: `train_test_split(uids, test_size=0.30, random_state=seed)`, then the 30 %
     again 50/50 with the same seed. `uids` are unique, in order of first appearance."""
     from sklearn.model_selection import train_test_split
 

@@ -1,4 +1,4 @@
-"""The synthetic IU-Xray benchmark (DESIGN section 8): chest-like PNGs with localised findings.
+"""The synthetic IU-Xray benchmark: chest-like PNGs with localised findings.
 
 It writes the files a real IU-Xray copy has — the study's 14-label CSV, the Kaggle
 `indiana_reports.csv` / `indiana_projections.csv` pair, `images/images_normalized/*.png` — plus
@@ -28,7 +28,7 @@ from embedstore.labels import CHEXPERT_LABELS, NO_FINDING
 
 log = logging.getLogger(__name__)
 
-#: Frontal-image counts per label in IU-Xray (DESIGN section 8), of 3,818 frontal images.
+#: Frontal-image counts per label in IU-Xray, of 3,818 frontal images.
 IUXRAY_COUNTS: dict[str, int] = {
     "No Finding": 2400, "Lung Opacity": 516, "Cardiomegaly": 415, "Atelectasis": 216, "Lung Lesion": 165,
     "Support Devices": 163, "Pleural Effusion": 129, "Fracture": 127, "Enlarged Cardiomediastinum": 70,

@@ -2,7 +2,7 @@
 -- internal
 -- param run_id VARCHAR: the run
 SELECT s.sample_id, s.filename, s.path, s.image_sha256, s.split,
-       coalesce(list(l.label ORDER BY n.position) FILTER (WHERE l.value = 1), []) AS positives
+       coalesce(list(l.label ORDER BY n.position) FILTER (WHERE l.positive), []) AS positives
 FROM samples s
 LEFT JOIN labels l ON l.dataset_id = s.dataset_id AND l.sample_id = s.sample_id
 LEFT JOIN label_names n ON n.label = l.label

@@ -1,6 +1,6 @@
--- Positive samples per label and split of one dataset (a label is positive where its value is 1).
+-- Positive samples per label and split of one dataset (`positive`: value 1, or No Finding derived).
 -- param dataset VARCHAR: the dataset's name, as given to `embedstore ingest --name`
-SELECT l.label, s.split, count(*) FILTER (WHERE l.value = 1) AS positives, count(*) AS samples
+SELECT l.label, s.split, count(*) FILTER (WHERE l.positive) AS positives, count(*) AS samples
 FROM labels l
 JOIN samples s USING (sample_id)
 JOIN datasets d ON d.dataset_id = s.dataset_id

@@ -1,12 +1,12 @@
--- Per label of one dataset: positives per split, prevalence and imbalance ratio (negatives per positive).
+-- Per label of one dataset: positives (labels.positive) per split, prevalence and imbalance ratio (negatives per positive).
 -- param dataset VARCHAR: the dataset's name
 WITH d AS (SELECT dataset_id FROM datasets WHERE name = $dataset),
 per AS (
     SELECT l.label,
-           count(*) FILTER (WHERE l.value = 1 AND s.split = 'train') AS train,
-           count(*) FILTER (WHERE l.value = 1 AND s.split = 'val') AS val,
-           count(*) FILTER (WHERE l.value = 1 AND s.split = 'test') AS test,
-           count(*) FILTER (WHERE l.value = 1) AS positives,
+           count(*) FILTER (WHERE l.positive AND s.split = 'train') AS train,
+           count(*) FILTER (WHERE l.positive AND s.split = 'val') AS val,
+           count(*) FILTER (WHERE l.positive AND s.split = 'test') AS test,
+           count(*) FILTER (WHERE l.positive) AS positives,
            count(*) AS samples
     FROM labels l JOIN samples s USING (sample_id)
     WHERE l.dataset_id = (SELECT dataset_id FROM d)

@@ -1,7 +1,7 @@
 -- How many positive labels each image of one dataset has, per split (No Finding counts as a label).
 -- param dataset VARCHAR: the dataset's name
 WITH per_image AS (
-    SELECT s.sample_id, s.split, count(*) FILTER (WHERE l.value = 1) AS n_labels
+    SELECT s.sample_id, s.split, count(*) FILTER (WHERE l.positive) AS n_labels
     FROM samples s JOIN labels l USING (sample_id)
     WHERE s.dataset_id = (SELECT dataset_id FROM datasets WHERE name = $dataset)
     GROUP BY s.sample_id, s.split

@@ -2,7 +2,7 @@
 -- internal
 -- param ids VARCHAR: (a list of sample ids, bound as BIGINT[])
 SELECT s.sample_id, s.filename, s.split,
-       coalesce(list(l.label ORDER BY n.position) FILTER (WHERE l.value = 1), []) AS labels
+       coalesce(list(l.label ORDER BY n.position) FILTER (WHERE l.positive), []) AS labels
 FROM samples s
 LEFT JOIN labels l USING (sample_id)
 LEFT JOIN label_names n ON n.label = l.label

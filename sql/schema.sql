@@ -1,4 +1,4 @@
--- Creates every table and view of the store (DESIGN section 6). Idempotent.
+-- Creates every table and view of the store (README, "Schema"). Idempotent.
 -- internal
 CREATE TABLE IF NOT EXISTS meta (
     key VARCHAR PRIMARY KEY,
@@ -15,6 +15,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     split_method VARCHAR,
     split_seed INTEGER,
     skipped JSON,
+    -- ingest's checks of the data: identical images and derived No Finding counts (embedstore/ingest.py)
+    checks JSON,
     created_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS samples (
@@ -32,7 +34,10 @@ CREATE TABLE IF NOT EXISTS labels (
     dataset_id VARCHAR NOT NULL,
     sample_id BIGINT NOT NULL,
     label VARCHAR NOT NULL,
-    value TINYINT
+    -- raw: the value exactly as read (1, 0, -1, NULL for blank)
+    value TINYINT,
+    -- derived: what analyses use as the target; value = 1, and No Finding for a sample with no positive finding
+    positive BOOLEAN NOT NULL
 );
 CREATE TABLE IF NOT EXISTS label_names (
     label VARCHAR PRIMARY KEY,
@@ -111,6 +116,7 @@ CREATE TABLE IF NOT EXISTS manifest (
     n_rows BIGINT,
     created_at TIMESTAMP NOT NULL
 );
+-- One row per sample: the raw values per CheXpert label, and `positives`, its derived positive labels.
 CREATE OR REPLACE VIEW labels_wide AS
 SELECT dataset_id, sample_id,
        max(value) FILTER (WHERE label = 'Enlarged Cardiomediastinum') AS "Enlarged Cardiomediastinum",
@@ -127,6 +133,6 @@ SELECT dataset_id, sample_id,
        max(value) FILTER (WHERE label = 'Fracture') AS "Fracture",
        max(value) FILTER (WHERE label = 'Support Devices') AS "Support Devices",
        max(value) FILTER (WHERE label = 'No Finding') AS "No Finding",
-       list(label ORDER BY label) FILTER (WHERE value = 1) AS positives
+       list(label ORDER BY label) FILTER (WHERE positive) AS positives
 FROM labels
 GROUP BY dataset_id, sample_id;

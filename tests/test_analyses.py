@@ -130,7 +130,7 @@ def _study_reference(x: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> 
     centroids = {c: x[single == c].mean(axis=0) for c in np.unique(single)}
     intra = np.mean([np.mean([np.linalg.norm(v - centroids[c]) for v in x[single == c]]) for c in centroids])
     inter = np.mean([np.linalg.norm(centroids[a] - centroids[b]) for a, b in itertools.combinations(centroids, 2)])
-    scaled = np.array([(row - row.min()) / (row.max() - row.min()) for row in scores])
+    scaled = np.array([(row - row.min()) / (row.max() - row.min() + 1e-8) for row in scores])
     predicted = (scaled >= 0.5).astype(int)
     report = classification_report(targets, predicted, output_dict=True, zero_division=0)
     return {"inter_class_distance": inter, "intra_class_distance": intra, "separation_ratio": inter / intra,
