@@ -94,6 +94,9 @@ def _with_positions(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, 
     return rows
 
 
+MACRO_TITLES = {"macro_f1": "macro-F1 (all labels)", "macro_auroc": "macro AUROC (labels with both classes)"}
+
+
 def _interval_bars(rows: list[dict[str, Any]], title: str, column: str) -> Any:
     import altair as alt
 
@@ -118,6 +121,8 @@ def separability_chart(store: Store, options: ChartOptions) -> Any:
 def metrics_chart(store: Store, options: ChartOptions) -> Any:
     """The study table's classification columns as grouped bars with intervals."""
     rows = _metric_rows(store, options, ["macro_f1", "exact_match", "lrap", "coverage_error", "macro_auroc"])
+    for row in rows:  # the facet titles say which labels each macro averages
+        row["metric"] = MACRO_TITLES.get(row["metric"], row["metric"])
     return _interval_bars(rows, "Classification (test split)", "metric")
 
 

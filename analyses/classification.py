@@ -309,7 +309,7 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     if study:
         scores = row_minmax(run.scores)
         thresholds = np.full(len(run.labels), options.threshold)
-        params: dict[str, object] = {"scores": "row min-max (s - min) / (max - min + 1e-8)",
+        params: dict[str, object] = {"scores": "row min-max (s - min) / (max - min + 1e-8), float64",
                                      "threshold": options.threshold}
         extra = sweep(scores[mask], run.targets[mask], options)
     else:

@@ -142,9 +142,11 @@ def warn_few_resamples(rows: list[MetricRow], options: AnalysisOptions, run_id: 
             continue
         kept = 1 - row.n_resamples_skipped / options.bootstrap
         if kept < MIN_KEPT_SHARE:
-            log.warning("warning: %s %s (%s): only %.0f %% of the %d resamples had every averaged label defined; "
-                        "the interval covers those only (stratified resampling keeps rare labels' positives)",
-                        run_id, row.metric, options.protocol, 100 * kept, options.bootstrap)
+            hint = ("; stratified resampling keeps rare labels' positives" if options.resampling == "simple"
+                    else "")
+            log.warning("warning: %s %s%s (%s): only %.0f %% of the %d resamples had every averaged label defined; "
+                        "the interval covers those only%s", run_id, row.metric, f" {row.label}" if row.label else "",
+                        options.protocol, 100 * kept, options.bootstrap, hint)
 
 
 def metrics_table(records: list[tuple[str, str, str, MetricRow]]) -> Any:

@@ -67,11 +67,25 @@ def _provenance(store: Store, run_ids: list[str]) -> pl.DataFrame:
                 "run": run_id, "mode": mode, "protocol": protocol, "prompts": prompt_set or "—",
                 "model": shareable_model(model_id, store.path), "weights sha256": (model_sha or "")[:16], "dataset": dataset,
                 "manifest sha256": manifest[:16], "seed": config.get("seed"),
-                "device": device, "train s": "—" if train_s is None else f"{train_s:.1f}",
+                "device": device, "precision": _precision(config), "train s": "—" if train_s is None else f"{train_s:.1f}",
                 "extract s": "—" if extract_s is None else f"{extract_s:.1f}",
                 "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             })
     return pl.DataFrame(records)
+
+
+def _checks(store: Store, data: str) -> pl.DataFrame:
+    """The dataset's ingest checks (identical images across splits, derived No Finding), one row each."""
+    from embedstore.stats import dataset_stats
+
+    return pl.DataFrame(dataset_stats(store, data).checks)
+
+
+def _precision(config: dict[str, object]) -> str:
+    """Encoding precision, and ft's training autocast where there is one ("—" for runs that predate it)."""
+    encode = config.get("encode_precision")
+    train = config.get("ft_train_precision")
+    return "—" if encode is None else f"encode {encode}" + (f", ft train {train}" if train else "")
 
 
 STYLE = """
@@ -115,6 +129,7 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
     sections += _gradcam_sections(store, data)
     stats = _fetch_frame(store, "label_stats", {"dataset": data})
     sections.append(f"<h2>Dataset statistics</h2>{_table_html(stats)}")
+    sections.append(f"<h3>Ingest checks</h3>{_table_html(_checks(store, data))}")
     sections.append("<h2>Charts</h2>")
     drawn, skipped, scripts = [], {}, []
     for kind in CHARTS:

@@ -78,7 +78,8 @@ def test_report_and_charts_open_offline_in_headless_chromium(reported_store: Sto
     report = write_report(reported_store, tmp_path / "report.html")
     assert set(report.charts) == set(CHARTS) - {"gradcam"} and "gradcam" in report.skipped
     page = report.path.read_text()
-    for text in ("Study table — study protocol", "Provenance", "Dataset statistics", "weights sha256"):
+    for text in ("Study table — study protocol", "Provenance", "Dataset statistics", "weights sha256",
+                 "Ingest checks", "no_finding_derived", "cross_split_duplicate_groups", "encode fp32"):
         assert text in page
     pages = [report.path]
     for kind in ("labels", "projection"):
