@@ -1,6 +1,6 @@
 """Multi-label classification metrics from a run's stored scores, per protocol.
 
-`study` (the notebook's "compute_metrics_v2", README "The study protocol"): each row's scores scaled
+`study` (the notebook's "compute_metrics_v2"; docs/protocols.md): each row's scores scaled
 as `(s − min) / (max − min + 1e-8)` and thresholded at 0.5 (plus the 0.20…0.90 sweep); macro-F1 as
 classification_report (zero_division=0), exact match, LRAP, coverage error and ranking loss on the
 scaled scores, AUROC/AUPRC per label; per domain, the notebook's "compute_domain_metrics": one
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from embedstore import queries
 from embedstore.analyses.common import (
     AnalysisOptions,
     MetricRow,
@@ -35,8 +37,7 @@ from embedstore.analyses.common import (
     with_intervals,
 )
 from embedstore.analyses.rundata import RunData
-
-from embedstore import queries
+from embedstore.choices import Protocol
 from embedstore.heads import row_minmax
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def ranking_per_sample(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndar
     """Per-sample LRAP, coverage error and ranking loss (scikit-learn's definitions, ties included)."""
     with duckdb.connect() as con:
         _scored(con, scores, targets)
-        result = con.execute(queries.load("sample_ranking").text).fetchnumpy()
+        result = queries.fetch_numpy(con, "sample_ranking")
     return (np.asarray(result["lrap"], dtype=np.float64), np.asarray(result["coverage"], dtype=np.float64),
             np.asarray(result["ranking_loss"], dtype=np.float64))
 
@@ -70,7 +71,7 @@ def outcomes(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) ->
     n, n_labels = scores.shape
     with duckdb.connect() as con:
         _scored(con, scores, targets, thresholds)
-        result = con.execute(queries.load("label_outcomes").text).fetchnumpy()
+        result = queries.fetch_numpy(con, "label_outcomes")
     return tuple(np.asarray(result[k], dtype=np.float64).reshape(n, n_labels) for k in ("predicted", "tp", "fp", "fn"))
 
 
@@ -78,7 +79,7 @@ def label_confusion(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndar
     """Per-label tp, fp, fn, tn, precision, recall, F1 (columns in label order)."""
     with duckdb.connect() as con:
         _scored(con, scores, targets, thresholds)
-        result = con.execute(queries.load("label_confusion").text).fetchnumpy()
+        result = queries.fetch_numpy(con, "label_confusion")
     return {key: np.asarray(value, dtype=np.float64) for key, value in result.items() if key != "label"}
 
 
@@ -305,7 +306,7 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     are reported (in-sample thresholded figures would flatter the run); a warning says so.
     """
     mask = run.split(options.split)
-    study = options.protocol == "study"
+    study = options.protocol == Protocol.STUDY
     if study:
         scores = row_minmax(run.scores)
         thresholds = np.full(len(run.labels), options.threshold)

@@ -9,14 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from embedstore.choices import Protocol, Resampling, Split
+
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("study", "multilabel")
-
-#: How bootstrap resamples are drawn: `simple` from the whole split; `stratified` within strata of
-#: the rarest positive label of each sample, so every stratum (and the rarest label's positives)
-#: keeps its size in every resample.
-RESAMPLINGS = ("simple", "stratified")
+#: The protocols in the order tables show them (embedstore/choices.py declares them).
+PROTOCOLS = tuple(Protocol)
 
 #: Below this share of usable resamples a figure's interval is flagged with a warning.
 MIN_KEPT_SHARE = 0.9
@@ -26,12 +24,15 @@ MIN_KEPT_SHARE = 0.9
 class AnalysisOptions:
     """Options of `embedstore analyze` that analyses read."""
 
-    protocol: str = "multilabel"
-    split: str = "test"
+    protocol: Protocol = Protocol.MULTILABEL
+    split: Split = Split.TEST
     bootstrap: int = 1000
     seed: int = 42
     k: int = 10
-    resampling: str = "simple"
+    #: How bootstrap resamples are drawn: `simple` from the whole split; `stratified` within strata
+    #: of the rarest positive label of each sample, so every stratum (and the rarest label's
+    #: positives) keeps its size in every resample.
+    resampling: Resampling = Resampling.SIMPLE
     threshold: float = 0.5
     sweep: tuple[float, ...] = tuple(round(0.20 + 0.05 * i, 2) for i in range(15))
 
@@ -77,7 +78,7 @@ def rarest_label_strata(targets: np.ndarray) -> np.ndarray:
 
 def resampling_strata(targets: np.ndarray, options: AnalysisOptions) -> np.ndarray | None:
     """The strata `options.resampling` asks for (None: simple resampling)."""
-    return rarest_label_strata(targets) if options.resampling == "stratified" else None
+    return rarest_label_strata(targets) if options.resampling == Resampling.STRATIFIED else None
 
 
 def fixed_macro(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -142,7 +143,7 @@ def warn_few_resamples(rows: list[MetricRow], options: AnalysisOptions, run_id: 
             continue
         kept = 1 - row.n_resamples_skipped / options.bootstrap
         if kept < MIN_KEPT_SHARE:
-            hint = ("; stratified resampling keeps rare labels' positives" if options.resampling == "simple"
+            hint = ("; stratified resampling keeps rare labels' positives" if options.resampling == Resampling.SIMPLE
                     else "")
             log.warning("warning: %s %s%s (%s): only %.0f %% of the %d resamples had every averaged label defined; "
                         "the interval covers those only%s", run_id, row.metric, f" {row.label}" if row.label else "",

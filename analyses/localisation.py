@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import polars as pl
-from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
 
+from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
 from embedstore.labels import LOCALISED_FINDINGS, LOCALISED_GROUP
 
 
@@ -126,32 +124,3 @@ def summarise(records: Sequence[MapRecord], options: AnalysisOptions, prefix: st
 
         rows.extend(with_intervals(defined, resampled, len(members), options, group_params, label=label))
     return rows
-
-
-def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
-    """One line per label (and `all`): each stored figure as `value [low, high]`, for the trained
-    model and for random weights."""
-    def cell(row: MetricRow | None) -> str:
-        if row is None:
-            return ""
-        if row.ci_low is None or row.ci_high is None:
-            return f"{row.value:.3f}"
-        return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
-
-    index = {(r.metric, r.label): r for r in rows}
-    labels = [None, LOCALISED_GROUP] + sorted({r.label for r in rows if r.label not in (None, LOCALISED_GROUP)
-                                               and r.metric == "gradcam.pointing_game"})
-    columns = {"pointing game": "gradcam.pointing_game", "pointing chance": "gradcam.pointing_chance",
-               "random weights: pointing": "gradcam.random_weights.pointing_game",
-               "energy inside": "gradcam.energy_inside", "random weights: energy": "gradcam.random_weights.energy_inside",
-               "area share": "gradcam.area_share", "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
-               "deletion AUC ↓": "gradcam.deletion_auc", "insertion AUC ↑": "gradcam.insertion_auc"}
-    records = []
-    for label in labels:
-        count = index.get(("gradcam.pointing_game", label))
-        if count is None:
-            continue
-        record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps")}
-        record |= {name: cell(index.get((metric, label))) for name, metric in columns.items()}
-        records.append(record)
-    return pl.DataFrame(records)

@@ -1,9 +1,9 @@
 """Nearest-neighbour label agreement from the run's FAISS index (cosine), leave-one-out.
 
 For each query sample, its k nearest neighbours among the samples of the same split ("within"), and
-among the train split ("test→train"): never itself, and under multilabel never another image of its
-study (same uid; two frontal films of one study are near-duplicates). Figures: mean label-set Jaccard between a
-sample and its neighbours, per-label precision@k (share of a positive sample's neighbours that share
+among the train split ("test→train"): never itself, and under multilabel never another image of the
+same uid (two frontal films of one examination are near-duplicates). Figures: mean label-set Jaccard
+between a sample and its neighbours, per-label precision@k (share of a positive sample's neighbours that share
 the label), and the kNN vote (share of neighbours with the label) scored as macro AUROC and as
 macro F1 at a majority vote.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+
+from embedstore import queries
 from embedstore.analyses.classification import label_sets, thresholded, weighted_auroc
 from embedstore.analyses.common import (
     AnalysisOptions,
@@ -24,8 +26,7 @@ from embedstore.analyses.common import (
     with_intervals,
 )
 from embedstore.analyses.rundata import RunData
-
-from embedstore import queries
+from embedstore.choices import Protocol
 from embedstore.errors import InputError
 from embedstore.store import Store, first_row
 from embedstore.vector_index import index_relpath, read_index
@@ -56,15 +57,15 @@ def ivf_index(ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> tuple[fais
 
 
 @dataclass(frozen=True)
-class SameStudy:
-    """Which samples share a study (uid): a query's neighbours never come from its own study, where two
-    frontal images of one study are near-duplicates of each other."""
+class SameUid:
+    """Which samples share a uid (one examination): a query's neighbours never come from its own uid,
+    whose frontal images are near-duplicates of each other."""
 
     sample_ids: np.ndarray  # sorted, as in RunData
     groups: np.ndarray  # integer group code per sample
 
     @classmethod
-    def of(cls, sample_ids: np.ndarray, uids: np.ndarray) -> SameStudy:
+    def of(cls, sample_ids: np.ndarray, uids: np.ndarray) -> SameUid:
         return cls(sample_ids, np.unique(uids, return_inverse=True)[1])
 
     @property
@@ -76,17 +77,18 @@ class SameStudy:
 
 
 def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allowed_ids: np.ndarray | None,
-           k: int, same_study: SameStudy | None = None) -> np.ndarray:
+           k: int, same_uid: SameUid | None = None) -> np.ndarray:
     """Ids of the k nearest neighbours of each query (among `allowed_ids` when given; otherwise the
-    whole index), the query itself excluded — and, with `same_study`, every image of its study."""
+    whole index), the query itself excluded — and, with `same_uid`, every image of its uid."""
     unit = _unit32(queries)
     params = None
     if allowed_ids is not None:
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64)))
-    _, found = index.search(unit, k + (1 if same_study is None else same_study.largest), params=params)
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+    _, found = index.search(unit, k + (1 if same_uid is None else same_uid.largest), params=params)
     keep = (found != query_ids[:, None]) & (found >= 0)
-    if same_study is not None:
-        keep &= same_study.group_of(found) != same_study.group_of(query_ids)[:, None]
+    if same_uid is not None:
+        keep &= same_uid.group_of(found) != same_uid.group_of(query_ids)[:, None]
     first_kept = np.argsort(~keep, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
 
@@ -142,11 +144,11 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     rows: list[MetricRow] = []
     targets = run.targets.astype(np.float64)
     pools = {"within": run.sample_ids[mask], f"{options.split}_to_train": run.sample_ids[run.split("train")]}
-    same_study = None
+    same_uid = None
     excluded = "the query itself"
-    if options.protocol == "multilabel" and run.uids is not None:
-        same_study = SameStudy.of(run.sample_ids, run.uids)
-        excluded = "the query and every image of its study (same uid)"
+    if options.protocol == Protocol.MULTILABEL and run.uids is not None:
+        same_uid = SameUid.of(run.sample_ids, run.uids)
+        excluded = "the query and every image of the same uid"
     if options.split == "train":
         pools.pop("train_to_train")
     for scope, pool in pools.items():
@@ -159,7 +161,7 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
             in_pool = np.isin(run.sample_ids, pool)
             pool_index, exactness = ivf_index(run.sample_ids[in_pool], run.embeddings[in_pool], options.seed)
             allowed = None
-        neighbours = search(pool_index, run.embeddings[mask], run.sample_ids[mask], allowed, k, same_study)
+        neighbours = search(pool_index, run.embeddings[mask], run.sample_ids[mask], allowed, k, same_uid)
         valid = neighbours >= 0
         rows_of = np.searchsorted(run.sample_ids, np.where(valid, neighbours, run.sample_ids[0]))
         neighbour_targets = targets[rows_of] * valid[:, :, None]
@@ -180,24 +182,24 @@ def nearest(store: Store, run_id: str, sample: int | None = None, text: str | No
     answering never loads a model.
     """
     if k < 1:
-        raise InputError(f"-k {k}: the number of neighbours must be at least 1")
+        raise InputError(f"k {k}: the number of neighbours must be at least 1", parameter="k")
     with store.reader() as con:
         status = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
         if status is None or status[0] != "complete":
-            raise InputError(f"--run {run_id}: no complete run of that id in {store.path}")
+            raise InputError(f"run {run_id}: no complete run of that id in {store.path}")
         if sample is not None:
             found = first_row(con, "SELECT embedding FROM image_embeddings WHERE run_id = ? AND sample_id = ?",
                               [run_id, sample])
             if found is None:
-                raise InputError(f"--sample {sample}: not a sample of run {run_id}")
+                raise InputError(f"sample {sample}: not a sample of run {run_id}")
             vector, query = np.asarray(found[0], dtype=np.float32), f"sample {sample}"
         else:
-            found = first_row(con, queries.load("text_query_vector").text, {"run_id": run_id, "text": text})
+            found = queries.fetch_one(con, "text_query_vector", run_id=run_id, text=text)
             if found is None:
                 prompts = [r[0] for r in con.execute("SELECT DISTINCT prompt FROM text_embeddings WHERE run_id = ? "
                                                      "LIMIT 6", [run_id]).fetchall()]
                 stored = f"stored prompts include {', '.join(prompts)}" if prompts else "only zs runs store prompts"
-                raise InputError(f"--text {text!r}: run {run_id} has no stored text embedding for it ({stored}); "
+                raise InputError(f"text {text!r}: run {run_id} has no stored text embedding for it ({stored}); "
                                  "embedstore answers from stored vectors and never loads a model here")
             vector, query = np.asarray(found[1], dtype=np.float32), f"prompt {found[0]!r}"
     index = read_index(store.resolve(index_relpath(run_id)))
@@ -206,8 +208,7 @@ def nearest(store: Store, run_id: str, sample: int | None = None, text: str | No
     similarity, ids = index.search(unit, k + (sample is not None))
     pairs = [(int(i), float(s)) for i, s in zip(ids[0], similarity[0], strict=True) if i >= 0 and i != sample][:k]
     with store.reader() as con:
-        details = {row[0]: row[1:] for row in con.execute(queries.load("sample_details").text,
-                                                          {"ids": [i for i, _ in pairs]}).fetchall()}
+        details = {row[0]: row[1:] for row in queries.fetch(con, "sample_details", ids=[i for i, _ in pairs])}
     return [{"rank": rank, "query": query, "sample_id": i, "similarity": round(s, 4), "split": details[i][1],
              "labels": ", ".join(details[i][2]), "filename": details[i][0]}
             for rank, (i, s) in enumerate(pairs, start=1)]

@@ -13,7 +13,7 @@ from embedstore import queries
 from embedstore.embeddings import read_image_embeddings
 from embedstore.errors import InputError
 from embedstore.labels import DOMAIN_OF, NO_FINDING
-from embedstore.store import Store, first_row
+from embedstore.store import Store
 from embedstore.vector_index import index_relpath
 
 
@@ -43,7 +43,7 @@ class RunData:
         """Boolean mask of the samples in split `name`."""
         mask = self.splits == name
         if not mask.any():
-            raise InputError(f"--split {name}: run {self.run_id} has no samples in that split")
+            raise InputError(f"split {name!r}: run {self.run_id} has no samples in it")
         return mask
 
     @property
@@ -64,17 +64,18 @@ class RunData:
 def load_run(store: Store, run_id: str) -> RunData:
     """Read one complete run (embeddings, scores, targets) from the store."""
     with store.reader() as con:
-        overview = first_row(con, queries.load("run_overview").text, {"run_id": run_id})
+        overview = queries.fetch_one(con, "run_overview", run_id=run_id)
         if overview is None:
             raise InputError(f"run {run_id}: no such run in {store.path}")
         (_, mode, protocol, prompt_set, model_id, _, _, dataset, _, status, train_s, extract_s, _, config,
          _) = overview
         if status != "complete":
-            raise InputError(f"run {run_id}: the run is {status}, not complete; finish it with --resume")
+            raise InputError(f"run {run_id}: the run is {status}, not complete; finish its extraction first "
+                             "(`embedstore extract … --resume`)")
         ids, embeddings = read_image_embeddings(con, run_id)
         labels: list[str] = list(json.loads(config)["labels"])
-        rows = con.execute(queries.load("run_scores").text, {"run_id": run_id, "labels": labels}).fetchnumpy()
-        split_rows = con.execute(queries.load("run_splits").text, {"run_id": run_id}).fetchnumpy()
+        rows = queries.fetch_numpy(con, "run_scores", run_id=run_id, labels=labels)
+        split_rows = queries.fetch_numpy(con, "run_splits", run_id=run_id)
     config = json.loads(config)
     scores = np.zeros((len(ids), len(labels)))
     targets = np.zeros((len(ids), len(labels)), dtype=np.int8)
@@ -95,7 +96,7 @@ def load_run(store: Store, run_id: str) -> RunData:
 def dataset_runs(store: Store, dataset: str) -> list[str]:
     """Ids of the complete runs of a dataset, oldest first."""
     with store.reader() as con:
-        rows = con.execute(queries.load("complete_runs").text, {"dataset": dataset}).fetchall()
+        rows = queries.fetch(con, "complete_runs", dataset=dataset)
     if not rows:
-        raise InputError(f"--data {dataset}: no complete runs; create them with `embedstore extract`")
+        raise InputError(f"dataset {dataset!r}: no complete runs; create them with `embedstore extract`")
     return [r[0] for r in rows]

@@ -1,6 +1,6 @@
 """How the embedding space separates the labels.
 
-`study` (the notebook's "compute_separability", README "The study protocol"): raw embeddings of the split, one label per
+`study` (the notebook's "compute_separability"; docs/protocols.md): raw embeddings of the split, one label per
 sample = argmax of the multi-hot row (its first positive label); intra = mean over classes of the
 mean Euclidean distance of members to their centroid; inter = mean distance over all pairs of class
 centroids; ratio = inter / intra; logistic-probe (balanced class weights) and 5-NN (cosine)
@@ -9,14 +9,18 @@ accuracy fitted and scored on the same samples, as the notebook does; silhouette
 Intervals are point ± 1.96 bootstrap standard deviations: percentile intervals of these dispersion
 figures sit below the estimate, because a resample duplicates members of small classes.
 
-`multilabel` (section 3): L2-normalised embeddings (scale-free), a sample counts toward every label
+`multilabel` (docs/protocols.md): L2-normalised embeddings (scale-free), a sample counts toward every label
 it has; the same inter / intra / ratio, plus per-label one-vs-rest separation (distance between the
 positives' and negatives' centroids over their mean spread).
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import TYPE_CHECKING
+
 import numpy as np
+
 from embedstore.analyses.common import (
     AnalysisOptions,
     MetricRow,
@@ -25,6 +29,10 @@ from embedstore.analyses.common import (
     resampling_strata,
 )
 from embedstore.analyses.rundata import RunData
+from embedstore.choices import Protocol
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -93,9 +101,30 @@ def fisher_ratio(x: np.ndarray, classes: np.ndarray) -> float:
 STUDY_EXACT_LIMIT = 20_000
 
 
-def _study_scores(x: np.ndarray, classes: np.ndarray, seed: int) -> dict[str, float]:
-    """The notebook's in-sample probe and 5-NN accuracies, and its cluster indices."""
+#: The study's in-sample probe gives up after this many lbfgs iterations (the notebook's setting).
+PROBE_MAX_ITER = 1000
+
+
+def fit_probe(x: np.ndarray, classes: np.ndarray, seed: int) -> tuple[LogisticRegression, dict[str, object]]:
+    """The notebook's balanced logistic probe, and how its fit ended: `converged` (False when lbfgs
+    stopped before converging, scikit-learn's ConvergenceWarning, which is recorded, not printed)
+    and `n_iter`, the iterations it ran."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe = LogisticRegression(max_iter=PROBE_MAX_ITER, class_weight="balanced", random_state=seed).fit(x, classes)
+    stopped = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for other in caught:
+        if other not in stopped:
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    return probe, {"converged": not stopped, "n_iter": int(np.max(probe.n_iter_))}
+
+
+def _study_scores(x: np.ndarray, classes: np.ndarray, seed: int) -> tuple[dict[str, float], dict[str, object]]:
+    """The notebook's in-sample probe and 5-NN accuracies, and its cluster indices; and how the
+    probe's fit ended (`fit_probe`)."""
     from sklearn.metrics import davies_bouldin_score, silhouette_score
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -104,15 +133,15 @@ def _study_scores(x: np.ndarray, classes: np.ndarray, seed: int) -> dict[str, fl
         keep = np.random.default_rng(seed).choice(len(x), STUDY_EXACT_LIMIT, replace=False)
         x, classes = x[keep], classes[keep]
     if len(np.unique(classes)) < 2 or len(np.unique(classes)) >= len(x):
-        return result
-    probe = LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed).fit(x, classes)
+        return result, {}
+    probe, fit = fit_probe(x, classes, seed)
     knn = KNeighborsClassifier(n_neighbors=min(5, len(x)), metric="cosine").fit(x, classes)
     return result | {
         "probe_accuracy": float(probe.score(x, classes)),
         "knn5_accuracy": float(knn.score(x, classes)),
         "silhouette_cosine": float(silhouette_score(x, classes, metric="cosine")),
         "davies_bouldin": float(davies_bouldin_score(x, classes)),
-    }
+    }, fit
 
 
 def _rows(point: dict[str, np.ndarray], resampled: dict[str, list[np.ndarray]], params: dict[str, object],
@@ -131,7 +160,7 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     """Separability of `options.split` under `options.protocol`, with bootstrap intervals."""
     mask = run.split(options.split)
     targets = run.targets[mask].astype(np.float64)
-    if options.protocol == "study":
+    if options.protocol == Protocol.STUDY:
         x = run.embeddings[mask].astype(np.float64)
         classes = argmax_labels(targets)
         membership = np.eye(targets.shape[1])[classes]
@@ -148,11 +177,14 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
         for name, values in class_geometry(x, membership, weights).items():
             resampled[name].append(values)
     rows = _rows(point, resampled, params | ({"resampling": options.resampling} if options.bootstrap > 0 else {}))
-    if options.protocol == "study":
+    if options.protocol == Protocol.STUDY:
         sampled = params | ({"subsample": STUDY_EXACT_LIMIT} if len(x) > STUDY_EXACT_LIMIT else {})
-        sampled |= {"probe": "LogisticRegression(max_iter=1000, class_weight='balanced')", "in_sample": True}
-        rows += [MetricRow(name, value, params=sampled if name != "fisher_ratio" else params)
-                 for name, value in _study_scores(x, classes, options.seed).items()]
+        sampled |= {"probe": f"LogisticRegression(max_iter={PROBE_MAX_ITER}, class_weight='balanced')",
+                    "in_sample": True}
+        figures, fit = _study_scores(x, classes, options.seed)
+        rows += [MetricRow(name, value, params=params if name == "fisher_ratio" else
+                           sampled | (fit if name == "probe_accuracy" else {}))
+                 for name, value in figures.items()]
     else:
         rows += _one_vs_rest(x, targets, run.labels, params)
     return rows

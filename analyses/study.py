@@ -1,22 +1,20 @@
-"""`embedstore analyze`: run every analysis on the selected runs, store every figure in `metrics`,
-and lay out the study table (README, "The study table") with per-label, per-domain,
-normal-vs-abnormal and neighbour tables."""
+"""`embedstore analyze`: run every analysis on the selected runs and store every figure in `metrics`.
+The study table and its detail tables are laid out from these figures by
+embedstore/rendering/tables.py."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-
-import numpy as np
-import polars as pl
-from embedstore.analyses import classification, neighbors, separability
-from embedstore.analyses.common import PROTOCOLS, RESAMPLINGS, AnalysisOptions, MetricRow, metrics_table
-from embedstore.analyses.rundata import RunData, dataset_runs, load_run
+from dataclasses import dataclass
 
 from embedstore import queries
+from embedstore.analyses import classification, neighbors, separability
+from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
+from embedstore.analyses.rundata import RunData, dataset_runs, load_run
+from embedstore.choices import Protocol, ProtocolChoice, Resampling, Split, parse
 from embedstore.errors import InputError
-from embedstore.store import Store, append_rows
+from embedstore.store import Store, append_rows, resolve_dataset
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +25,6 @@ ANALYSES: dict[str, Callable[[RunData, AnalysisOptions], list[MetricRow]]] = {
     "neighbors": neighbors.compute,
 }
 
-STUDY_COLUMNS = (
-    ("inter-class dist ↑", "inter_class_distance"),
-    ("intra-class dist ↓", "intra_class_distance"),
-    ("ratio ↑", "separation_ratio"),
-    ("macro-F1, all labels ↑", "macro_f1"),
-    ("exact match ↑", "exact_match"),
-    ("LRAP ↑", "lrap"),
-    ("coverage error ↓", "coverage_error"),
-)
-
-TIME_COLUMN = "train time (min) ↓"
-
-#: The threshold-free macros' headers say which labels they average (macro-F1 averages every label).
-MACRO_AUROC_HEADER = "macro AUROC (labels with both classes)"
-MACRO_AUPRC_HEADER = "macro AUPRC (labels with a positive)"
-
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
@@ -50,19 +32,21 @@ class AnalyzeConfig:
 
     data: str | None = None
     runs: tuple[str, ...] = ()
-    protocol: str = "both"
-    split: str = "test"
+    protocol: ProtocolChoice = ProtocolChoice.BOTH
+    split: Split = Split.TEST
     bootstrap: int = 1000
     seed: int = 42
     k: int = 10
-    resampling: str = "simple"
+    resampling: Resampling = Resampling.SIMPLE
 
-    def protocols(self) -> tuple[str, ...]:
-        if self.protocol == "both":
-            return PROTOCOLS
-        if self.protocol not in PROTOCOLS:
-            raise InputError(f"--protocol {self.protocol}: choose study, multilabel or both")
-        return (self.protocol,)
+    def __post_init__(self) -> None:
+        """Plain strings are accepted from Python; a value outside its choices is an InputError."""
+        object.__setattr__(self, "protocol", parse(ProtocolChoice, self.protocol, "protocol"))
+        object.__setattr__(self, "split", parse(Split, self.split, "split"))
+        object.__setattr__(self, "resampling", parse(Resampling, self.resampling, "resampling"))
+
+    def protocols(self) -> tuple[Protocol, ...]:
+        return tuple(Protocol) if self.protocol is ProtocolChoice.BOTH else (Protocol(self.protocol),)
 
 
 @dataclass
@@ -70,7 +54,7 @@ class RunAnalysis:
     """One run analysed under one protocol."""
 
     run: RunData
-    protocol: str
+    protocol: Protocol
     rows: list[MetricRow]
 
     def figure(self, metric: str, label: str | None = None) -> MetricRow | None:
@@ -80,14 +64,7 @@ class RunAnalysis:
 def _select_runs(store: Store, config: AnalyzeConfig) -> list[str]:
     if config.runs:
         return list(config.runs)
-    data = config.data
-    if data is None:
-        with store.reader() as con:
-            names = [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
-        if len(names) != 1:
-            raise InputError(f"--data: the store has {len(names)} datasets ({', '.join(names) or 'none'}); name one")
-        data = names[0]
-    return dataset_runs(store, data)
+    return dataset_runs(store, resolve_dataset(store, config.data))
 
 
 def analyze_run(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
@@ -103,8 +80,7 @@ def _store_rows(store: Store, analyses: list[RunAnalysis], split: str) -> None:
     table = metrics_table([(a.run.run_id, a.protocol, split, r) for a in analyses for r in a.rows])
     with store.writer("embedstore analyze") as writer, writer.transaction() as con:
         for analysis in analyses:
-            con.execute(queries.load("clear_metrics").text,
-                        {"run_id": analysis.run.run_id, "protocol": analysis.protocol, "split": split})
+            queries.execute(con, "clear_metrics", run_id=analysis.run.run_id, protocol=analysis.protocol, split=split)
         append_rows(con, "metrics", table)
 
 
@@ -115,10 +91,10 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
     analysed under every requested protocol.
     """
     protocols = config.protocols()
-    if config.bootstrap < 0 or config.k < 1:
-        raise InputError("--bootstrap must be 0 or more and --k at least 1")
-    if config.resampling not in RESAMPLINGS:
-        raise InputError(f"--resampling {config.resampling}: choose one of {', '.join(RESAMPLINGS)}")
+    if config.bootstrap < 0:
+        raise InputError(f"bootstrap {config.bootstrap}: must be 0 or more", parameter="bootstrap")
+    if config.k < 1:
+        raise InputError(f"k {config.k}: must be at least 1", parameter="k")
     runs = [load_run(store, run_id) for run_id in _select_runs(store, config)]
     analyses = []
     for protocol in protocols:
@@ -130,94 +106,3 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
         raise InputError("no complete runs match; extract some with `embedstore extract`")
     _store_rows(store, analyses, config.split)
     return analyses
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------------
-
-def _cell(row: MetricRow | None, digits: int = 3) -> str:
-    if row is None or not np.isfinite(row.value):
-        return "—"
-    text = f"{row.value:.{digits}g}" if abs(row.value) >= 100 and digits else f"{row.value:.{digits}f}"
-    if row.ci_low is not None and row.ci_high is not None:
-        text += f" [{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
-    return text
-
-
-def _setting(analysis: RunAnalysis, analyses: list[RunAnalysis]) -> str:
-    same_mode = [a for a in analyses if a.protocol == analysis.protocol and a.run.mode == analysis.run.mode]
-    name = analysis.run.mode
-    if len(same_mode) > 1:
-        name += f" ({analysis.run.prompt_set or analysis.run.run_id})"
-    return name
-
-
-def study_table(analyses: list[RunAnalysis], protocol: str) -> pl.DataFrame:
-    """The study table for one protocol: one row per setting. The time column is what embedstore
-    spent training (lp: the head fitted on cached vectors, not the notebook's re-encoding loop)."""
-    chosen = sorted((a for a in analyses if a.protocol == protocol), key=lambda a: ("zs", "ft", "lp").index(a.run.mode)
-                    if a.run.mode in ("zs", "ft", "lp") else 9)
-    records = []
-    for analysis in chosen:
-        record = {"setting": _setting(analysis, analyses)}
-        for title, metric in STUDY_COLUMNS:
-            record[title] = _cell(analysis.figure(metric))
-        minutes = analysis.run.train_seconds / 60 if analysis.run.train_seconds and analysis.run.mode != "zs" else None
-        note = " (head on cached vectors)" if analysis.run.mode == "lp" else ""
-        record[TIME_COLUMN] = "—" if minutes is None else f"{minutes:.2f}{note}"
-        record["run"] = analysis.run.run_id
-        records.append(record)
-    return pl.DataFrame(records)
-
-
-def detail_tables(analyses: list[RunAnalysis], protocol: str) -> dict[str, pl.DataFrame]:
-    """Per-label, per-domain, normal-vs-abnormal and neighbour tables for one protocol."""
-    chosen = [a for a in analyses if a.protocol == protocol]
-    per_label, per_domain, binary, knn = [], [], [], []
-    for analysis in chosen:
-        setting = _setting(analysis, analyses)
-        for label in analysis.run.labels:
-            per_label.append({"setting": setting, "label": label,
-                              "positives": _cell(analysis.figure("positives", label), 0),
-                              "F1": _cell(analysis.figure("f1", label)),
-                              "AUROC": _cell(analysis.figure("auroc", label)),
-                              "AUPRC": _cell(analysis.figure("auprc", label)),
-                              "precision": _cell(analysis.figure("precision", label)),
-                              "recall": _cell(analysis.figure("recall", label))})
-        for domain in analysis.run.domains:
-            if protocol == "study":
-                per_domain.append({"setting": setting, "domain": domain,
-                                   "positives (any label)": _cell(analysis.figure("domain_positives", domain), 0),
-                                   "F1 (any label)": _cell(analysis.figure("domain_any_f1", domain)),
-                                   "AUROC (any label)": _cell(analysis.figure("domain_any_auroc", domain)),
-                                   "AUPRC (any label)": _cell(analysis.figure("domain_any_auprc", domain))})
-            else:
-                per_domain.append({"setting": setting, "domain": domain,
-                                   "per-label macro F1": _cell(analysis.figure("domain_macro_f1", domain)),
-                                   "per-label macro AUROC": _cell(analysis.figure("domain_macro_auroc", domain))})
-        binary.append({"setting": setting, "AUROC": _cell(analysis.figure("abnormal_auroc")),
-                       "F1": _cell(analysis.figure("abnormal_f1")),
-                       MACRO_AUROC_HEADER: _cell(analysis.figure("macro_auroc")),
-                       MACRO_AUPRC_HEADER: _cell(analysis.figure("macro_auprc"))})
-        for scope in sorted({r.metric.split(":")[1] for r in analysis.rows if r.metric.startswith("knn_jaccard:")}):
-            knn.append({"setting": setting, "scope": scope,
-                        "label-set Jaccard": _cell(analysis.figure(f"knn_jaccard:{scope}")),
-                        "vote " + MACRO_AUROC_HEADER: _cell(analysis.figure(f"knn_vote_macro_auroc:{scope}")),
-                        "vote macro-F1 (all labels)": _cell(analysis.figure(f"knn_vote_macro_f1:{scope}"))})
-    return {"per label": pl.DataFrame(per_label), "per domain": pl.DataFrame(per_domain),
-            "normal vs abnormal, and threshold-free": pl.DataFrame(binary),
-            "nearest-neighbour label agreement": pl.DataFrame(knn)}
-
-
-def render_markdown(frame: pl.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join([header, rule, *body])
-
-
-def metrics_records(analyses: list[RunAnalysis]) -> list[dict[str, object]]:
-    """Every figure as a plain record (the JSON output)."""
-    return [{"run_id": a.run.run_id, "mode": a.run.mode, "protocol": a.protocol, **asdict(r)}
-            for a in analyses for r in a.rows]

@@ -1,6 +1,6 @@
-"""Analysis speed (issue 5): all analyses of one run from the store, against the study's way run in
-the same process on the same vectors (scikit-learn in-sample KNeighborsClassifier and exact
-silhouette on the analysed split).
+"""Analysis speed (figures in docs/benchmarks.md, "Analyses"): all analyses of one run from the
+store, against the study's way run in the same process on the same vectors (scikit-learn
+in-sample KNeighborsClassifier and exact silhouette on the analysed split).
 
 A synthetic run (Gaussian clusters per label, IU-Xray-like prevalence, 70/15/15 split, 512-d) is
 written straight into a temporary store with its FAISS index, then read back as `analyze` does.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from embedstore.analyses.common import AnalysisOptions
 from embedstore.analyses.rundata import load_run
 from embedstore.analyses.study import analyze_run
-
 from embedstore.embeddings import insert_image_embeddings
 from embedstore.labels import CHEXPERT_LABELS
 from embedstore.store import Store, append_rows

@@ -1,5 +1,5 @@
-"""Extraction benchmarks (issue 4), each against a faithful re-implementation of the study's own loop
-run in the same process on the same model and images:
+"""Extraction benchmarks (figures in docs/benchmarks.md, "Extraction"), each against a faithful
+re-implementation of the study's own loop run in the same process on the same model and images:
 
 1. encoding throughput: the notebook's per-image loop (open, preprocess, encode one image) vs
    `embedstore extract --mode zs` (batched, tensor cache; cold and warm cache);

@@ -1,4 +1,5 @@
-"""Grad-CAM (issue 7): map throughput against the study's loop, and the localisation benchmark.
+"""Grad-CAM benchmarks (figures in docs/benchmarks.md, "Grad-CAM"): map throughput against the
+study's loop, and the localisation benchmark.
 
 Speed: the study builds a `GradCAM` object and runs it for one image and one label at a time;
 embedstore batches images (each with its own label target) through one hooked pass. Both run here,
@@ -18,8 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from embedstore.analyses.gradcam import CamSettings, ValidateConfig, Workspace, validate
 
+from embedstore.cam.run import ValidateConfig, validate
+from embedstore.cam.workspace import CamSettings, Workspace
 from embedstore.labels import LOCALISED_GROUP
 from embedstore.store import Store
 

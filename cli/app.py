@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 import typer
-from embedstore.cli import analyze_cmd, data_cmd, extract_cmd, gradcam_cmd, models_cmd, report_cmd, sql_cmd, store_cmd
+import typer.main
 from typer.exceptions import TyperException
 
+from embedstore.cli import analyze_cmd, data_cmd, extract_cmd, gradcam_cmd, models_cmd, report_cmd, sql_cmd, store_cmd
 from embedstore.errors import EmbedstoreError
 
 app = typer.Typer(
@@ -46,20 +48,102 @@ def _usage_line(error: Exception) -> str:
     ctx = getattr(error, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None else ""
     message = error.format_message() if hasattr(error, "format_message") else str(error)
+    message = message.replace("Value error, ", "")  # typer's choice check words it as pydantic does
     hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     return f"{where}{' '.join(message.split())}{hint}"
 
 
+#: Library parameters whose option is not the parameter's own name (the CLI's name for it).
+PARAMETER_OPTIONS = {"format": "fmt", "labels_csv": "labels", "params": "param", "top_fraction": "top_p"}
+
+
+def _command(argv: list[str]) -> Any:
+    """The (sub-)command that `argv` runs (typer's own click command classes)."""
+    command = typer.main.get_command(app)
+    for token in argv:
+        if not hasattr(command, "get_command"):  # a leaf command: the rest are its options
+            break
+        sub = command.get_command(command.context_class(command), token)
+        if sub is not None:
+            command = sub
+    return command
+
+
+def option_of(parameter: str, argv: list[str]) -> str | None:
+    """The option (`--batch-size`) of the command in `argv` that sets the library parameter
+    `parameter` (`batch_size`), or None when that command has no such option."""
+    name = PARAMETER_OPTIONS.get(parameter, parameter)
+    for param in _command(argv).params:
+        if param.name == name and param.param_type_name == "option":
+            return str(max(param.opts, key=len))
+    return None
+
+
+def option_message(error: EmbedstoreError, argv: list[str]) -> str:
+    """A library error's message in the CLI's words: where the error names the parameter its value
+    was given for, the command's option for it stands in the parameter's place (`epochs 0: …` →
+    `--epochs 0: …`) or is added at the end (`…; name one (--data)`)."""
+    message = str(error)
+    parameter = getattr(error, "parameter", None)
+    option = option_of(parameter, argv) if parameter else None
+    if parameter is None or option is None:
+        return message
+    if message.startswith(f"{parameter} "):
+        return option + message[len(parameter):]
+    return f"{message} ({option})"
+
+
+class _Console(logging.Filter):
+    """What reaches stderr: embedstore's own log lines (INFO and up). Third-party log lines and
+    Python warnings (open_clip, scikit-learn, torch, setuptools …) are debug lines, shown only with
+    EMBEDSTORE_DEBUG=1: a newcomer cannot act on them, and embedstore says itself what matters."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "embedstore" or record.name.startswith("embedstore."):
+            return record.levelno >= logging.INFO or self.debug
+        if self.debug:
+            record.msg, record.args = f"debug: {record.name}: {record.getMessage().rstrip()}", None
+        return self.debug
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged (a caller running `main` in its own
+    process may have swapped it since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging() -> None:
+    """One place for the console's log: embedstore's lines as they are, the rest at debug level
+    (see `_Console`); Python warnings go through the log too. Calling it again replaces its handler."""
+    debug = bool(os.environ.get("EMBEDSTORE_DEBUG"))
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_Console(debug))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("embedstore").setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.captureWarnings(True)
+
+
 def main() -> None:
     """Entry point: run the app and map every library error to a clean exit."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("embedstore").setLevel(logging.INFO)
+    configure_logging()
     try:
         code = app(standalone_mode=False, prog_name="embedstore")
     except EmbedstoreError as error:
         for line in error.details:
             typer.echo(line, err=True)
-        typer.echo(f"embedstore: error: {error}", err=True)
+        typer.echo(f"embedstore: error: {option_message(error, sys.argv[1:])}", err=True)
         sys.exit(error.exit_code)
     except USAGE_ERRORS as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: its help, not an error

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
+from embedstore.choices import IngestFormat, SampleDomain, SplitMethod
 from embedstore.cli.options import StoreOption, store_path
 
 app = typer.Typer(help="The synthetic benchmark and dataset statistics.", no_args_is_help=True)
@@ -14,8 +16,9 @@ app = typer.Typer(help="The synthetic benchmark and dataset statistics.", no_arg
 def sample(
     out: Path = typer.Option(..., "--out", help="Empty folder to write the dataset into."),
     n: int = typer.Option(3818, "--n", help="Number of frontal images (IU-Xray has 3,818)."),
-    seed: int = typer.Option(42, "--seed"),
-    domain: str = typer.Option("target", "--domain", help="target (imbalanced, shifted) or source (balanced)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the drawing: the same seed gives the same files."),
+    domain: SampleDomain = typer.Option(SampleDomain.TARGET, "--domain",
+                                        help="target (imbalanced, shifted) or source (balanced)."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
 ) -> None:
     """Write the synthetic IU-Xray-shaped benchmark (images, the study CSV, the Kaggle pair, annotations)."""
@@ -32,24 +35,24 @@ def sample(
 @app.command()
 def stats(name: str = typer.Argument(..., help="Dataset name."), store: Path | None = StoreOption) -> None:
     """Positives per label and split, prevalence, imbalance ratio, labels per image."""
-    from embedstore.sqlrun import render
+    from embedstore.cli.output import print_tables
     from embedstore.stats import dataset_stats
     from embedstore.store import Store
 
     result = dataset_stats(Store.open(store_path(store)), name)
-    for title, table in (("dataset", result.dataset), ("labels", result.per_label),
-                         ("labels per image", result.labels_per_image), ("checks", result.checks)):
-        typer.echo(f"{title}:")
-        typer.echo(render(table, "table").decode())
+    print_tables({"dataset": result.dataset, "labels": result.per_label,
+                  "labels per image": result.labels_per_image, "checks": result.checks})
 
 
 def ingest(
     path: Path = typer.Argument(..., help="Dataset folder, or a manifest CSV/Parquet."),
     name: str = typer.Option(..., "--name", help="Name to store the dataset under."),
-    fmt: str = typer.Option("auto", "--format", help="auto, iuxray14, kaggle or manifest."),
-    split: str | None = typer.Option(None, "--split",
-                                     help="study, stratified or given (default: given if the input has a split "
-                                          "column, else study)."),
+    fmt: IngestFormat = typer.Option(IngestFormat.AUTO, "--format",
+                                     help="The dataset's layout (auto: detected from the files)."),
+    split: SplitMethod | None = typer.Option(None, "--split",
+                                             help="How train/val/test are assigned: the study's split, a multi-label "
+                                                  "stratified one, or the input's split column (default: given if "
+                                                  "the input has a split column, else study)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the split."),
     labels: Path | None = typer.Option(None, "--labels", help="Kaggle format: CheXpert-14 labels CSV keyed by uid."),
     all_projections: bool = typer.Option(False, "--all-projections", help="Keep lateral images too."),

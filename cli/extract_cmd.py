@@ -6,22 +6,26 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+
+from embedstore.choices import Device, Mode, PromptSet, Protocol
 from embedstore.cli.options import StoreOption, progress_factory, store_path
 
 
 def extract(
-    mode: str = typer.Option(..., "--mode", help="zs (zero-shot), lp (linear probe) or ft (fine-tune)."),
+    mode: Mode = typer.Option(..., "--mode", help="zs (zero-shot), lp (linear probe) or ft (fine-tune)."),
     model: str = typer.Option(..., "--model", help="demo, biomedclip, hf-hub:…, local-dir:…, or an open_clip name."),
     data: str = typer.Option(..., "--data", help="Dataset name (from `embedstore ingest --name`)."),
-    protocol: str = typer.Option("multilabel", "--protocol", help="study (the notebook's exact protocol) or multilabel."),
-    prompts: str | None = typer.Option(None, "--prompts",
-                                       help="zs prompts: names, templates or posneg (default: names for study, "
-                                            "templates for multilabel)."),
+    protocol: Protocol = typer.Option(Protocol.MULTILABEL, "--protocol",
+                                      help="study (the notebook's exact protocol) or multilabel."),
+    prompts: PromptSet | None = typer.Option(None, "--prompts",
+                                             help="zs prompts: the bare names, a template ensemble or positive/"
+                                                  "negative pairs (default: names for study, templates for "
+                                                  "multilabel)."),
     epochs: int = typer.Option(10, "--epochs", help="lp/ft: at most this many epochs (early stopping on val)."),
     batch_size: int = typer.Option(24, "--batch-size", help="lp/ft training batch size (the study: 24)."),
     encode_batch_size: int = typer.Option(128, "--encode-batch-size", help="Images per encoding batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    seed: int = typer.Option(42, "--seed"),
+    device: Device = typer.Option(Device.AUTO, "--device", help="auto (CUDA when there is one), cpu or cuda."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the lp/ft head, training and batch order."),
     workers: int | None = typer.Option(None, "--workers",
                                        help="Image-decoding worker processes (default: cores - 1; 0: none)."),
     chunk_size: int = typer.Option(1024, "--chunk-size", help="Embeddings committed per transaction."),

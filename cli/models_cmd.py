@@ -12,13 +12,15 @@ app = typer.Typer(help="The model registry and the demo model.", no_args_is_help
 @app.command("list")
 def list_() -> None:
     """Registered models, whether each is on this machine, and where it is loaded from."""
+    import polars as pl
+
+    from embedstore.cli.output import print_tables
     from embedstore.models import list_models
 
     entries = list_models()
-    named = [entry for entry in entries if not entry.builtin]
-    for entry in named:
-        mark = "available" if entry.available else "not on this machine"
-        typer.echo(f"{entry.name:<18} {mark:<20} {entry.open_clip_id}\n{'':<18} from: {entry.source}")
+    print_tables(pl.DataFrame([{"model": entry.name, "on this machine": "yes" if entry.available else "no",
+                                "open_clip id": entry.open_clip_id, "loaded from": entry.source}
+                               for entry in entries if not entry.builtin]))
     builtins = [entry.name for entry in entries if entry.builtin]
     typer.echo(f"\nopen_clip built-in architectures ({len(builtins)}): seeded random weights, or NAME:TAG for "
                "pretrained weights already in the cache")

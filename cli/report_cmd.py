@@ -5,35 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
+from embedstore.choices import ChartKind, ColorBy, PerLabelMetric, Protocol, Reducer
 from embedstore.cli.options import StoreOption, store_path
 
 
 def chart(
-    kind: str = typer.Argument(..., help="labels, separability, projection, metrics, per-label, thresholds, "
-                                         "neighbors or gradcam."),
+    kind: ChartKind = typer.Argument(..., help="The chart to draw."),
     out: Path = typer.Option(..., "--out", help="Folder for KIND.html, KIND.png and KIND.vl.json."),
     runs: list[str] = typer.Option([], "--runs", help="Run ids (default: all analysed runs)."),
-    protocol: str | None = typer.Option(None, "--protocol", help="study or multilabel (default: both)."),
+    protocol: Protocol | None = typer.Option(None, "--protocol", help="One protocol's runs (default: both)."),
     data: str | None = typer.Option(None, "--data", help="Dataset (default: the store's only dataset)."),
-    color_by: str = typer.Option("domain", "--color-by", help="projection: domain, label or abnormal."),
-    metric: str = typer.Option("f1", "--metric", help="per-label: f1, auroc or auprc."),
-    reduce: str = typer.Option("pca", "--reduce", help="projection: pca or umap (needs embedstore[umap])."),
+    color_by: ColorBy = typer.Option(ColorBy.DOMAIN, "--color-by", help="projection: what colours the points."),
+    metric: PerLabelMetric = typer.Option(PerLabelMetric.F1, "--metric", help="per-label: the figure drawn."),
+    reduce: Reducer = typer.Option(Reducer.PCA, "--reduce", help="projection: pca, or umap (needs embedstore[umap])."),
     include_text: bool = typer.Option(False, "--include-text",
                                       help="projection: show each report's first 80 characters in the tooltips "
                                            "(patient text; off by default)."),
     store: Path | None = StoreOption,
 ) -> None:
     """Draw a chart of stored results (self-contained HTML, PNG and Vega-Lite JSON)."""
-    from embedstore.analyses.charts import ChartOptions, chart_spec, save_chart
-
-    from embedstore.errors import InputError
     from embedstore.outputs import check_output_path
+    from embedstore.rendering.charts import ChartOptions, chart_spec, save_chart
     from embedstore.store import Store
 
-    if color_by not in ("domain", "label", "abnormal"):
-        raise InputError(f"--color-by {color_by}: choose domain, label or abnormal")
-    if reduce not in ("pca", "umap"):
-        raise InputError(f"--reduce {reduce}: choose pca or umap")
     options = ChartOptions(runs=tuple(runs), protocol=protocol, data=data, color_by=color_by, metric=metric,
                            reduce=reduce, include_text=include_text)
     opened = Store.open(store_path(store))
@@ -51,8 +46,7 @@ def report(
     store: Path | None = StoreOption,
 ) -> None:
     """One self-contained page: study tables, charts, dataset statistics, provenance."""
-    from embedstore.analyses.report import write_report
-
+    from embedstore.rendering.report import write_report
     from embedstore.store import Store
 
     result = write_report(Store.open(store_path(store)), out, data, include_text=include_text)
@@ -67,13 +61,9 @@ def demo(
 ) -> None:
     """The main job on the embedded default: sample → ingest → demo model → zs, lp, ft → analyze →
     charts → report. A second run reuses what is cached."""
-    import polars as pl
-
+    from embedstore.cli.output import print_tables
     from embedstore.demo import run_demo
 
     result = run_demo(store_path(store), fast=fast)
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=250, tbl_hide_dataframe_shape=True,
-                   tbl_hide_column_data_types=True):
-        for protocol, table in result.tables.items():
-            typer.echo(f"study table ({protocol} protocol, test split):\n{table}\n")
+    print_tables({f"study table ({protocol} protocol, test split)": table for protocol, table in result.tables.items()})
     typer.echo(f"report: {result.report}")

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
-from embedstore.cli.options import StoreOption, store_path
 
+from embedstore.choices import SqlFormat
+from embedstore.cli.options import StoreOption, store_path
 from embedstore.errors import InputError
 
-
-def _parse_params(raw: list[str]) -> dict[str, str]:
-    params = {}
-    for item in raw:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--param {item!r}: write it as key=value")
-        params[key] = value
-    return params
+#: Rows the `table` format shows of a result (the first and last half); other formats write every row.
+TABLE_ROWS = 200
 
 
 def sql(
@@ -27,7 +20,9 @@ def sql(
     name: str | None = typer.Option(None, "--name", help="Run a named query from embedstore's sql/ folder."),
     param: list[str] = typer.Option([], "--param", help="key=value for a named query's parameter."),
     list_: bool = typer.Option(False, "--list", help="List the named queries."),
-    fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
+    fmt: SqlFormat = typer.Option(SqlFormat.TABLE, "--format",
+                                  help=f"Output: an aligned table (at most {TABLE_ROWS} rows shown), CSV, JSON records, "
+                                       "or Parquet (needs --out)."),
     out: Path | None = typer.Option(None, "--out", help="Write the result to this file instead of stdout."),
     timeout: float = typer.Option(60.0, "--timeout", help="Stop the query after this many seconds (0: no limit)."),
     memory_limit: str | None = typer.Option(
@@ -37,40 +32,24 @@ def sql(
 ) -> None:
     """Query the store read-only (writes, file access, ATTACH, INSTALL/LOAD and SET are refused)."""
     from embedstore import queries
-    from embedstore.outputs import check_output_path
-    from embedstore.sqlrun import BINARY_FORMATS, render, run_query, write_output
-    from embedstore.store import Store
+    from embedstore.cli.output import BINARY_FORMATS, render, write_stdout
+    from embedstore.sqlrun import SqlRequest, run_sql, write_output
 
     if list_:
         for named in queries.public_queries():
             params = " ".join(f"--param {p.name}=<{p.sql_type}>" for p in named.params)
             typer.echo(f"{named.name:<18} {named.description}" + (f"  [{params}]" if params else ""))
         return
-    sources = [s for s in (query, file, name) if s]
-    if len(sources) != 1:
+    if sum(bool(source) for source in (query, file, name)) != 1:
         raise InputError("give exactly one of QUERY, -f FILE or --name NAME")
-    bound: dict[str, object] = {}
-    if name:
-        named_query = queries.load(name)
-        text = named_query.text
-        bound = named_query.bind(_parse_params(param))
-    elif file:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as error:
-            raise InputError(f"-f {file}: cannot read ({error.strerror})") from None
-    else:
-        text = str(query)
-        if param:
-            raise InputError("--param is for named queries (--name); bind values in your own SQL yourself")
     if fmt in BINARY_FORMATS and out is None:
         raise InputError(f"--format {fmt} is binary: give --out FILE")
-    opened = Store.open(store_path(store))
-    if out is not None:
-        check_output_path(opened, out)
-    data = render(run_query(opened, text, bound, timeout=timeout, memory_limit=memory_limit), fmt)
+    request = SqlRequest(query=query, file=file, name=name, params=tuple(param), timeout=timeout,
+                         memory_limit=memory_limit)
+    result = run_sql(store_path(store), request, out)
+    data = render(result.table, fmt, max_rows=TABLE_ROWS)
     if out is None:
-        sys.stdout.buffer.write(data)
+        write_stdout(data)
     else:
-        write_output(data, out, opened)
+        write_output(data, out, result.store)
         typer.echo(f"wrote {out}", err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from embedstore.cli.options import StoreOption, store_path
 
 app = typer.Typer(help="Create, inspect and verify a store.", no_args_is_help=True)
@@ -22,15 +23,13 @@ def init(store: Path | None = StoreOption) -> None:
 @app.command()
 def info(store: Path | None = StoreOption) -> None:
     """Tables with row counts, runs, and artefact sizes."""
+    from embedstore.cli.output import print_tables
     from embedstore.info import store_info
-    from embedstore.sqlrun import render
     from embedstore.store import Store
 
     summary = store_info(Store.open(store_path(store)))
-    typer.echo(f"store {summary.path} (database {summary.database_bytes:,} bytes)")
-    for title, table in (("tables", summary.table_rows), ("runs", summary.runs), ("artefacts", summary.artefacts)):
-        typer.echo(f"\n{title}:")
-        typer.echo(render(table, "table").decode(), nl=False)
+    typer.echo(f"store {summary.path} (database {summary.database_bytes:,} bytes)\n")
+    print_tables({"tables": summary.table_rows, "runs": summary.runs, "artefacts": summary.artefacts})
 
 
 @app.command()

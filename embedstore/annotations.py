@@ -12,7 +12,6 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,7 +32,7 @@ class InputGeometry:
     crop: tuple[int, int]
 
     @classmethod
-    def from_transform(cls, pixel_transform: Any, original: tuple[int, int]) -> InputGeometry:
+    def from_transform(cls, pixel_transform: object, original: tuple[int, int]) -> InputGeometry:
         """Follow the Resize / CenterCrop steps of a torchvision Compose for an image of `original` size."""
         from torchvision import transforms
 
@@ -80,14 +79,14 @@ class InputGeometry:
         return _window(resized, self.top, self.left, self.crop)
 
 
-def size_pair(size: Any) -> tuple[int, int]:
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
     """(height, width) from torchvision/timm size values: an int, or a sequence of one or two."""
     if isinstance(size, int):
         return size, size
     return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
 
 
-def _resized(size: Any, original: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+def _resized(size: int | Sequence[int], original: tuple[int, int], max_size: int | None) -> tuple[int, int]:
     """torchvision's output size: an int resizes the shorter side (the longer one truncated)."""
     height, width = original
     if not isinstance(size, int) and len(size) == 2:

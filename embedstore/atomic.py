@@ -8,14 +8,17 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 _CHUNK = 1 << 20
 #: The names `atomic_path` gives its temporary files (`.TARGET.XXXXXX.tmp`), as a glob pattern.
 TEMPORARY_PATTERN = ".*.tmp"
 
 
-def save_npy(path: Path, array: Any, durable: bool = False) -> None:
+def save_npy(path: Path, array: ArrayLike, durable: bool = False) -> None:
     """Write a NumPy array (no pickles) atomically."""
     import numpy as np
 

@@ -4,12 +4,14 @@ reuses what a previous run left."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from embedstore.choices import Mode, Protocol
 from embedstore.errors import InputError
 from embedstore.store import Store
 
@@ -40,12 +42,13 @@ class DemoResult:
 
 def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
     """Run (or finish) the whole pipeline in `store_path` and write `<store>/report/report.html`."""
-    from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec, save_chart
-    from embedstore.analyses.gradcam import MapsConfig, ValidateConfig, render_maps, validate
-    from embedstore.analyses.report import write_report
-    from embedstore.analyses.study import AnalyzeConfig, analyze, study_table
+    from embedstore.analyses.study import AnalyzeConfig, analyze
+    from embedstore.cam.run import MapsConfig, ValidateConfig, render_maps, validate
     from embedstore.extract import ExtractConfig, extract
     from embedstore.ingest import IngestConfig, ingest
+    from embedstore.rendering.charts import CHARTS, ChartOptions, chart_spec, save_chart
+    from embedstore.rendering.report import write_report
+    from embedstore.rendering.tables import study_table
     from embedstore.synthetic import ANNOTATIONS_CSV, MASK_DIR, SampleConfig, write_sample
 
     plan = FAST if fast else FULL
@@ -59,9 +62,8 @@ def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
         have = con.execute("SELECT count(*) FROM datasets WHERE name = ?", [dataset]).fetchall()[0][0]
     if not have:
         ingest(store, IngestConfig(path=data, name=dataset))
-    runs = {}
-    for mode, protocol in (("zs", "study"), ("zs", "multilabel"), ("lp", "study"), ("lp", "multilabel"),
-                           ("ft", "study"), ("ft", "multilabel")):
+    runs: dict[tuple[Mode, Protocol], str] = {}
+    for mode, protocol in itertools.product(Mode, Protocol):  # zs, lp, ft; each under study, then multilabel
         log.info("demo: extract --mode %s --protocol %s", mode, protocol)
         runs[(mode, protocol)] = extract(store, ExtractConfig(mode=mode, model=plan.model, data=dataset,
                                                               protocol=protocol, epochs=plan.ft_epochs,
@@ -69,15 +71,15 @@ def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
     analyses = analyze(store, AnalyzeConfig(data=dataset, bootstrap=plan.bootstrap))
     with store.reader() as con:
         validated = {row[0] for row in con.execute("SELECT DISTINCT run_id FROM gradcam").fetchall()}
-    for protocol in ("study", "multilabel"):
-        run = runs[("ft", protocol)]
+    for protocol in Protocol:
+        run = runs[(Mode.FT, protocol)]
         if run in validated:  # a finished run's maps do not change: its stored validation stands
             log.info("demo: Grad-CAM of run %s already validated: reusing it", run)
             continue
         log.info("demo: gradcam validate --run %s", run)
         validate(store, ValidateConfig(run=run, annotations=data / ANNOTATIONS_CSV,
                                        masks=data / MASK_DIR, bootstrap=plan.bootstrap))
-    render_maps(store, MapsConfig(runs=tuple(runs[(mode, "multilabel")] for mode in ("zs", "lp", "ft")),
+    render_maps(store, MapsConfig(runs=tuple(runs[(mode, Protocol.MULTILABEL)] for mode in Mode),
                                   out=store.path / "report" / "gradcam", annotations=data / ANNOTATIONS_CSV,
                                   masks=data / MASK_DIR))
     charts = store.path / "report" / "charts"
@@ -87,4 +89,4 @@ def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
         except InputError as error:
             log.info("demo: chart %s not drawn (%s)", kind, error)
     report = write_report(store, store.path / "report" / "report.html", dataset)
-    return DemoResult(store.path, report.path, {p: study_table(analyses, p) for p in ("study", "multilabel")})
+    return DemoResult(store.path, report.path, {p: study_table(analyses, p) for p in Protocol})

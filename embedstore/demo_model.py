@@ -108,15 +108,16 @@ def ensure_demo_model(config: DemoConfig | None = None, cache: Path | None = Non
 
 def _training_pairs(config: DemoConfig) -> tuple[list[np.ndarray], list[str]]:
     """Rendered source-domain images and their report's impression (which names the findings)."""
+    from embedstore.choices import SampleDomain
     from embedstore.synthetic import SampleConfig, plan_dataset, render_frontal
 
-    sample = SampleConfig(out=Path("."), n=config.n_images, seed=config.seed, domain="source",
+    sample = SampleConfig(out=Path("."), n=config.n_images, seed=config.seed, domain=SampleDomain.SOURCE,
                           size=config.render_size)
     images, texts = [], []
     for job in plan_dataset(sample):
         if not job.frontal:
             continue
-        pixels, _ = render_frontal(config.seed, "source", job.index, job.study.findings, job.study.sides,
+        pixels, _ = render_frontal(config.seed, SampleDomain.SOURCE, job.index, job.study.findings, job.study.sides,
                                    config.render_size)
         images.append(pixels)
         texts.append(job.study.report["impression"])
@@ -129,6 +130,8 @@ def _pretrain(config: DemoConfig, folder: Path, progress: Callable[[int], None] 
     import torch.nn.functional as F
     from PIL import Image
 
+    from embedstore.models import open_clip_logs_at_debug
+
     started = time.perf_counter()
     torch.use_deterministic_algorithms(True, warn_only=True)
     (folder / "open_clip_config.json").write_text(json.dumps({
@@ -136,8 +139,9 @@ def _pretrain(config: DemoConfig, folder: Path, progress: Callable[[int], None] 
         "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
     }, indent=2))
     torch.manual_seed(config.seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    with open_clip_logs_at_debug():  # built from its config on purpose: no weights yet is no news
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     images, texts = _training_pairs(config)
     pixels = torch.stack([preprocess(Image.fromarray(image)) for image in images])
     tokens = tokenizer(texts)

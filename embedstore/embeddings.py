@@ -7,6 +7,7 @@ Rows a writer cannot commit yet (a reader holds the database) are staged as Parq
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import duckdb
 import numpy as np
@@ -19,8 +20,8 @@ from embedstore.store import STAGING_FOLDER, append_rows
 def _list_column(vectors: np.ndarray) -> pa.ListArray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
+    offsets = cast(pa.Int32Array, pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)))
+    return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)), type=pa.list_(pa.float32()))
 
 
 def _embedding_batch(run_id: str, sample_ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
@@ -78,7 +79,7 @@ def commit_staged(con: duckdb.DuckDBPyConnection, run_id: str, files: list[Path]
         table = pq.read_table(path)
         con.register("_staged", table)
         try:
-            con.execute(queries.load("insert_staged_embeddings").text, {"run_id": run_id})
+            queries.execute(con, "insert_staged_embeddings", run_id=run_id)
         finally:
             con.unregister("_staged")
         rows += table.num_rows
@@ -105,10 +106,10 @@ def remove_staged(files: list[Path]) -> None:
 
 def read_image_embeddings(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(sample_ids, matrix) of one run, ordered by sample id; matrix is float32 (n, d)."""
-    table = con.sql(queries.load("run_embeddings").text, params={"run_id": run_id}).to_arrow_table()
+    table = queries.fetch_arrow(con, "run_embeddings", run_id=run_id)
     ids = table.column("sample_id").to_numpy().astype(np.int64)
     if len(ids) == 0:
         return ids, np.zeros((0, 0), dtype=np.float32)
-    column = table.column("embedding").combine_chunks()
+    column = cast(pa.ListArray, table.column("embedding").combine_chunks())
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return ids, flat.reshape(len(ids), -1)

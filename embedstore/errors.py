@@ -17,9 +17,18 @@ class EmbedstoreError(Exception):
 
 
 class InputError(EmbedstoreError):
-    """Bad user input: a file, row, option or value that cannot be used."""
+    """Bad user input: a file, row, option or value that cannot be used.
+
+    `parameter` names the library parameter the value was given for (`epochs`, `data`, …) where the
+    CLI's option helps the user act on the message; the CLI shows that option in its place
+    (cli/app.py, `option_message`). Library messages name the value, never a CLI flag.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, details: list[str] | None = None, parameter: str | None = None) -> None:
+        super().__init__(message, details)
+        self.parameter = parameter
 
 
 class StoreNotFoundError(EmbedstoreError):

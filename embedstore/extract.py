@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from embedstore import __version__, queries
+from embedstore.choices import Device, Mode, PromptSet, Protocol, parse
 from embedstore.embeddings import (
     commit_staged,
     insert_image_embeddings,
@@ -51,14 +52,15 @@ from embedstore.images import (
 )
 from embedstore.models import LoadedModel, load_model
 from embedstore.paths import default_cache_path
-from embedstore.prompts import DEFAULT_PROMPTS, PROMPT_SETS, build_prompts, zero_shot_head
-from embedstore.store import Store, StoreWriter, append_rows, first_row
+from embedstore.prompts import DEFAULT_PROMPTS, build_prompts, zero_shot_head
+from embedstore.store import Store, StoreWriter, append_rows, first_row, resolve_dataset
 from embedstore.vector_index import write_index
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("study", "multilabel")
-DEVICES = ("auto", "cpu", "cuda")
 VERSIONED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers", "faiss-cpu",
                       "faiss-gpu-cu12-cuvs", "duckdb", "numpy", "scikit-learn", "polars", "pyarrow", "grad-cam")
 
@@ -67,40 +69,43 @@ VERSIONED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transf
 class ExtractConfig:
     """Options of `embedstore extract`."""
 
-    mode: str
+    mode: Mode
     model: str
     data: str
-    protocol: str = "multilabel"
-    prompts: str | None = None
+    protocol: Protocol = Protocol.MULTILABEL
+    prompts: PromptSet | None = None
     epochs: int = 10
     batch_size: int = 24
     encode_batch_size: int = 128
-    device: str = "auto"
+    device: Device = Device.AUTO
     seed: int = 42
     resume: bool = False
     workers: int = field(default_factory=lambda: default_workers())
     chunk_size: int = 1024
 
+    def __post_init__(self) -> None:
+        """Plain strings are accepted from Python; a value outside its choices is an InputError."""
+        object.__setattr__(self, "mode", parse(Mode, self.mode, "mode"))
+        object.__setattr__(self, "protocol", parse(Protocol, self.protocol, "protocol"))
+        object.__setattr__(self, "device", parse(Device, self.device, "device"))
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", parse(PromptSet, self.prompts, "prompts"))
+
     def validate(self) -> None:
+        """Refuse numbers out of range (InputError naming the parameter and its value)."""
         checks = [
-            (self.mode in MODES, f"--mode {self.mode}: choose one of {', '.join(MODES)}"),
-            (self.protocol in PROTOCOLS, f"--protocol {self.protocol}: choose one of {', '.join(PROTOCOLS)}"),
-            (self.prompts is None or self.prompts in PROMPT_SETS,
-             f"--prompts {self.prompts}: choose one of {', '.join(PROMPT_SETS)}"),
-            (self.device in DEVICES, f"--device {self.device}: choose one of {', '.join(DEVICES)}"),
-            (self.epochs >= 1, f"--epochs {self.epochs}: must be at least 1"),
-            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
-            (self.encode_batch_size >= 1, f"--encode-batch-size {self.encode_batch_size}: must be at least 1"),
-            (self.workers >= 0, f"--workers {self.workers}: must be 0 or more"),
-            (self.chunk_size >= 1, f"--chunk-size {self.chunk_size}: must be at least 1"),
+            ("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
+            ("encode_batch_size", self.encode_batch_size, 1), ("workers", self.workers, 0),
+            ("chunk_size", self.chunk_size, 1),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
+        for name, value, least in checks:
+            if value < least:
+                bound = "at least 1" if least == 1 else "0 or more"
+                raise InputError(f"{name} {value}: must be {bound}", parameter=name)
 
     @property
-    def prompt_set(self) -> str | None:
-        if self.mode != "zs":
+    def prompt_set(self) -> PromptSet | None:
+        if self.mode != Mode.ZS:
             return None
         return self.prompts or DEFAULT_PROMPTS[self.protocol]
 
@@ -153,15 +158,19 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def resolve_device(name: str) -> Any:
+def resolve_device(name: str) -> torch.device:
+    """The torch device for `auto`, `cpu` or `cuda` (`auto`: CUDA when there is one)."""
     import torch
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    device = parse(Device, name, "device")
+    if device == Device.CUDA and not torch.cuda.is_available():
+        raise InputError("device 'cuda': no CUDA device is available here; choose cpu or auto", parameter="device")
+    if device == Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.value)
 
 
-def describe_device(device: Any) -> str:
+def describe_device(device: torch.device) -> str:
     import torch
 
     if device.type == "cuda":
@@ -188,15 +197,15 @@ def _now() -> datetime:
 # ---------------------------------------------------------------------------------------------
 
 def _dataset(store: Store, name: str) -> tuple[str, str, list[ImageItem], np.ndarray, list[str], np.ndarray]:
+    name = resolve_dataset(store, name)
     with store.reader() as con:
         row = first_row(con, "SELECT dataset_id, manifest_sha256 FROM datasets WHERE name = ?", [name])
-        if row is None:
-            raise InputError(f"--data {name}: no such dataset in {store.path}; ingest it with `embedstore ingest`")
+        if row is None:  # removed since it was resolved: another process replaced the dataset
+            raise InputError(f"dataset {name!r}: no such dataset in {store.path}; ingest it with `embedstore ingest`")
         dataset_id, manifest_sha = row
-        samples = con.sql(queries.load("dataset_samples").text, params={"dataset_id": dataset_id}).fetchall()
-        label_rows = con.sql(queries.load("dataset_positives").text, params={"dataset_id": dataset_id}).fetchall()
-        labels = [r[0] for r in con.sql(queries.load("dataset_labels").text,
-                                         params={"dataset_id": dataset_id}).fetchall()]
+        samples = queries.fetch(con, "dataset_samples", dataset_id=dataset_id)
+        label_rows = queries.fetch(con, "dataset_positives", dataset_id=dataset_id)
+        labels = [r[0] for r in queries.fetch(con, "dataset_labels", dataset_id=dataset_id)]
     items = [ImageItem(int(sid), path, sha) for sid, path, sha, _ in samples]
     splits = np.array([split for *_, split in samples])
     position = {item.sample_id: i for i, item in enumerate(items)}
@@ -217,9 +226,9 @@ def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, ma
         "dataset_id": dataset_id, "dataset_manifest_sha256": manifest_sha, "seed": config.seed,
         "encode_precision": encode_precision(config.protocol, device_type),
     }
-    if config.mode != "zs":
+    if config.mode != Mode.ZS:
         identity |= {"epochs": config.epochs, "batch_size": config.batch_size}
-    if config.mode == "ft":
+    if config.mode == Mode.FT:
         identity["ft_train_precision"] = ft_train_precision(config.protocol, device_type)
     return identity
 
@@ -334,18 +343,16 @@ def run_zero_shot(ctx: RunContext) -> StageOutput:
 def _reusable_source(ctx: RunContext) -> str | None:
     """A complete frozen-encoder run of the same weights, preprocessing and dataset."""
     with ctx.store.reader() as con:
-        row = first_row(con, queries.load("reusable_embeddings").text, {
-            "model_sha256": ctx.model.sha256, "dataset_id": ctx.dataset_id,
-            "preprocess_key": ctx.model.preprocess_key, "run_id": ctx.run_id,
-            "encode_precision": encode_precision(ctx.config.protocol, ctx.device.type),
-        })
+        row = queries.fetch_one(con, "reusable_embeddings", model_sha256=ctx.model.sha256, dataset_id=ctx.dataset_id,
+                                preprocess_key=ctx.model.preprocess_key, run_id=ctx.run_id,
+                                encode_precision=encode_precision(ctx.config.protocol, ctx.device.type))
     return row[0] if row else None
 
 
 def _fit_split(ctx: RunContext, embeddings: np.ndarray) -> tuple[np.ndarray, ...]:
     train, val = ctx.splits == "train", ctx.splits == "val"
     if not train.any() or not val.any():
-        raise InputError(f"--data {ctx.config.data}: lp and ft need samples in both train and val splits")
+        raise InputError(f"dataset {ctx.config.data!r}: lp and ft need samples in both the train and val splits")
     return embeddings[train], ctx.targets[train], embeddings[val], ctx.targets[val]
 
 
@@ -384,7 +391,7 @@ def _finetune_data(ctx: RunContext) -> Any:
     subsets = {name: [item for item, split in zip(ctx.items, ctx.splits, strict=True) if split == name]
                for name in ("train", "val")}
     if not subsets["train"] or not subsets["val"]:
-        raise InputError(f"--data {ctx.config.data}: ft needs samples in both train and val splits")
+        raise InputError(f"dataset {ctx.config.data!r}: ft needs samples in both the train and val splits")
 
     def generate(subset: list[ImageItem], shuffle: bool, epoch: int) -> Any:
         dataset = CachedImages(subset, ctx.cache, ctx.model.pixel_transform)
@@ -412,7 +419,7 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
     relpath = f"artefacts/{ctx.run_id}/finetuned.pt"
     visual = ctx.model.model.visual.to(ctx.device)
     with ctx.store.reader() as con:
-        recorded = first_row(con, queries.load("artefact_sha256").text, {"path": relpath})
+        recorded = queries.fetch_one(con, "artefact_sha256", path=relpath)
     train_seconds: float | None
     if recorded:
         from embedstore.integrity import load_tensors
@@ -439,10 +446,11 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
     return StageOutput(embeddings, head.logits(embeddings), [], train_seconds, seconds, details)
 
 
-MODES: dict[str, Callable[[RunContext], StageOutput]] = {
-    "zs": run_zero_shot,
-    "lp": run_linear_probe,
-    "ft": run_fine_tune,
+#: What each mode runs.
+MODES: dict[Mode, Callable[[RunContext], StageOutput]] = {
+    Mode.ZS: run_zero_shot,
+    Mode.LP: run_linear_probe,
+    Mode.FT: run_fine_tune,
 }
 
 
@@ -475,11 +483,9 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
                 "embedding": pa.array([r[2].astype(np.float32).tolist() for r in output.text_rows],
                                       pa.list_(pa.float32())),
             }))
-        con.execute(queries.load("complete_run").text, {
-            "run_id": ctx.run_id, "finished_at": _now(), "train_seconds": output.train_seconds,
-            "extract_seconds": output.extract_seconds, "config": json.dumps(config, default=str),
-            "embedding_dim": int(embeddings.shape[1]),
-        })
+        queries.execute(con, "complete_run", run_id=ctx.run_id, finished_at=_now(),
+                        train_seconds=output.train_seconds, extract_seconds=output.extract_seconds,
+                        config=json.dumps(config, default=str), embedding_dim=int(embeddings.shape[1]))
 
 
 def extract(store: Store, config: ExtractConfig,
@@ -493,7 +499,7 @@ def extract(store: Store, config: ExtractConfig,
 
     config.validate()
     device = resolve_device(config.device)
-    if config.mode == "ft" and config.protocol == "multilabel" and config.epochs < 2:
+    if config.mode == Mode.FT and config.protocol == Protocol.MULTILABEL and config.epochs < 2:
         log.warning("warning: ft with epochs=1 under the multilabel protocol trains only the warm-up epoch on the "
                     "head; the encoder is never unfrozen, so the run's embeddings equal the frozen encoder's (as zs). "
                     "Ask for 2 or more epochs to fine-tune the encoder.")
@@ -509,17 +515,16 @@ def extract(store: Store, config: ExtractConfig,
                 log.info("run %s is already complete: reusing it", run_id)
                 row = first_row(con, "SELECT train_seconds, extract_seconds, json_extract_string(config, "
                                   "'$.embeddings_from') FROM runs WHERE run_id = ?", [run_id])
-                return ExtractResult(run_id, config.mode, config.protocol, "reused", len(items), *row)
+                return ExtractResult(run_id, config.mode, config.protocol, "reused", len(items),
+                                     *(row or (None, None, None)))
             if existing and not config.resume:
-                raise InputError(f"run {run_id} was started before and did not finish; "
-                                 "rerun the same command with --resume to finish it")
+                raise InputError(f"run {run_id} was started before and did not finish; ask to resume it to finish it",
+                                 parameter="resume")
             if not existing:
-                con.execute(queries.load("start_run").text, {
-                    "run_id": run_id, "mode": config.mode, "protocol": config.protocol, "model_id": config.model,
-                    "model_sha256": model.sha256, "dataset_id": dataset_id, "prompt_set": config.prompt_set,
-                    "config": json.dumps(identity), "started_at": _now(), "device": describe_device(device),
-                    "versions": json.dumps(library_versions()),
-                })
+                queries.execute(con, "start_run", run_id=run_id, mode=config.mode, protocol=config.protocol,
+                                model_id=config.model, model_sha256=model.sha256, dataset_id=dataset_id,
+                                prompt_set=config.prompt_set, config=json.dumps(identity), started_at=_now(),
+                                device=describe_device(device), versions=json.dumps(library_versions()))
         torch.manual_seed(config.seed)
         ctx = RunContext(store, writer, config, run_id, model, dataset_id, items, splits, labels, targets, device,
                          TensorCache(default_cache_path(), model.preprocess_key), progress)

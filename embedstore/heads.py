@@ -27,10 +27,14 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class Head:
         return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), bool(state["normalize_input"]))
 
     @classmethod
-    def from_module(cls, layer: Any, normalize_input: bool = False) -> Head:
+    def from_module(cls, layer: torch.nn.Linear, normalize_input: bool = False) -> Head:
         return cls(layer.weight.detach().cpu().float().numpy().copy(), layer.bias.detach().cpu().float().numpy().copy(),
                    normalize_input)
 
@@ -89,7 +93,7 @@ class FitResult:
     detail: dict[str, Any]
 
 
-def _xavier_head(dim: int, n_labels: int, zero_bias: bool = True) -> Any:
+def _xavier_head(dim: int, n_labels: int, zero_bias: bool = True) -> torch.nn.Linear:
     """`Linear(dim, n_labels)` with a Xavier-uniform weight. The study keeps the bias's PyTorch
     default init (`zero_bias=False`, the notebook's order: build, then Xavier on the weight)."""
     import torch
@@ -101,7 +105,7 @@ def _xavier_head(dim: int, n_labels: int, zero_bias: bool = True) -> Any:
     return head
 
 
-def _bce_batch_means(logits: Any, targets: Any, batch_size: int) -> float:
+def _bce_batch_means(logits: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
     """The study's val BCE: the mean over consecutive batches of `batch_size` of each batch's mean."""
     import torch.nn.functional as F
 
@@ -194,13 +198,13 @@ def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
             val_loss = float(F.binary_cross_entropy_with_logits(vx @ weight.T + bias, vy))
         fits[penalty] = (val_loss, weight.numpy().astype(np.float32), bias.numpy().astype(np.float32))
     chosen = min(fits, key=lambda penalty: fits[penalty][0])
-    val_loss, weight, bias = fits[chosen]
-    return FitResult(Head(weight, bias, normalize_input=True), time.perf_counter() - started, 1, 0, val_loss,
+    val_loss, best_weight, best_bias = fits[chosen]
+    return FitResult(Head(best_weight, best_bias, normalize_input=True), time.perf_counter() - started, 1, 0, val_loss,
                      {"recipe": "logistic-lbfgs", "l2": chosen,
                       "val_bce_by_l2": {penalty: fit[0] for penalty, fit in fits.items()}})
 
 
-def _lbfgs_logistic(x: Any, y: Any, penalty: float) -> tuple[Any, Any]:
+def _lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-batch L-BFGS on BCE + penalty/2 · |W|², bias started at the log prior odds."""
     import torch
     import torch.nn.functional as F
@@ -210,7 +214,7 @@ def _lbfgs_logistic(x: Any, y: Any, penalty: float) -> tuple[Any, Any]:
     bias = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
 
-    def closure() -> Any:
+    def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y) + penalty * (weight**2).sum() / 2
         loss.backward()
@@ -234,14 +238,14 @@ LP_RECIPES: dict[str, Callable[..., FitResult]] = {
 class FineTuneData:
     """What a fine-tuning recipe needs: batches of normalised images with their targets."""
 
-    train_batches: Callable[[int], Iterator[tuple[Any, Any]]]
-    val_batches: Callable[[], Iterator[tuple[Any, Any]]]
-    device: Any
-    autocast_dtype: Any
+    train_batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
     batches_per_epoch: int
 
 
-def _autocast(data: FineTuneData) -> Any:
+def _autocast(data: FineTuneData) -> AbstractContextManager[Any]:
     import contextlib
 
     import torch
@@ -259,7 +263,8 @@ def _precision(data: FineTuneData) -> str:
     return {dtype: precision for precision, dtype in AUTOCAST_DTYPES.items()}[name]
 
 
-def _val_loss(visual: Any, head: Any, data: FineTuneData, fp32: bool = False, batch_means: bool = False) -> float:
+def _val_loss(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData, fp32: bool = False,
+              batch_means: bool = False) -> float:
     """Val BCE: under the data's autocast unless `fp32`; the per-element mean over the whole val set,
     or with `batch_means` the mean over val batches of each batch's mean (the study's)."""
     import contextlib
@@ -281,8 +286,9 @@ def _val_loss(visual: Any, head: Any, data: FineTuneData, fp32: bool = False, ba
     return total / max(count, 1)
 
 
-def _train_epoch(visual: Any, head: Any, optimizer: Any, data: FineTuneData, epoch: int,
-                 step_schedule: Any = None, scaler: Any = None) -> float:
+def _train_epoch(visual: torch.nn.Module, head: torch.nn.Module, optimizer: torch.optim.Optimizer, data: FineTuneData,
+                 epoch: int, step_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 scaler: torch.amp.GradScaler | None = None) -> float:
     import torch.nn.functional as F
 
     visual.train()
@@ -306,11 +312,11 @@ def _train_epoch(visual: Any, head: Any, optimizer: Any, data: FineTuneData, epo
     return total / max(count, 1)
 
 
-def _states(visual: Any, head: Any) -> Callable[[], dict[str, Any]]:
+def _states(visual: torch.nn.Module, head: torch.nn.Module) -> Callable[[], dict[str, Any]]:
     return lambda: {"visual": visual.state_dict(), "head": head.state_dict()}
 
 
-def _best_fit(visual: Any, head: Any, stopper: EarlyStopping, started: float, last_epoch: int,
+def _best_fit(visual: torch.nn.Module, head: torch.nn.Linear, stopper: EarlyStopping, started: float, last_epoch: int,
               detail: dict[str, Any]) -> FitResult:
     """Restore the best checkpoint (lowest val BCE) and describe the fit."""
     visual.load_state_dict(stopper.best_state["visual"])
@@ -319,7 +325,8 @@ def _best_fit(visual: Any, head: Any, stopper: EarlyStopping, started: float, la
                      stopper.best_loss, detail)
 
 
-def finetune_study(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int, seed: int) -> FitResult:
+def finetune_study(visual: torch.nn.Module, dim: int, n_labels: int, data: FineTuneData, epochs: int,
+                   seed: int) -> FitResult:
     """The notebook's ft as it actually runs: the whole model trains from the first epoch, and a
     fresh AdamW (lr 1e-5, wd 1e-2) with a fresh cosine schedule (T_max = epochs) is built every
     epoch; training under the data's autocast (GradScaler on CUDA), validation in fp32."""
@@ -347,7 +354,7 @@ def finetune_study(visual: Any, dim: int, n_labels: int, data: FineTuneData, epo
     return _best_fit(visual, head, stopper, started, epoch, detail)
 
 
-def finetune_multilabel(visual: Any, dim: int, n_labels: int, data: FineTuneData, epochs: int,
+def finetune_multilabel(visual: torch.nn.Module, dim: int, n_labels: int, data: FineTuneData, epochs: int,
                         seed: int) -> FitResult:
     """The study recipe with its bugs fixed: one warm-up epoch on the head (encoder frozen), then
     unfreeze once; one AdamW (encoder 1e-5, head 1e-3) and one cosine schedule for the whole run."""

@@ -31,6 +31,7 @@ from embedstore.atomic import save_npy
 from embedstore.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
     from PIL.Image import Image as PILImage
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _too_large(pixels: int | None) -> InputError:
     return InputError(f"is too large: {count}, over the limit of {MAX_IMAGE_PIXELS:,}")
 
 
-def _open(data: bytes) -> Any:
+def _open(data: bytes) -> PILImage:
     """Pillow's lazy image over `data`, its size checked against MAX_IMAGE_PIXELS from the header.
 
     Pillow's own decompression-bomb warning (over its limit of about 89 MP) is made an error here,
@@ -209,7 +210,7 @@ class TensorCache:
         save_npy(self._path(sha256), array)
 
 
-def decode(item: ImageItem, pixel_transform: Callable[[Any], Any]) -> np.ndarray:
+def decode(item: ImageItem, pixel_transform: Callable[[PILImage], torch.Tensor]) -> np.ndarray:
     """Read and preprocess one image to uint8 CHW; a vanished or broken file names itself."""
     try:
         image, _ = load_rgb(item.path)
@@ -222,7 +223,8 @@ def decode(item: ImageItem, pixel_transform: Callable[[Any], Any]) -> np.ndarray
 class CachedImages:
     """A torch Dataset of (sample_id, uint8 tensor), filling the tensor cache as it goes."""
 
-    def __init__(self, items: Sequence[ImageItem], cache: TensorCache, pixel_transform: Callable[[Any], Any]) -> None:
+    def __init__(self, items: Sequence[ImageItem], cache: TensorCache,
+                 pixel_transform: Callable[[PILImage], torch.Tensor]) -> None:
         self.items = list(items)
         self.cache = cache
         self.pixel_transform = pixel_transform
@@ -230,7 +232,7 @@ class CachedImages:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, Any]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         import torch
 
         item = self.items[index]
@@ -274,7 +276,7 @@ def _collate(items: list[Any]) -> Any:
 
 
 def batches(dataset: CachedImages, batch_size: int, workers: int, shuffle: bool = False,
-            seed: int = 0) -> Iterator[tuple[Any, Any]]:
+            seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(sample_ids, uint8 images) batches from a DataLoader with `workers` decoding processes.
 
     An image that cannot be decoded raises the decoder's one-line InputError here, in the caller's
@@ -292,7 +294,8 @@ def batches(dataset: CachedImages, batch_size: int, workers: int, shuffle: bool 
         yield batch
 
 
-def normalize(images: Any, mean: Sequence[float], std: Sequence[float], device: Any, dtype: Any = None) -> Any:
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 NCHW → normalised float on `device` (channels-last on CUDA)."""
     import torch
 
@@ -327,7 +330,7 @@ def ft_train_precision(protocol: str, device_type: str) -> str:
     return PRECISIONS.get(("ft-train", protocol, device_type), "fp32")
 
 
-def autocast_dtype(precision: str) -> Any:
+def autocast_dtype(precision: str) -> torch.dtype | None:
     """The torch dtype to autocast to for a precision name, or None for fp32."""
     import torch
 
@@ -335,12 +338,12 @@ def autocast_dtype(precision: str) -> Any:
     return getattr(torch, name) if name is not None else None
 
 
-def encode_autocast(device: Any, protocol: str = "multilabel") -> Any:
+def encode_autocast(device: torch.device, protocol: str = "multilabel") -> torch.dtype | None:
     """The autocast dtype for encoding under `protocol` on `device` (None: fp32, no autocast)."""
     return autocast_dtype(encode_precision(protocol, device.type))
 
 
-def prepare_encoder(visual: Any, device: Any) -> Any:
+def prepare_encoder(visual: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The image tower ready to encode on `device`: eval mode, channels-last weights on CUDA
     (to match the channels-last batches `normalize` makes there)."""
     import torch
@@ -351,8 +354,8 @@ def prepare_encoder(visual: Any, device: Any) -> Any:
     return visual
 
 
-def encode_batch(visual: Any, images: Any, mean: Sequence[float], std: Sequence[float], device: Any,
-                 autocast_dtype: Any = None) -> Any:
+def encode_batch(visual: torch.nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Features (float32, on `device`) of one uint8 NCHW batch: normalised on `device`, encoded
     without gradients, under autocast to `autocast_dtype` when one is given.
 

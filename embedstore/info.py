@@ -22,7 +22,7 @@ class StoreInfo:
 def store_info(store: Store) -> StoreInfo:
     """Collect the figures `embedstore store info` shows, in one read-only connection."""
     with store.reader() as con:
-        counts = con.sql(queries.load("table_counts").text).to_arrow_table()
-        runs = con.sql(queries.load("runs").text).to_arrow_table()
-        artefacts = con.sql(queries.load("artefact_sizes").text).to_arrow_table()
+        counts = queries.fetch_arrow(con, "table_counts")
+        runs = queries.fetch_arrow(con, "runs")
+        artefacts = queries.fetch_arrow(con, "artefact_sizes")
     return StoreInfo(str(store.path), store.db_path.stat().st_size, counts, runs, artefacts)

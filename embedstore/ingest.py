@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedstore import queries
+from embedstore.choices import IngestFormat, SplitMethod, parse
 from embedstore.errors import InputError
 from embedstore.images import NOT_FOUND, load_rgb, shown
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
@@ -34,7 +35,7 @@ from embedstore.store import Store, StoreWriter, append_rows, first_row
 
 log = logging.getLogger(__name__)
 
-#: IU-Xray "Problems" terms and the CheXpert label each is taken as (approximate; see README).
+#: IU-Xray "Problems" terms and the CheXpert label each is taken as (approximate; docs/datasets.md, "Formats").
 PROBLEM_TO_LABEL: dict[str, str] = {
     "normal": NO_FINDING,
     "mediastinum": "Enlarged Cardiomediastinum",
@@ -112,13 +113,20 @@ class IngestConfig:
 
     path: Path
     name: str
-    format: str = "auto"
-    split: str | None = None
+    format: IngestFormat = IngestFormat.AUTO
+    #: How train/val/test are assigned; None: `given` when the input has a split column, else `study`.
+    split: SplitMethod | None = None
     seed: int = 42
     labels_csv: Path | None = None
     all_projections: bool = False
     skip_bad: bool = False
     replace: bool = False
+
+    def __post_init__(self) -> None:
+        """Plain strings are accepted from Python; a value outside its choices is an InputError."""
+        object.__setattr__(self, "format", parse(IngestFormat, self.format, "format"))
+        if self.split is not None:
+            object.__setattr__(self, "split", parse(SplitMethod, self.split, "split"))
 
 
 @dataclass(frozen=True)
@@ -265,7 +273,8 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
     else:
         loaded.warnings.append(
             "labels derived from the Problems column of indiana_reports.csv through an approximate mapping "
-            "(README: Kaggle format); pass --labels FILE with CheXpert labeler output for the study's labels"
+            "(docs/datasets.md, \"Formats\"); give a CheXpert labeler output CSV as the labels file for the "
+            "study's labels"
         )
     by_uid = {_text(r["uid"]): r | {"_line": i} for i, r in enumerate(reports.iter_rows(named=True), start=2)}
     unmapped: set[str] = set()
@@ -370,24 +379,25 @@ def _ordered_labels(names: Iterable[str]) -> list[str]:
     return known + [label for label in names if label not in CHEXPERT_LABELS]
 
 
-def _detect(path: Path) -> str:
+def _detect(path: Path) -> IngestFormat:
     root = path if path.is_dir() else path.parent
     if path.is_file() and path.name != STUDY_CSV and path.suffix.lower() in {".csv", ".parquet"}:
-        return "manifest"
+        return IngestFormat.MANIFEST
     if (root / STUDY_CSV).exists():
-        return "iuxray14"
+        return IngestFormat.IUXRAY14
     if (root / REPORTS_CSV).exists() and (root / PROJECTIONS_CSV).exists():
-        return "kaggle"
+        return IngestFormat.KAGGLE
     raise InputError(
         f"{path}: cannot tell the format (no {STUDY_CSV}, no {REPORTS_CSV} + {PROJECTIONS_CSV}, "
-        "not a .csv/.parquet manifest); pass --format"
+        "not a .csv/.parquet manifest); name it", parameter="format"
     )
 
 
-FORMATS: dict[str, Callable[[Path, IngestConfig], Loaded]] = {
-    "iuxray14": load_iuxray14,
-    "kaggle": load_kaggle,
-    "manifest": load_manifest,
+#: The reader of each format (`auto` detects one of these from the files).
+FORMATS: dict[IngestFormat, Callable[[Path, IngestConfig], Loaded]] = {
+    IngestFormat.IUXRAY14: load_iuxray14,
+    IngestFormat.KAGGLE: load_kaggle,
+    IngestFormat.MANIFEST: load_manifest,
 }
 
 
@@ -413,7 +423,7 @@ def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None,
     """Problems per row index: parsing, identity, duplicates, conflicting uids, image files, and
     (with `given_split`) a blank split."""
     by_row: dict[int, list[Problem]] = {}
-    index_of = {(r.file, r.row): i for i, r in enumerate(loaded.rows)}
+    index_of: dict[tuple[str, int | None], int] = {(r.file, r.row): i for i, r in enumerate(loaded.rows)}
     unattached = []
     for problem in loaded.problems:
         if (problem.file, problem.row) in index_of:
@@ -520,13 +530,13 @@ def _units(rows: list[SourceRow], groups: list[list[int]]) -> list[int]:
 # Ingest
 # ---------------------------------------------------------------------------------------------
 
-def _split(rows: list[SourceRow], labels: list[str], method: str, seed: int,
+def _split(rows: list[SourceRow], labels: list[str], method: SplitMethod, seed: int,
            identical: list[list[int]]) -> list[str]:
     """Each row's split. `study` splits uids exactly as the study did; `stratified` splits units of
     uids linked by `identical` images, so that no image sits in two splits; `given` is read."""
-    if method == "given":
+    if method == SplitMethod.GIVEN:
         return [row.split or "" for row in rows]
-    units = _units(rows, identical if method == "stratified" else [])
+    units = _units(rows, identical if method == SplitMethod.STRATIFIED else [])
     first_uid: dict[int, str] = {}
     for row, unit in zip(rows, units, strict=True):
         first_uid.setdefault(unit, row.uid)
@@ -534,8 +544,9 @@ def _split(rows: list[SourceRow], labels: list[str], method: str, seed: int,
     positives = np.zeros((len(names), len(labels)), dtype=bool)
     for row, unit in zip(rows, units, strict=True):
         positives[unit] |= np.array([row.positive[label] for label in labels])
-    what = f"{len(names)} uid(s)" if method != "stratified" else f"{len(names)} uid group(s) (uids sharing an image are one)"
-    too_few = InputError(f"--split {method}: with {what} a split would be empty; ingest more samples")
+    what = (f"{len(names)} uid(s)" if method != SplitMethod.STRATIFIED
+            else f"{len(names)} uid group(s) (uids sharing an image are one)")
+    too_few = InputError(f"split {method}: with {what} a split would be empty; ingest more samples")
     if len(names) < len(SPLIT_NAMES):
         raise too_few
     try:
@@ -565,26 +576,22 @@ def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] |
 
 
 def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable[[int], None] | None) -> IngestResult:
-    fmt = _detect(config.path) if config.format == "auto" else config.format
-    if fmt not in FORMATS:
-        raise InputError(f"--format {config.format}: choose one of auto, {', '.join(FORMATS)}")
+    fmt = _detect(config.path) if config.format == IngestFormat.AUTO else config.format
     if not config.path.exists():
         raise InputError(f"{config.path}: no such file or folder")
     loaded = FORMATS[fmt](config.path, config)
     has_given_split = any(row.split for row in loaded.rows)
-    method = config.split or ("given" if has_given_split else "study")
-    if method not in (*SPLITTERS, "given"):
-        raise InputError(f"--split {method}: choose one of {', '.join(SPLITTERS)}, given")
-    if method == "given" and not has_given_split:
-        raise InputError(f"--split given: {loaded.source.name} has no split column")
+    method = config.split or (SplitMethod.GIVEN if has_given_split else SplitMethod.STUDY)
+    if method == SplitMethod.GIVEN and not has_given_split:
+        raise InputError(f"split given: {loaded.source.name} has no split column")
     if not loaded.rows:
         raise InputError(f"{loaded.source}: no rows to ingest")
-    problems = _row_problems(loaded, progress, given_split=method == "given")
+    problems = _row_problems(loaded, progress, given_split=method == SplitMethod.GIVEN)
     if problems and not config.skip_bad:
         details = [str(p) for i in sorted(problems) for p in problems[i]]
         raise InputError(
-            f"{len(problems)} bad row(s) in {loaded.source.name} (listed above); fix them or rerun with --skip-bad",
-            details=details,
+            f"{len(problems)} bad row(s) in {loaded.source.name} (listed above); fix them or skip them",
+            details=details, parameter="skip_bad",
         )
     skipped = [str(p) for i in sorted(problems) for p in problems[i]]
     loaded.rows = [row for i, row in enumerate(loaded.rows) if i not in problems]
@@ -597,7 +604,7 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
     empty = [name for name, count in counts.items() if count == 0]
     if empty:
         raise InputError(f"{loaded.source.name}: split(s) {', '.join(empty)} would be empty "
-                         f"({len(loaded.rows)} samples, --split {method}); ingest more samples")
+                         f"({len(loaded.rows)} samples, split {method}); ingest more samples")
     for label in loaded.labels:
         if not any(row.positive[label] for row in loaded.rows):
             loaded.warnings.append(f"label {label!r} has no positive sample")
@@ -608,11 +615,12 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
         existing = first_row(con, "SELECT dataset_id FROM datasets WHERE name = ?", [config.name])
         if existing:
             if not config.replace:
-                raise InputError(f"--name {config.name}: a dataset of that name exists; pass --replace to replace it")
-            n_runs = first_row(con, "SELECT count(*) FROM runs WHERE dataset_id = ?", [existing[0]])[0]
+                raise InputError(f"dataset {config.name!r} exists; replace it, or ingest under another name",
+                                 parameter="replace")
+            n_runs = con.execute("SELECT count(*) FROM runs WHERE dataset_id = ?", [existing[0]]).fetchall()[0][0]
             if n_runs:
-                raise InputError(f"--replace: dataset {config.name} has {n_runs} run(s) built on it; "
-                                 "ingest under a new --name instead")
+                raise InputError(f"dataset {config.name!r} has {n_runs} run(s) built on it and is not replaced; "
+                                 "ingest under a new name instead", parameter="name")
             queries.execute_all(con, "delete_dataset", {"dataset_id": existing[0]})
         _register_labels(con, loaded.labels)
         sample_ids = con.execute("SELECT nextval('sample_id_seq') FROM range(?)", [len(loaded.rows)]).fetchnumpy()
@@ -621,7 +629,7 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
         con.execute(
             "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [dataset_id, config.name, fmt, str(loaded.source.resolve()), manifest_sha, len(loaded.rows), method,
-             config.seed if method != "given" else None, json.dumps(skipped), json.dumps(checks),
+             config.seed if method != SplitMethod.GIVEN else None, json.dumps(skipped), json.dumps(checks),
              datetime.now(UTC).replace(tzinfo=None)],
         )
     for warning in loaded.warnings:
@@ -629,7 +637,7 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
     return IngestResult(dataset_id, config.name, fmt, len(loaded.rows), counts, skipped, loaded.warnings, manifest_sha)
 
 
-def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], method: str, derived: int,
+def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], method: SplitMethod, derived: int,
             from_uncertain: int) -> dict[str, int]:
     """The counts stored in `datasets.checks`, each non-zero one also added to the warnings."""
     crossing = [group for group in identical if len({splits[i] for i in group}) > 1]
@@ -642,7 +650,7 @@ def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], metho
         "no_finding_from_uncertain": from_uncertain,
     }
     if identical:
-        kept = "; each group was put in one split" if method == "stratified" else ""
+        kept = "; each group was put in one split" if method == SplitMethod.STRATIFIED else ""
         loaded.warnings.append(
             f"{checks['identical_image_groups']} group(s) of byte-identical images ({checks['identical_images']} "
             f"images) under different rows; the named query duplicate_images lists them{kept}")
@@ -660,7 +668,7 @@ def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], metho
 
 def _register_labels(con: duckdb.DuckDBPyConnection, labels: list[str]) -> None:
     known = {row[0] for row in con.execute("SELECT label FROM label_names").fetchall()}
-    start = first_row(con, "SELECT coalesce(max(position), -1) + 1 FROM label_names")[0]
+    start = con.execute("SELECT coalesce(max(position), -1) + 1 FROM label_names").fetchall()[0][0]
     new = [label for label in labels if label not in known]
     for offset, label in enumerate(new):
         con.execute("INSERT INTO label_names VALUES (?, ?, ?)", [label, start + offset, DOMAIN_OF.get(label, "Other")])

@@ -23,7 +23,7 @@ import numpy as np
 from embedstore import queries
 from embedstore.atomic import TEMPORARY_PATTERN, sha256_file
 from embedstore.errors import IntegrityError
-from embedstore.store import DB_NAME, MANAGED_FOLDERS, STORE_FILES, STORE_FOLDERS, Store, first_row
+from embedstore.store import DB_NAME, MANAGED_FOLDERS, STORE_FILES, STORE_FOLDERS, Store
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ def _check_index(store: Store, relpath: str, run_id: str, table_name: str) -> li
     except IntegrityError as error:
         return [Problem(relpath, str(error).split(": ", 1)[-1])]
     with store.reader() as con:
-        query = queries.load(INDEXED_TABLES[table_name]).text
-        table_ids = con.execute(query, {"run_id": run_id}).fetchnumpy()
+        table_ids = queries.fetch_numpy(con, INDEXED_TABLES[table_name], run_id=run_id)
     expected = np.asarray(table_ids["sample_id"], dtype=np.int64)
     problems = []
     if len(ids) != len(expected):
@@ -162,8 +161,8 @@ def verify_store(store: Store) -> VerifyReport:
     if damaged:  # nothing read from a damaged database can be trusted; restore it first
         return VerifyReport(0, 0, tuple(damaged))
     with store.reader() as con:
-        rows = con.execute(queries.load("manifest_files").text).fetchall()
-        complete_runs = [(str(r[0]), str(r[1])) for r in con.execute(queries.load("complete_run_modes").text).fetchall()]
+        rows = queries.fetch(con, "manifest_files")
+        complete_runs = [(str(r[0]), str(r[1])) for r in queries.fetch(con, "complete_run_modes")]
     problems: list[Problem] = []
     n_indices = 0
     for relpath, kind, run_id, table_name, digest, size in rows:
@@ -205,7 +204,7 @@ def read_artefact(store: Store, relpath: str) -> bytes:
     unrecorded, non-regular or changed file raises IntegrityError naming it.
     """
     with store.reader() as con:
-        row = first_row(con, queries.load("artefact_sha256").text, {"path": relpath})
+        row = queries.fetch_one(con, "artefact_sha256", path=relpath)
     path = store.resolve(relpath)
     if row is None:
         raise IntegrityError(f"{path}: not recorded in the store's manifest, so it is not read; {_VERIFY_HINT}")

@@ -107,10 +107,11 @@ def _offline_help(model_id: str, reason: str) -> ModelUnavailableError:
     name, _, tag = model_id.partition(":")
     call = (f"'{name}', pretrained='{tag}'" if tag and name not in ("hf-hub", "local-dir") else f"'{model_id}'")
     return ModelUnavailableError(
-        f"--model {model_id}: cannot be loaded offline ({reason}); embedstore never downloads weights. "
+        f"model {model_id!r}: cannot be loaded offline ({reason}); embedstore never downloads weights. "
         f"Download it once on a machine with internet (python -c \"import open_clip; "
         f"open_clip.create_model_and_transforms({call})\", which fills the Hugging Face cache), "
-        "or save an open_clip_config.json and weights in a folder and pass --model local-dir:/that/folder"
+        "or save an open_clip_config.json and weights in a folder and use the model local-dir:/that/folder",
+        parameter="model",
     )
 
 
@@ -118,8 +119,9 @@ def _unsafe_weights(model_id: str, error: Exception) -> ModelUnavailableError:
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
     reason = f"it would unpickle {found.group(1)}" if found else "it needs unpickling"
     return ModelUnavailableError(
-        f"--model {model_id}: its weights file is not plain tensors ({reason}); embedstore never unpickles "
-        "objects from a file: save the weights with torch.save(model.state_dict(), ...) or as safetensors"
+        f"model {model_id!r}: its weights file is not plain tensors ({reason}); embedstore never unpickles "
+        "objects from a file: save the weights with torch.save(model.state_dict(), ...) or as safetensors",
+        parameter="model",
     )
 
 
@@ -186,11 +188,33 @@ def offline() -> Iterator[None]:
                 _guard_saved.clear()
 
 
+@contextlib.contextmanager
+def open_clip_logs_at_debug() -> Iterator[None]:
+    """open_clip logs through the root logger (`logging.warning(...)`): "No pretrained weights
+    loaded … Model initialized randomly" while a model is built from its config on purpose, say.
+    Inside this block its lines go to embedstore's log at debug level instead (in the CLI and when
+    embedstore is used from Python); embedstore says itself what matters (`load_model`)."""
+    marker = f"{os.sep}open_clip{os.sep}"
+
+    def to_debug(record: logging.LogRecord) -> bool:
+        if marker not in record.pathname:
+            return True
+        log.debug("open_clip: %s", record.getMessage())
+        return False
+
+    root = logging.getLogger()
+    root.addFilter(to_debug)
+    try:
+        yield
+    finally:
+        root.removeFilter(to_debug)
+
+
 def _create(open_clip_id: str, pretrained: str | None, model_id: str) -> tuple[Any, Any, Any]:
     import open_clip
     import torch
 
-    with offline():
+    with offline(), open_clip_logs_at_debug():
         try:
             with torch.random.fork_rng():
                 torch.manual_seed(0)  # a built-in without weights gets the same random weights every time
@@ -218,10 +242,17 @@ def _resolve_demo_fast(model_id: str) -> tuple[str, str | None]:
     return f"local-dir:{ensure_demo_model(FAST_CONFIG)}", None
 
 
+#: Files open_clip takes as a `local-dir:` folder's weights.
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
+
+
 def _resolve_local_dir(model_id: str) -> tuple[str, str | None]:
     folder = Path(model_id.removeprefix("local-dir:")).expanduser()
     if not (folder / "open_clip_config.json").is_file():
-        raise ModelUnavailableError(f"--model {model_id}: {folder} has no open_clip_config.json")
+        raise ModelUnavailableError(f"model {model_id!r}: {folder} has no open_clip_config.json", parameter="model")
+    if not any(path.suffix in WEIGHT_SUFFIXES for path in folder.iterdir()):
+        log.warning("warning: model %s: %s holds no weights file (%s), so its weights are random",
+                    model_id, folder, ", ".join(WEIGHT_SUFFIXES))
     return f"local-dir:{folder.resolve()}", None
 
 
@@ -233,7 +264,8 @@ def _hub_file(model_id: str, repo: str, *names: str) -> str | None:
         try:
             found = try_to_load_from_cache(repo, name)
         except ValueError:
-            raise InputError(f"--model {model_id}: {repo!r} is not a Hugging Face repo id (ORG/NAME)") from None
+            raise InputError(f"model {model_id!r}: {repo!r} is not a Hugging Face repo id (ORG/NAME)",
+                             parameter="model") from None
         if isinstance(found, str):
             return found
     return None
@@ -275,16 +307,20 @@ def _resolve_builtin(model_id: str) -> tuple[str, str | None]:
     name, _, tag = model_id.partition(":")
     if name not in open_clip.list_models():
         raise InputError(
-            f"--model {model_id}: unknown; `embedstore models list` shows the registry "
-            "(aliases, demo, hf-hub:ORG/REPO, local-dir:PATH, open_clip built-in names)"
+            f"model {model_id!r}: unknown; `embedstore models list` shows the registry "
+            "(aliases, demo, hf-hub:ORG/REPO, local-dir:PATH, open_clip built-in names)", parameter="model"
         )
     if tag and not Path(tag).is_file():
         cfg = open_clip.get_pretrained_cfg(name, tag)
         if not cfg:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-            raise InputError(f"--model {model_id}: {name} has no pretrained tag {tag!r} (tags: {tags})")
+            raise InputError(f"model {model_id!r}: {name} has no pretrained tag {tag!r} (tags: {tags})",
+                             parameter="model")
         if not _pretrained_cached(model_id, cfg):
             raise _offline_help(model_id, "its pretrained weights are not in the cache")
+    if not tag:
+        log.info("model %s: open_clip's architecture with seeded random weights (NAME:TAG loads pretrained ones)",
+                 model_id)
     return name, tag or None
 
 

@@ -12,4 +12,8 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
     from tqdm import tqdm
 
     with tqdm(total=total, desc=description, unit=unit, disable=None, leave=False) as bar:
-        yield bar.update
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        yield advance

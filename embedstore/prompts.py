@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedstore.choices import PromptSet, Protocol, parse
 from embedstore.heads import Head
 
 TEMPLATES = (
@@ -38,17 +39,20 @@ def _posneg(label: str) -> list[Prompt]:
     return [Prompt(label, label, True), Prompt(label, f"no {label.lower()}", False)]
 
 
-#: `--prompts`: the study's bare names, a template ensemble, or CheXzero-style positive/negative pairs.
-PROMPT_SETS: dict[str, Callable[[str], list[Prompt]]] = {
-    "names": _names,
-    "templates": _templates,
-    "posneg": _posneg,
+#: The prompt sets: the study's bare names, a template ensemble, or CheXzero-style positive/negative pairs.
+PROMPT_SETS: dict[PromptSet, Callable[[str], list[Prompt]]] = {
+    PromptSet.NAMES: _names,
+    PromptSet.TEMPLATES: _templates,
+    PromptSet.POSNEG: _posneg,
 }
-DEFAULT_PROMPTS = {"study": "names", "multilabel": "templates"}
+#: Each protocol's prompt set when none is asked for.
+DEFAULT_PROMPTS: dict[Protocol, PromptSet] = {Protocol.STUDY: PromptSet.NAMES, Protocol.MULTILABEL: PromptSet.TEMPLATES}
 
 
 def build_prompts(prompt_set: str, labels: list[str]) -> list[Prompt]:
-    return [prompt for label in labels for prompt in PROMPT_SETS[prompt_set](label)]
+    """Every prompt of `prompt_set` for each label, in label order."""
+    builder = PROMPT_SETS[parse(PromptSet, prompt_set, "prompts")]
+    return [prompt for label in labels for prompt in builder(label)]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -81,13 +85,13 @@ def _multilabel_head(prompts: list[Prompt], text: np.ndarray, labels: list[str],
 
 
 #: A zero-shot classifier is a linear head on the image embedding; scoring and Grad-CAM share it.
-ZERO_SHOT_HEADS: dict[str, Callable[[list[Prompt], np.ndarray, list[str], float], Head]] = {
-    "study": _study_head,
-    "multilabel": _multilabel_head,
+ZERO_SHOT_HEADS: dict[Protocol, Callable[[list[Prompt], np.ndarray, list[str], float], Head]] = {
+    Protocol.STUDY: _study_head,
+    Protocol.MULTILABEL: _multilabel_head,
 }
 
 
 def zero_shot_head(protocol: str, prompts: list[Prompt], text: np.ndarray, labels: list[str],
                    logit_scale: float) -> Head:
     """The protocol's zero-shot scorer as a linear head: `head.logits(image_embeddings)` are the scores."""
-    return ZERO_SHOT_HEADS[protocol](prompts, text, labels, logit_scale)
+    return ZERO_SHOT_HEADS[parse(Protocol, protocol, "protocol")](prompts, text, labels, logit_scale)

@@ -16,9 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedstore.errors import InputError
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
 
 _PARAM_LINE = re.compile(r"^--\s*param\s+(\w+)\s+(\w+)\s*:\s*(.*)$")
 _PARAM_TYPES: dict[str, Callable[[str], Any]] = {
@@ -40,9 +44,8 @@ class QueryParam:
         try:
             return _PARAM_TYPES[self.sql_type](raw)
         except ValueError:
-            raise InputError(
-                f"--param {self.name}={raw!r}: query {query_name!r} expects {self.sql_type}"
-            ) from None
+            raise InputError(f"params {self.name}={raw!r}: query {query_name!r} expects {self.sql_type}",
+                             parameter="params") from None
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,13 @@ class NamedQuery:
         declared = {p.name: p for p in self.params}
         unknown = sorted(set(raw_params) - set(declared))
         if unknown:
-            raise InputError(f"--param {unknown[0]}: query {self.name!r} takes {sorted(declared) or 'none'}")
+            raise InputError(f"params {unknown[0]}: query {self.name!r} takes {sorted(declared) or 'none'}",
+                             parameter="params")
         missing = sorted(set(declared) - set(raw_params))
         if missing:
             needed = declared[missing[0]]
-            raise InputError(f"query {self.name!r} needs --param {needed.name}=VALUE ({needed.description})")
+            raise InputError(f"query {self.name!r} needs the parameter {needed.name}=VALUE ({needed.description})",
+                             parameter="params")
         return {key: declared[key].convert(value, self.name) for key, value in raw_params.items()}
 
 
@@ -101,11 +106,42 @@ def load(name: str) -> NamedQuery:
     queries = all_queries()
     if name not in queries:
         public = [q for q, v in queries.items() if not v.internal]
-        raise InputError(f"--name {name}: no such query; `embedstore sql --list` shows {len(public)} queries")
+        raise InputError(f"name {name}: no such query; `embedstore sql --list` shows {len(public)} queries",
+                         parameter="name")
     return queries[name]
 
 
-def execute_all(con: Any, name: str, params: dict[str, Any]) -> None:
+def execute(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> duckdb.DuckDBPyConnection:
+    """Run the named query on `con` with `params` bound by DuckDB; returns the connection, ready for
+    `fetchall`, `fetchnumpy` or `arrow`. The one way embedstore runs its own queries."""
+    return con.execute(load(name).text, params)
+
+
+def fetch(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Every row of the named query."""
+    rows: list[tuple[Any, ...]] = execute(con, name, **params).fetchall()
+    return rows
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> tuple[Any, ...] | None:
+    """The first row of the named query, or None; the result is fully consumed (DuckDB refuses the next
+    query on a connection with an unfinished result)."""
+    rows: list[tuple[Any, ...]] = execute(con, name, **params).fetchall()
+    return rows[0] if rows else None
+
+
+def fetch_numpy(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> dict[str, Any]:
+    """The named query's columns as numpy arrays."""
+    columns: dict[str, Any] = execute(con, name, **params).fetchnumpy()
+    return columns
+
+
+def fetch_arrow(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pa.Table:
+    """The named query's result as a pyarrow Table."""
+    return con.sql(load(name).text, params=params).to_arrow_table() if params else con.sql(load(name).text).to_arrow_table()
+
+
+def execute_all(con: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> None:
     """Run a multi-statement named query statement by statement, each bound to the parameters it uses."""
     import duckdb
 

@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from embedstore.choices import Split, SplitMethod
+
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_NAMES = tuple(str(split) for split in Split)
 
 
 def study_split(uids: Sequence[str], positives: np.ndarray, seed: int = 42) -> list[str]:
@@ -83,7 +85,7 @@ def _repair(assignment: np.ndarray, positives: np.ndarray, guaranteed: np.ndarra
             counts = np.array([(positives[assignment == s, label]).sum() for s in range(n_splits)])
             if counts[split] > 0:
                 continue
-            if not _move_one(assignment, positives, guaranteed, label, split, np.argsort(-counts)):
+            if not _move_one(assignment, positives, guaranteed, int(label), split, np.argsort(-counts)):
                 log.warning("stratified split: could not place label %d in every split", label)
 
 
@@ -118,7 +120,8 @@ def _move_one(assignment: np.ndarray, positives: np.ndarray, guaranteed: np.ndar
     return False
 
 
-SPLITTERS: dict[str, Callable[[Sequence[str], np.ndarray, int], list[str]]] = {
-    "study": study_split,
-    "stratified": stratified_split,
+#: How `study` and `stratified` assign uids to splits (`given` reads each row's split instead).
+SPLITTERS: dict[SplitMethod, Callable[[Sequence[str], np.ndarray, int], list[str]]] = {
+    SplitMethod.STUDY: study_split,
+    SplitMethod.STRATIFIED: stratified_split,
 }

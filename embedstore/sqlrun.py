@@ -17,19 +17,18 @@ Four locks keep a query from changing anything, reaching outside the store or ru
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import polars as pl
 import pyarrow as pa
 
 from embedstore.atomic import atomic_path
@@ -351,48 +350,69 @@ def run_query(store: Store, sql: str, params: dict[str, Any] | None = None, *,
     raise error if error is not None else SqlError("the query returned no result")
 
 
-def _flatten_nested(frame: pl.DataFrame) -> pl.DataFrame:
-    """Nested columns (lists, structs) as JSON-like text, for CSV and table output."""
-    exprs = []
-    for name, dtype in frame.schema.items():
-        if isinstance(dtype, pl.List | pl.Array | pl.Struct):
-            exprs.append(pl.struct(pl.col(name).alias("v")).struct.json_encode().str.slice(5).str.head(-1).alias(name))
-    return frame.with_columns(exprs) if exprs else frame
+@dataclass(frozen=True)
+class SqlRequest:
+    """What `embedstore sql` runs: exactly one of `query` (SQL text), `file` (a .sql file) and `name`
+    (a named query, its `params` given as `key=value` texts), with the limits of `run_query`."""
+
+    query: str | None = None
+    file: Path | None = None
+    name: str | None = None
+    params: tuple[str, ...] = ()
+    timeout: float | None = DEFAULT_TIMEOUT_SECONDS
+    memory_limit: str | None = None
+
+    def statement(self) -> tuple[str, dict[str, Any]]:
+        """The SQL text and its bound parameters; InputError for anything but one source, a file
+        that cannot be read, or parameters that the named query does not take."""
+        from embedstore import queries
+
+        if sum(source is not None and source != "" for source in (self.query, self.file, self.name)) != 1:
+            raise InputError("give exactly one of a query, a .sql file or a named query")
+        if self.name:
+            named = queries.load(self.name)
+            return named.text, named.bind(_key_values(self.params))
+        if self.params:
+            raise InputError("parameters are for named queries; bind values in your own SQL yourself",
+                             parameter="params")
+        if self.file is not None:
+            try:
+                return self.file.read_text(encoding="utf-8"), {}
+            except OSError as error:
+                raise InputError(f"{self.file}: cannot read ({error.strerror})") from None
+        return str(self.query), {}
 
 
-def _as_table(frame: pl.DataFrame) -> bytes:
-    with pl.Config(tbl_rows=200, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=False):
-        return (str(_flatten_nested(frame)) + "\n").encode()
+def _key_values(raw: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"params {item!r}: write each as key=value", parameter="params")
+        params[key] = value
+    return params
 
 
-def _as_csv(frame: pl.DataFrame) -> bytes:
-    return _flatten_nested(frame).write_csv().encode()
+@dataclass(frozen=True)
+class SqlResult:
+    """A query's result, and the store it was asked of (output files are checked against it)."""
+
+    store: Store
+    table: pa.Table
 
 
-def _as_json(frame: pl.DataFrame) -> bytes:
-    return frame.write_json().encode() + b"\n"
+def run_sql(store_path: Path, request: SqlRequest, out: Path | None = None) -> SqlResult:
+    """Everything `embedstore sql` does before printing: the statement from its one source (checked
+    before the store is opened), the store opened, `out` refused if it lies among the store's
+    managed files (before the query runs, not after), and the query run read-only."""
+    from embedstore.outputs import check_output_path
 
-
-def _as_parquet(frame: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    return buffer.getvalue()
-
-
-FORMATTERS: dict[str, Callable[[pl.DataFrame], bytes]] = {
-    "table": _as_table,
-    "csv": _as_csv,
-    "json": _as_json,
-    "parquet": _as_parquet,
-}
-BINARY_FORMATS = {"parquet"}
-
-
-def render(result: pa.Table, fmt: str) -> bytes:
-    """Encode a result in one of FORMATTERS' formats."""
-    if fmt not in FORMATTERS:
-        raise InputError(f"--format {fmt}: choose one of {', '.join(FORMATTERS)}")
-    return FORMATTERS[fmt](pl.from_arrow(result))
+    sql, params = request.statement()
+    store = Store.open(store_path)
+    if out is not None:
+        check_output_path(store, out)
+    return SqlResult(store, run_query(store, sql, params, timeout=request.timeout,
+                                      memory_limit=request.memory_limit))
 
 
 def write_output(data: bytes, out: Path, store: Store | None = None) -> None:
@@ -405,4 +425,4 @@ def write_output(data: bytes, out: Path, store: Store | None = None) -> None:
         with atomic_path(out) as tmp:
             tmp.write_bytes(data)
     except OSError as error:
-        raise InputError(f"--out {out}: cannot write ({error.strerror})") from None
+        raise InputError(f"{out}: cannot write ({error.strerror})") from None

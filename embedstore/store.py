@@ -25,6 +25,7 @@ from embedstore import SCHEMA_VERSION, __version__, queries
 from embedstore.atomic import TEMPORARY_PATTERN, atomic_path, sha256_file
 from embedstore.errors import (
     EmbedstoreError,
+    InputError,
     IntegrityError,
     SchemaVersionError,
     StoreBusyError,
@@ -184,7 +185,7 @@ class Store:
             if existed:
                 _check_schema_version(con, store.path)
                 return store, False
-            con.execute(queries.load("schema").text)
+            queries.execute(con, "schema")
             con.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [
@@ -267,6 +268,22 @@ def append_rows(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> 
     finally:
         con.unregister("_append_batch")
     return batch.num_rows
+
+
+def resolve_dataset(store: Store, name: str | None) -> str:
+    """The dataset a command works on: `name`, checked to be in the store, or without a name the
+    store's only dataset. Every command that takes a dataset resolves it here."""
+    with store.reader() as con:
+        names = [str(row[0]) for row in queries.fetch(con, "dataset_names")]
+    have = ", ".join(names) or "none"
+    if name is None:
+        if len(names) != 1:
+            raise InputError(f"the store has {len(names)} datasets ({have}); name one", parameter="data")
+        return names[0]
+    if name not in names:
+        raise InputError(f"dataset {name!r}: no such dataset in {store.path} (have: {have}); "
+                         "ingest it with `embedstore ingest`")
+    return name
 
 
 def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:

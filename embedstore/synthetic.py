@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from embedstore.choices import SampleDomain, parse
 from embedstore.errors import InputError
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
 from embedstore.labels import CHEXPERT_LABELS, NO_FINDING
@@ -51,10 +52,10 @@ class DomainStyle:
     balanced: bool
 
 
-DOMAINS: dict[str, DomainStyle] = {
-    "target": DomainStyle(contrast=(0.85, 1.15), brightness=(-0.04, 0.08), gamma=(0.85, 1.2), noise=0.035,
+DOMAINS: dict[SampleDomain, DomainStyle] = {
+    SampleDomain.TARGET: DomainStyle(contrast=(0.85, 1.15), brightness=(-0.04, 0.08), gamma=(0.85, 1.2), noise=0.035,
                           balanced=False),
-    "source": DomainStyle(contrast=(0.95, 1.05), brightness=(0.0, 0.04), gamma=(0.95, 1.05), noise=0.02,
+    SampleDomain.SOURCE: DomainStyle(contrast=(0.95, 1.05), brightness=(0.0, 0.04), gamma=(0.95, 1.05), noise=0.02,
                           balanced=True),
 }
 
@@ -66,17 +67,16 @@ class SampleConfig:
     out: Path
     n: int = IUXRAY_FRONTAL
     seed: int = 42
-    domain: str = "target"
+    domain: SampleDomain = SampleDomain.TARGET
     size: int = 256
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
 
     def validate(self) -> None:
-        if self.domain not in DOMAINS:
-            raise InputError(f"--domain {self.domain}: choose one of {', '.join(DOMAINS)}")
+        parse(SampleDomain, self.domain, "domain")
         if self.n < 10:
-            raise InputError(f"--n {self.n}: need at least 10 images")
+            raise InputError(f"n {self.n}: need at least 10 images", parameter="n")
         if not 64 <= self.size <= 1024:
-            raise InputError(f"--size {self.size}: choose between 64 and 1024 pixels")
+            raise InputError(f"size {self.size}: choose between 64 and 1024 pixels", parameter="size")
         from embedstore.outputs import check_output_path
 
         check_output_path(None, self.out, folder=True)
@@ -112,7 +112,7 @@ def _assign_imbalanced(n_uids: int, scale: float, rng: np.random.Generator) -> l
 
 def _assign_balanced(n_uids: int, rng: np.random.Generator) -> list[set[str]]:
     """Every finding about equally common; a fifth of the studies normal."""
-    sets = []
+    sets: list[set[str]] = []
     for _ in range(n_uids):
         if rng.random() < 0.2:
             sets.append(set())
@@ -444,7 +444,7 @@ def _fracture(a: Anatomy, side: int, rng: np.random.Generator) -> np.ndarray:
     fragment = (a.canvas.x > start + 0.02) & (a.canvas.x <= start + 0.06)
     broken = broken - 0.11 * (fragment & (np.abs(a.canvas.y - curve) <= 0.009))
     broken = broken + 0.11 * (fragment & (np.abs(a.canvas.y - curve - 0.014) <= 0.009))
-    y_mid = float(_rib_curve(rib_y, bend, np.float32(start + 0.02), cx))
+    y_mid = float(_rib_curve(rib_y, bend, np.array(start + 0.02, dtype=np.float32), cx))
     mask = (np.abs(a.canvas.x - (start + 0.03)) <= 0.045) & (np.abs(a.canvas.y - y_mid) <= 0.035)
     a.rib_layer = np.where(mask, broken, before).astype(np.float32)
     return mask
@@ -481,11 +481,11 @@ PAINTERS: dict[str, FindingPainter] = {
 }
 
 
-def _stream(seed: int, domain: str, image_index: int, purpose: int) -> np.random.Generator:
+def _stream(seed: int, domain: SampleDomain, image_index: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed, list(DOMAINS).index(domain), image_index, purpose])
 
 
-def render_frontal(seed: int, domain: str, image_index: int, findings: tuple[str, ...], sides: dict[str, int],
+def render_frontal(seed: int, domain: SampleDomain, image_index: int, findings: tuple[str, ...], sides: dict[str, int],
                    size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One frontal image (uint8) and the mask of each finding drawn on it.
 
@@ -508,7 +508,7 @@ def render_frontal(seed: int, domain: str, image_index: int, findings: tuple[str
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), masks
 
 
-def render_lateral(seed: int, domain: str, image_index: int, size: int) -> np.ndarray:
+def render_lateral(seed: int, domain: SampleDomain, image_index: int, size: int) -> np.ndarray:
     """A lateral view: no findings drawn (frontal-only analyses never use it)."""
     canvas = Canvas(size)
     rng = _stream(seed, domain, image_index, 2)
@@ -535,7 +535,8 @@ def _mask_name(filename: str, label: str) -> str:
     return f"{filename.removesuffix('.dcm.png')}__{label.lower().replace(' ', '_')}.png"
 
 
-def _write_image(job: ImageJob, seed: int, domain: str, size: int, out: Path) -> list[tuple[str, str, int, int, int, int]]:
+def _write_image(job: ImageJob, seed: int, domain: SampleDomain, size: int,
+                 out: Path) -> list[tuple[str, str, int, int, int, int]]:
     image_path = out / IMAGE_DIR / job.filename
     if not job.frontal:
         Image.fromarray(render_lateral(seed, domain, job.index, size)).save(image_path, optimize=False)
@@ -552,7 +553,7 @@ def _write_image(job: ImageJob, seed: int, domain: str, size: int, out: Path) ->
     return boxes
 
 
-def _write_chunk(args: tuple[list[ImageJob], int, str, int, str]) -> list[tuple[str, str, int, int, int, int]]:
+def _write_chunk(args: tuple[list[ImageJob], int, SampleDomain, int, str]) -> list[tuple[str, str, int, int, int, int]]:
     jobs, seed, domain, size, out = args
     rows = []
     for job in jobs:
@@ -595,7 +596,7 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     config.validate()
     out = config.out
     if (out / STUDY_CSV).exists():
-        raise InputError(f"--out {out}: already holds a dataset ({STUDY_CSV}); choose an empty folder")
+        raise InputError(f"{out}: already holds a dataset ({STUDY_CSV}); choose an empty folder", parameter="out")
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     jobs = plan_dataset(config)

@@ -75,4 +75,4 @@ def index_ids(index: faiss.Index) -> np.ndarray:
     """The sample ids stored in an IndexIDMap2, in insertion order."""
     if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
         index = faiss.downcast_index(index)
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    return faiss.vector_to_array(index.id_map).astype(np.int64)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
--- Creates every table and view of the store (README, "Schema"). Idempotent.
+-- Creates every table and view of the store (docs/store.md, "Schema"). Idempotent.
 -- internal
 CREATE TABLE IF NOT EXISTS meta (
     key VARCHAR PRIMARY KEY,

@@ -1,12 +1,15 @@
 """Open a page in Debian's headless Chromium (through chromedriver) and report what a person would
-see: console errors, network requests, and how many Vega marks each chart drew."""
+see: console errors, network requests, how many Vega marks each chart drew, and whatever a caller's
+`inspect` step found by using the page (clicks included) before the console was read."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -19,9 +22,13 @@ class PageCheck:
     console_errors: list[str]
     requests: list[str]
     marks_per_chart: list[int]
+    inspected: Any = None
 
 
-def check_page(page: Path, screenshot: Path, profile: Path, wait_seconds: float = 30) -> PageCheck:
+def check_page(page: Path, screenshot: Path, profile: Path, wait_seconds: float = 30,
+               inspect: Callable[[Any], Any] | None = None) -> PageCheck:
+    """Open `page`, wait until every chart drew marks, run `inspect(driver)` (its result is returned as
+    `inspected`; console errors it causes are caught like any other), take a screenshot."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
@@ -42,6 +49,7 @@ def check_page(page: Path, screenshot: Path, profile: Path, wait_seconds: float 
         WebDriverWait(driver, wait_seconds).until(
             lambda d: (lambda m: len(m) > 0 and all(n > 0 for n in m))(d.execute_script(count_marks)))
         marks = driver.execute_script(count_marks)
+        inspected = inspect(driver) if inspect is not None else None
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1500, min(int(height) + 100, 12000))
         driver.save_screenshot(str(screenshot))
@@ -53,6 +61,6 @@ def check_page(page: Path, screenshot: Path, profile: Path, wait_seconds: float 
                 url = message["params"]["request"]["url"]
                 if url.startswith(("http://", "https://", "ws://", "wss://", "ftp://")):
                     requests.append(url)  # chrome:// (the browser's own pages), file:, data: and blob: stay local
-        return PageCheck(errors, requests, marks)
+        return PageCheck(errors, requests, marks, inspected)
     finally:
         driver.quit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +117,24 @@ def synthetic_store(tmp_store: Store, synthetic_dir: Path) -> Store:
     ingest(tmp_store, IngestConfig(path=synthetic_dir, name="syn"))
     return tmp_store
 
+
+@pytest.fixture(scope="session")
+def cam_store(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, native_model: str
+              ) -> Iterator[tuple[Store, dict[str, str]]]:
+    """The small synthetic set with a zs (study), zs (multilabel, posneg), lp and ft run of the native
+    ViT, by `<mode>-<protocol>` (tests/model_fixtures.py: CAM_RUN_KINDS). Shared by the Grad-CAM
+    tests: add validations to it, never change its runs."""
+    from embedstore.extract import ExtractConfig, extract
+    from embedstore.ingest import IngestConfig, ingest
+    from tests.model_fixtures import CAM_RUN_KINDS
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBEDSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "embedstore-cache"))
+        store, _ = Store.init(tmp_path_factory.mktemp("cam") / "store")
+        ingest(store, IngestConfig(path=synthetic_dir, name="syn"))
+        runs = {}
+        for mode, protocol, prompts in CAM_RUN_KINDS:
+            runs[f"{mode}-{protocol}"] = extract(store, ExtractConfig(
+                mode=mode, model=native_model, data="syn", protocol=protocol, prompts=prompts, epochs=1,
+                encode_batch_size=64)).run_id
+        yield store, runs

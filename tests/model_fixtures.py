@@ -93,3 +93,15 @@ def make_biomedclip_shaped(folder: Path, seed: int = 0) -> Path:
         "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
                      "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32},
     }, seed)
+
+
+#: The runs of the Grad-CAM test store (tests/conftest.py: `cam_store`): mode, protocol, prompt set.
+CAM_RUN_KINDS = (("zs", "study", None), ("zs", "multilabel", "posneg"), ("lp", "multilabel", None), ("ft", "study", None))
+
+
+def count_hooks(module: object) -> int:
+    """Forward, backward and pre-forward hooks still registered anywhere in a torch module."""
+    import torch
+
+    assert isinstance(module, torch.nn.Module)
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in module.modules())

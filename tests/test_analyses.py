@@ -9,10 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstore.analyses import classification, neighbors, separability
-from embedstore.analyses.common import AnalysisOptions
-from embedstore.analyses.rundata import RunData, load_run
-from embedstore.analyses.study import AnalyzeConfig, analyze, study_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import (
@@ -27,9 +23,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from embedstore.analyses import classification, neighbors, separability
+from embedstore.analyses.common import AnalysisOptions
+from embedstore.analyses.rundata import RunData, load_run
+from embedstore.analyses.study import AnalyzeConfig, analyze
 from embedstore.errors import InputError
 from embedstore.extract import ExtractConfig, extract
 from embedstore.labels import CHEXPERT_LABELS
+from embedstore.rendering.tables import study_table
 from embedstore.store import Store
 from embedstore.vector_index import build_index
 

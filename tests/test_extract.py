@@ -17,7 +17,7 @@ import pytest
 
 import embedstore.extract as extract_module
 from embedstore.embeddings import read_image_embeddings
-from embedstore.errors import InputError
+from embedstore.errors import InputError, StoreBusyError
 from embedstore.extract import ExtractConfig, extract
 from embedstore.integrity import verify_store
 from embedstore.models import ModelUnavailableError, load_model, weights_sha256
@@ -176,12 +176,12 @@ def test_provenance_is_recorded(synthetic_store: Store, native_model: str) -> No
 
 
 def test_unknown_dataset_mode_and_missing_cuda_are_clear_errors(synthetic_store: Store, native_model: str) -> None:
-    with pytest.raises(InputError, match="--data nope"):
+    with pytest.raises(InputError, match="dataset 'nope': no such dataset"):
         extract(synthetic_store, ExtractConfig(mode="zs", model=native_model, data="nope"))
-    with pytest.raises(InputError, match="--mode xx"):
+    with pytest.raises(InputError, match="mode 'xx': choose one of zs, lp, ft"):
         extract(synthetic_store, ExtractConfig(mode="xx", model=native_model, data="syn"))
     if not __import__("torch").cuda.is_available():
-        with pytest.raises(InputError, match="--device cuda"):
+        with pytest.raises(InputError, match="device 'cuda': no CUDA device"):
             extract(synthetic_store, ExtractConfig(mode="zs", model=native_model, data="syn", device="cuda"))
 
 
@@ -209,6 +209,26 @@ def test_models_list_shows_where_each_loads_from(run_cli) -> None:
     assert "demo" in listing.stdout and "ViT-B-16" in listing.stdout
 
 
+def _embedding_rows(store: Store) -> int:
+    try:
+        with store.reader(wait_seconds=0.5) as con:
+            return int(con.execute("SELECT count(*) FROM image_embeddings").fetchall()[0][0])
+    except StoreBusyError:  # the writer holds the file for a moment
+        return 0
+
+
+def _wait_for_rows(store: Store, proc: subprocess.Popen[bytes], rows: int, log_path: Path) -> None:
+    """Wait until the extraction in `proc` has committed `rows` embeddings, however long that takes.
+    The guard only turns a hung extraction into a failure instead of a stalled suite."""
+    guard = time.monotonic() + 900
+    while _embedding_rows(store) < rows:
+        if proc.poll() is not None:
+            pytest.fail(f"the extraction ended (exit {proc.returncode}) before {rows} rows: {log_path.read_text()}")
+        if time.monotonic() > guard:
+            pytest.fail(f"the extraction committed fewer than {rows} rows in 15 minutes: it hangs")
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_killed_extraction_resumes_to_exactly_one_row_per_sample(tmp_store: Store, tmp_path: Path,
                                                                  native_model: str, run_cli) -> None:
@@ -220,18 +240,14 @@ def test_killed_extraction_resumes_to_exactly_one_row_per_sample(tmp_store: Stor
     ingest(tmp_store, IngestConfig(path=tmp_path / "big", name="syn"))
     command = [sys.executable, "-m", "embedstore.cli", "extract", "--mode", "zs", "--model", native_model,
                "--data", "syn", "--encode-batch-size", "2", "--chunk-size", "2", "--store", str(tmp_store.path)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.monotonic() + 60
-    count = 0
-    while time.monotonic() < deadline and count < 10:
-        time.sleep(0.02)
-        try:
-            with tmp_store.reader(wait_seconds=0.5) as con:
-                count = con.execute("SELECT count(*) FROM image_embeddings").fetchall()[0][0]
-        except Exception:  # noqa: BLE001 — the writer may hold the file for a moment
-            continue
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    log_path = tmp_path / "stderr.txt"
+    with open(log_path, "w") as log_file:  # a file, not a pipe: nobody reads it while the extraction runs
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file, env=os.environ.copy())
+    try:
+        _wait_for_rows(tmp_store, proc, 10, log_path)  # the progress signal: killed once 10 rows are committed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     with tmp_store.reader() as con:
         (run_id, status), = con.execute("SELECT run_id, status FROM runs").fetchall()
         partial = con.execute("SELECT count(*) FROM image_embeddings").fetchall()[0][0]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ HOLD_WRITER = textwrap.dedent(
     """
 )
 
-#: A reader that keeps the database open until the file named by argv[2] exists (or 60 s pass).
+#: A reader that keeps the database open until the file named by argv[2] exists (the test kills it otherwise).
 HOLD_READER = textwrap.dedent(
     """
     import os, sys, time
@@ -41,8 +42,7 @@ HOLD_READER = textwrap.dedent(
     with Store(sys.argv[1]).reader() as con:
         con.execute("SELECT count(*) FROM samples").fetchall()
         print("ready", flush=True)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+        while not os.path.exists(sys.argv[2]):
             time.sleep(0.05)
     """
 )
@@ -130,15 +130,28 @@ def test_writer_waits_for_a_reader_and_names_it(tmp_store: Store, tmp_path: Path
                                                 caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(store_module, "WRITER_NOTICE_SECONDS", 0.2)
     release = tmp_path / "release"
-    with _process(HOLD_READER, str(tmp_store.path), str(release)) as reader:
-        releaser = subprocess.Popen([sys.executable, "-c",
-                                     f"import time, pathlib; time.sleep(1.5); pathlib.Path({str(release)!r}).touch()"])
-        with caplog.at_level(logging.WARNING, logger="embedstore"), tmp_store.writer("test") as writer:
-            with writer.transaction() as con:
-                con.execute("INSERT INTO meta VALUES ('after', 'reader')")
-        releaser.wait()
-        messages = " ".join(record.getMessage() for record in caplog.records)
-        assert f"pid {reader.pid}" in messages and "waiting" in messages
+
+    class ReleaseOnNotice(logging.Handler):
+        """The reader is let go only once the writer has said it waits for it."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting" in record.getMessage():
+                release.touch()
+
+    handler = ReleaseOnNotice()
+    logging.getLogger("embedstore").addHandler(handler)
+    guard = threading.Timer(300, release.touch)  # only so that a missing notice fails below instead of hanging
+    guard.start()
+    try:
+        with _process(HOLD_READER, str(tmp_store.path), str(release)) as reader:
+            with caplog.at_level(logging.WARNING, logger="embedstore"), tmp_store.writer("test") as writer:
+                with writer.transaction() as con:
+                    con.execute("INSERT INTO meta VALUES ('after', 'reader')")
+            messages = " ".join(record.getMessage() for record in caplog.records)
+    finally:
+        guard.cancel()
+        logging.getLogger("embedstore").removeHandler(handler)
+    assert f"pid {reader.pid}" in messages and "waiting" in messages
     with tmp_store.reader() as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'after'").fetchall() == [("reader",)]
 

@@ -487,7 +487,7 @@ def test_a_bomb_is_one_bad_row_from_the_shell(tmp_store: Store, tmp_path: Path) 
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "m.csv:6: image bomb.png is too large: 100,000,000 pixels, over the limit of 50,000,000",
-        "embedstore: error: 1 bad row(s) in m.csv (listed above); fix them or rerun with --skip-bad"]
+        "embedstore: error: 1 bad row(s) in m.csv (listed above); fix them or skip them (--skip-bad)"]
 
 
 def _hostile_paths(tmp_path: Path) -> dict[str, tuple[str, str]]:
@@ -526,7 +526,7 @@ def test_paths_that_are_no_regular_file_are_bad_rows(tmp_store: Store, tmp_path:
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         f"m.csv:6: {message}",
-        "embedstore: error: 1 bad row(s) in m.csv (listed above); fix them or rerun with --skip-bad"]
+        "embedstore: error: 1 bad row(s) in m.csv (listed above); fix them or skip them (--skip-bad)"]
     assert _counts(tmp_store) == (0, 0, 0)
 
 

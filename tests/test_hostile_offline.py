@@ -14,7 +14,6 @@ import pickle
 import shutil
 import socket
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +30,6 @@ OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLI
 HUB_REPO = "some/model"
 #: A model id open_clip resolves on the hub, and a built-in whose pretrained tag lives on the hub.
 HUB_MODELS = (f"hf-hub:{HUB_REPO}", "ViT-B-32:openai")
-#: Far below huggingface_hub's retry loop against an unreachable hub (about 42 s).
-QUICK_SECONDS = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,14 +208,12 @@ def _record(store_path: Path, relpath: str) -> None:
 def test_the_cli_refuses_a_hub_model_it_does_not_have_without_contacting_the_hub(
         ft_copy: FtStore, online_env: dict[str, str], fake_hub: FakeHub, run_cli) -> None:
     model = f"hf-hub:{HUB_REPO}"
-    started = time.monotonic()
     result = run_cli("extract", "--mode", "zs", "--model", model, "--data", "syn", "--workers", "0",
-                     "--store", str(ft_copy.path))
-    assert time.monotonic() - started < 120                    # does not hang (the process start is most of it)
+                     "--store", str(ft_copy.path))  # run_cli's time limit turns a hang into a failure
     assert fake_hub.requests == []
     assert result.returncode == 2, result.stderr
     line = _one_error_line(result.stderr)
-    assert line.startswith(f"embedstore: error: --model {model}: cannot be loaded offline")
+    assert line.startswith(f"embedstore: error: --model '{model}': cannot be loaded offline")
     assert "never downloads" in line and "local-dir:" in line
     with Store.open(ft_copy.path).reader() as con:
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
@@ -273,11 +268,23 @@ def test_an_unreachable_hub_is_not_retried(online_session: Path, monkeypatch: py
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     monkeypatch.setattr(constants, "ENDPOINT", closed)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", closed + "/{repo_id}/resolve/{revision}/{filename}")
-    started = time.monotonic()
+    attempts: list[object] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        real_connect(self, address)  # type: ignore[arg-type]
+
+    def connect_ex(self: socket.socket, address: object) -> int:
+        attempts.append(address)
+        return real_connect_ex(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     for model in HUB_MODELS:
         with pytest.raises(ModelUnavailableError):
             load_model(model)
-    assert time.monotonic() - started < QUICK_SECONDS
+    assert attempts == []  # not one connection attempt, so nothing to retry
 
 
 def test_a_cached_hub_model_loads_offline_in_a_session_that_imported_the_hub_online(
@@ -308,13 +315,13 @@ def test_models_list_and_gradcam_of_a_hub_run_make_no_request(
         online_session: Path, fake_hub: FakeHub, ft_copy: FtStore) -> None:
     import torch
 
-    from embedstore.gradcam import load_subject
+    from embedstore.cam.subject import load_subject
     from embedstore.models import ModelUnavailableError, list_models
 
     entries = {entry.name: entry for entry in list_models()}
     assert not entries["biomedclip"].available
     _set_run(ft_copy.path, ft_copy.run_id, model_id=f"hf-hub:{HUB_REPO}")
-    with pytest.raises(ModelUnavailableError, match=f"--model hf-hub:{HUB_REPO}: cannot be loaded offline"):
+    with pytest.raises(ModelUnavailableError, match=f"model 'hf-hub:{HUB_REPO}': cannot be loaded offline"):
         load_subject(Store.open(ft_copy.path), ft_copy.run_id, torch.device("cpu"))
     assert fake_hub.requests == []
 
@@ -417,8 +424,8 @@ def test_a_replaced_checkpoint_with_a_matching_manifest_is_still_never_unpickled
         ft_copy: FtStore, tmp_path: Path) -> None:
     import torch
 
+    from embedstore.cam.subject import load_subject
     from embedstore.extract import ExtractConfig, extract
-    from embedstore.gradcam import load_subject
 
     relpath = f"artefacts/{ft_copy.run_id}/finetuned.pt"
     marker = tmp_path / "code-ran"

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from embedstore.analyses.charts import ChartOptions, chart_spec, save_chart
-from embedstore.analyses.pages import html_text, script_json, scrub, shareable_model, shareable_path
-from embedstore.analyses.report import write_report
-from embedstore.analyses.study import AnalyzeConfig, analyze
 from hypothesis import given
 from hypothesis import strategies as st
 
+from embedstore.analyses.study import AnalyzeConfig, analyze
 from embedstore.extract import ExtractConfig, extract
 from embedstore.ingest import IngestConfig, ingest
 from embedstore.iuxray import STUDY_CSV
+from embedstore.rendering.charts import ChartOptions, chart_spec, save_chart
+from embedstore.rendering.pages import html_text, script_json, scrub, shareable_model, shareable_path
+from embedstore.rendering.report import write_report
 from embedstore.store import Store
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING
 

@@ -185,7 +185,7 @@ def test_missing_zero_byte_truncated_and_non_image_files_are_all_listed(tmp_stor
                         f"{STUDY_CSV}:7: image {rows[5]['filename']} is empty",
                         f"{STUDY_CSV}:9: image {rows[7]['filename']} is truncated",
                         f"{STUDY_CSV}:11: image {rows[9]['filename']} is truncated or not an image",
-                        "4 bad row(s)", "--skip-bad")
+                        "4 bad row(s)", "fix them or skip them")
     assert len(error.details) == 4
     result = ingest(tmp_store, IngestConfig(path=synthetic_copy, name="ok", skip_bad=True))
     assert result.n_samples == 116 and len(result.skipped) == 4
@@ -238,7 +238,7 @@ def test_an_empty_split_is_refused(tmp_store: Store, synthetic_copy: Path) -> No
 def test_reingest_needs_replace(tmp_store: Store, synthetic_dir: Path) -> None:
     first = ingest(tmp_store, IngestConfig(path=synthetic_dir, name="iu"))
     before = _table_counts(tmp_store)
-    with pytest.raises(InputError, match="--replace"):
+    with pytest.raises(InputError, match="dataset 'iu' exists; replace it"):
         ingest(tmp_store, IngestConfig(path=synthetic_dir, name="iu"))
     assert _table_counts(tmp_store) == before
     second = ingest(tmp_store, IngestConfig(path=synthetic_dir, name="iu", replace=True, split="stratified"))

@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from embedstore import queries
+from embedstore.cli.output import render
 from embedstore.errors import InputError, SqlError, SqlRefusedError
-from embedstore.sqlrun import render, run_query
+from embedstore.sqlrun import run_query
 from embedstore.store import Store
 from tests.conftest import add_embedding_run
 
@@ -93,9 +94,9 @@ def test_named_queries_bind_typed_parameters(tmp_store: Store, run_cli) -> None:
     assert named.params[0].name == "run_id"
     assert run_query(tmp_store, named.text, named.bind({"run_id": "r1"})).num_rows == 4
     assert run_query(tmp_store, named.text, named.bind({"run_id": "r1' OR 1=1 --"})).num_rows == 0
-    with pytest.raises(InputError, match="needs --param run_id"):
+    with pytest.raises(InputError, match="needs the parameter run_id"):
         named.bind({})
-    with pytest.raises(InputError, match="--param other"):
+    with pytest.raises(InputError, match="^params other"):
         named.bind({"run_id": "r1", "other": "x"})
     shell = run_cli("sql", "--name", "run_embeddings", "--param", "run_id=r1", "--format", "csv",
                     "--store", str(tmp_store.path))

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstore.analyses import classification, neighbors, separability
-from embedstore.analyses.common import AnalysisOptions, bootstrap_weights, rarest_label_strata
-from embedstore.analyses.rundata import RunData
-from embedstore.analyses.study import MACRO_AUROC_HEADER, TIME_COLUMN, RunAnalysis, detail_tables, study_table
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
+from embedstore.analyses import classification, neighbors, separability
+from embedstore.analyses.common import AnalysisOptions, bootstrap_weights, rarest_label_strata
+from embedstore.analyses.rundata import RunData
+from embedstore.analyses.study import RunAnalysis
 from embedstore.heads import row_minmax
 from embedstore.labels import CHEXPERT_LABELS, DOMAINS
+from embedstore.rendering.tables import MACRO_AUROC_HEADER, TIME_COLUMN, detail_tables, study_table
 from embedstore.vector_index import build_index
 
 
@@ -152,7 +153,7 @@ def test_stratified_resampling_keeps_each_stratum_size() -> None:
             assert np.allclose(weights[:, strata == stratum].sum(axis=1), (strata == stratum).sum())
 
 
-def test_multilabel_neighbours_exclude_other_images_of_the_same_study(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multilabel_neighbours_exclude_other_images_of_the_same_uid(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(5)
     studies = 20
     base = rng.normal(size=(studies, 8))
@@ -164,7 +165,7 @@ def test_multilabel_neighbours_exclude_other_images_of_the_same_study(monkeypatc
     run = _run(x, rng.normal(size=(2 * studies, 3)), targets, splits, ["A", "B", "C"], uids=uids, protocol="multilabel")
     index = build_index(run.sample_ids, x.astype(np.float32))
     monkeypatch.setattr(neighbors, "read_index", lambda path: index)
-    same = neighbors.SameStudy.of(run.sample_ids, uids)
+    same = neighbors.SameUid.of(run.sample_ids, uids)
     found = neighbors.search(index, x, run.sample_ids, run.sample_ids, 3, same)
     found_uid = uids[np.searchsorted(run.sample_ids, found)]
     assert (found >= 0).all() and not (found_uid == uids[:, None]).any()

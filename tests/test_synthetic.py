@@ -104,7 +104,7 @@ def test_source_domain_is_balanced(tmp_path: Path) -> None:
 
 
 def test_bad_options_and_non_empty_output_are_refused(synthetic_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="--domain"):
+    with pytest.raises(InputError, match="domain 'other': choose one of target, source"):
         write_sample(SampleConfig(out=tmp_path / "x", domain="other"))
     with pytest.raises(InputError, match="already holds a dataset"):
         write_sample(SampleConfig(out=synthetic_dir, n=10))

@@ -1,6 +1,6 @@
-"""Altair charts of stored results. Charts draw what `analyze` (and `ingest`, `extract`) stored; they
-compute no metric. Each is saved as self-contained HTML (Vega inlined, no network), PNG and the
-Vega-Lite JSON."""
+"""Altair charts of stored results. Charts draw what `analyze` (and `ingest`, `extract`, `gradcam
+validate`) stored; they compute no metric. Each is saved as self-contained HTML (Vega inlined, no
+network), PNG and the Vega-Lite JSON (docs/report.md)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from embedstore.analyses.pages import chart_page
 
 from embedstore import queries
 from embedstore.atomic import atomic_path
+from embedstore.choices import ChartKind, ColorBy, PerLabelMetric, Protocol, Reducer, parse
 from embedstore.errors import InputError
 from embedstore.labels import DOMAIN_OF, NO_FINDING
-from embedstore.store import Store
+from embedstore.rendering.pages import chart_page
+from embedstore.store import Store, resolve_dataset
+
+if TYPE_CHECKING:
+    import altair as alt
 
 SPLIT_ORDER = ["train", "val", "test"]
 MODE_ORDER = ["zs", "lp", "ft"]
@@ -28,35 +32,28 @@ class ChartOptions:
     """Options of `embedstore chart`."""
 
     runs: tuple[str, ...] = ()
-    protocol: str | None = None
+    protocol: Protocol | None = None
     data: str | None = None
-    color_by: str = "domain"
-    metric: str = "f1"
-    reduce: str = "pca"
+    color_by: ColorBy = ColorBy.DOMAIN
+    metric: PerLabelMetric = PerLabelMetric.F1
+    reduce: Reducer = Reducer.PCA
     max_points: int = 1500
     seed: int = 42
     #: projection: put each test report's first 80 characters in the tooltips (patient text: off by default).
     include_text: bool = False
 
-
-def _records(store: Store, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    with store.reader() as con:
-        result = con.execute(queries.load(name).text, params or {})
-        columns = [d[0] for d in result.description]
-        return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-
-
-def _dataset(store: Store, options: ChartOptions) -> str:
-    if options.data:
-        return options.data
-    names = [r["name"] for r in _records(store, "dataset_names")]
-    if len(names) != 1:
-        raise InputError(f"--data: the store has {len(names)} datasets ({', '.join(names) or 'none'}); name one")
-    return names[0]
+    def __post_init__(self) -> None:
+        """Check the closed choices when called from Python (the CLI's types have checked them already)."""
+        if self.protocol is not None:
+            object.__setattr__(self, "protocol", parse(Protocol, self.protocol))
+        object.__setattr__(self, "color_by", parse(ColorBy, self.color_by, "colour-by"))
+        object.__setattr__(self, "metric", parse(PerLabelMetric, self.metric, "per-label metric"))
+        object.__setattr__(self, "reduce", parse(Reducer, self.reduce, "reducer"))
 
 
 def _metric_rows(store: Store, options: ChartOptions, metrics: list[str]) -> list[dict[str, Any]]:
-    rows = _records(store, "chart_metrics", {"metrics": metrics})
+    with store.reader() as con:
+        rows = queries.fetch_arrow(con, "chart_metrics", metrics=metrics).to_pylist()
     rows = [r for r in rows if (not options.runs or r["run_id"] in options.runs)
             and (options.protocol is None or r["protocol"] == options.protocol)]
     if not rows:
@@ -66,11 +63,13 @@ def _metric_rows(store: Store, options: ChartOptions, metrics: list[str]) -> lis
     return rows
 
 
-def labels_chart(store: Store, options: ChartOptions) -> Any:
+def labels_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """Label distribution per split (the study's bar chart)."""
     import altair as alt
 
-    rows = _records(store, "label_stats", {"dataset": _dataset(store, options)})
+    dataset = resolve_dataset(store, options.data)
+    with store.reader() as con:
+        rows = queries.fetch_arrow(con, "label_stats", dataset=dataset).to_pylist()
     values = [{"label": r["label"], "position": i, "split": split, "positives": r[split]}
               for i, r in enumerate(rows) for split in SPLIT_ORDER]
     return alt.Chart(alt.Data(values=values), title="Positive images per label and split").mark_bar().encode(
@@ -88,7 +87,8 @@ _BY_POSITION = {"field": "position", "op": "min"}
 
 
 def _with_positions(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    order = {r["label"]: i for i, r in enumerate(_records(store, "label_order"))}
+    with store.reader() as con:
+        order = {row[0]: i for i, row in enumerate(queries.fetch(con, "label_order"))}
     for row in rows:
         row["position"] = order.get(row["label"], len(order))
     return rows
@@ -97,7 +97,7 @@ def _with_positions(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, 
 MACRO_TITLES = {"macro_f1": "macro-F1 (all labels)", "macro_auroc": "macro AUROC (labels with both classes)"}
 
 
-def _interval_bars(rows: list[dict[str, Any]], title: str, column: str) -> Any:
+def _interval_bars(rows: list[dict[str, Any]], title: str, column: str) -> alt.TopLevelMixin:
     import altair as alt
 
     base = alt.Chart(alt.Data(values=rows))
@@ -112,22 +112,22 @@ def _interval_bars(rows: list[dict[str, Any]], title: str, column: str) -> Any:
     ).resolve_scale(y="independent")
 
 
-def separability_chart(store: Store, options: ChartOptions) -> Any:
+def separability_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """Inter, intra and ratio per setting and protocol, with 95 % intervals."""
     rows = _metric_rows(store, options, ["inter_class_distance", "intra_class_distance", "separation_ratio"])
     return _interval_bars(rows, "Class separability (test split)", "metric")
 
 
-def metrics_chart(store: Store, options: ChartOptions) -> Any:
+def metrics_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """The study table's classification columns as grouped bars with intervals."""
     rows = _metric_rows(store, options, ["macro_f1", "exact_match", "lrap", "coverage_error", "macro_auroc"])
-    for row in rows:  # the facet titles say which labels each macro averages
-        row["metric"] = MACRO_TITLES.get(row["metric"], row["metric"])
-    return _interval_bars(rows, "Classification (test split)", "metric")
+    for row in rows:  # the facet titles say which labels each macro averages; `metric` stays the stored name
+        row["figure"] = MACRO_TITLES.get(row["metric"], row["metric"])
+    return _interval_bars(rows, "Classification (test split)", "figure")
 
 
-def per_label_chart(store: Store, options: ChartOptions) -> Any:
-    """Heatmap of a per-label figure (--metric f1|auroc|auprc), label × setting."""
+def per_label_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
+    """Heatmap of a per-label figure (f1, auroc or auprc: `options.metric`), label × setting."""
     import altair as alt
 
     rows = _with_positions(store, [r for r in _metric_rows(store, options, [options.metric]) if r["label"]])
@@ -139,15 +139,15 @@ def per_label_chart(store: Store, options: ChartOptions) -> Any:
     ).facet(column=alt.Column("protocol:N", title=None)).resolve_scale(x="independent")
 
 
-def thresholds_chart(store: Store, options: ChartOptions) -> Any:
+def thresholds_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """The study's threshold sweep: macro-F1 and exact match against the threshold; LRAP and coverage
     error (threshold-free) as reference lines."""
     import altair as alt
 
-    sweep = _metric_rows(store, ChartOptions(options.runs, "study"), ["sweep_macro_f1", "sweep_exact_match"])
+    sweep = _metric_rows(store, ChartOptions(options.runs, Protocol.STUDY), ["sweep_macro_f1", "sweep_exact_match"])
     for row in sweep:
         row["threshold"] = json.loads(row["params"])["threshold"]
-    flat = _metric_rows(store, ChartOptions(options.runs, "study"), ["lrap"])
+    flat = _metric_rows(store, ChartOptions(options.runs, Protocol.STUDY), ["lrap"])
     lines = alt.Chart(alt.Data(values=sweep)).mark_line(point=True).encode(
         x=alt.X("threshold:Q", title="threshold on row-min-max scores"), y=alt.Y("value:Q", title=None),
         color=alt.Color("setting:N"), strokeDash=alt.StrokeDash("metric:N"),
@@ -158,7 +158,7 @@ def thresholds_chart(store: Store, options: ChartOptions) -> Any:
                                       title="Study protocol: threshold sweep (dotted rules: LRAP)")
 
 
-def neighbors_chart(store: Store, options: ChartOptions) -> Any:
+def neighbors_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """kNN label agreement: precision@k per label and setting (within-split, leave-one-out)."""
     import altair as alt
 
@@ -181,34 +181,38 @@ def _umap(x: np.ndarray, texts: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     try:
         import umap
     except ImportError:
-        raise InputError("--reduce umap needs umap-learn: pip install 'embedstore[umap]'") from None
+        raise InputError("the UMAP projection needs umap-learn: pip install 'embedstore[umap]'") from None
     reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit(x)
     return reducer.embedding_, reducer.transform(texts) if len(texts) else np.zeros((0, 2))
 
 
 #: `--reduce`: how the projection chart maps embeddings to 2-D (prompts go through the same map).
-REDUCERS: dict[str, Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]] = {
-    "pca": _pca,
-    "umap": _umap,
+REDUCERS: dict[Reducer, Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]] = {
+    Reducer.PCA: _pca,
+    Reducer.UMAP: _umap,
 }
 
 
-def projection_chart(store: Store, options: ChartOptions) -> Any:
+def projection_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """2-D PCA (or UMAP) of each run's test-split image embeddings, faceted by run; prompts as diamonds.
     Tooltips name each image by sample id; its report text only with `include_text`."""
     import altair as alt
+
     from embedstore.analyses.rundata import dataset_runs, load_run
 
-    run_ids = list(options.runs) or dataset_runs(store, _dataset(store, options))
+    run_ids = list(options.runs) or dataset_runs(store, resolve_dataset(store, options.data))
     points: list[dict[str, Any]] = []
-    reports = {r["sample_id"]: r for r in _records(store, "sample_reports")} if options.include_text else {}
+    reports: dict[int, str | None] = {}
+    if options.include_text:
+        with store.reader() as con:
+            reports = {row["sample_id"]: row["report"] for row in queries.fetch_arrow(con, "sample_reports").to_pylist()}
     for run_id in run_ids:
         run = load_run(store, run_id)
         test = np.flatnonzero(run.splits == "test")[: options.max_points]
         x = run.embeddings[test].astype(np.float64)
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         with store.reader() as con:
-            prompts = con.execute(queries.load("run_prompts").text, {"run_id": run_id}).fetchall()
+            prompts = queries.fetch(con, "run_prompts", run_id=run_id)
         texts = np.array([np.asarray(v, dtype=np.float64) / np.linalg.norm(v) for *_, v in prompts]).reshape(
             len(prompts), x.shape[1])
         coords, text_coords = REDUCERS[options.reduce](x, texts, options.seed)
@@ -221,13 +225,13 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
                      "label": first, "domain": DOMAIN_OF.get(first, "Other"),
                      "abnormal": "normal" if positives == [NO_FINDING] else "abnormal"}
             if options.include_text:
-                point["report"] = (reports.get(int(run.sample_ids[i]), {}).get("report") or "")[:80]
+                point["report"] = (reports.get(int(run.sample_ids[i])) or "")[:80]
             points.append(point)
         for (label, prompt, _), (a, b) in zip(prompts, text_coords, strict=True):
             points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "prompt", "label": label,
                            "domain": DOMAIN_OF.get(label, "Other"), "labels": prompt, "abnormal": "prompt",
                            "sample_id": None} | ({"report": prompt} if options.include_text else {}))
-    color = {"domain": "domain:N", "label": "label:N", "abnormal": "abnormal:N"}[options.color_by]
+    color = f"{options.color_by.value}:N"
     return alt.Chart(alt.Data(values=points),
                      title=f"Test-split image embeddings ({options.reduce.upper()}), coloured by {options.color_by}"
                      ).mark_point(filled=True, opacity=0.6).encode(
@@ -238,12 +242,14 @@ def projection_chart(store: Store, options: ChartOptions) -> Any:
     ).properties(width=300, height=260).facet(facet=alt.Facet("setting:N", title=None), columns=3)
 
 
-def gradcam_chart(store: Store, options: ChartOptions) -> Any:
+def gradcam_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """Pointing game per label and setting against its chance level and a random-weights model,
     with 95 % bootstrap intervals, as `embedstore gradcam validate` stored them."""
     import altair as alt
 
-    rows = _records(store, "gradcam_summary", {"dataset": _dataset(store, options)})
+    dataset = resolve_dataset(store, options.data)
+    with store.reader() as con:
+        rows = queries.fetch_arrow(con, "gradcam_summary", dataset=dataset).to_pylist()
     rows = [r for r in rows if not options.runs or r["run_id"] in options.runs]
     if not rows:
         raise InputError("no Grad-CAM figures are stored yet; `embedstore gradcam validate` writes them")
@@ -263,15 +269,15 @@ def gradcam_chart(store: Store, options: ChartOptions) -> Any:
 
 
 #: `embedstore chart KIND`.
-CHARTS: dict[str, Callable[[Store, ChartOptions], Any]] = {
-    "labels": labels_chart,
-    "separability": separability_chart,
-    "projection": projection_chart,
-    "metrics": metrics_chart,
-    "per-label": per_label_chart,
-    "thresholds": thresholds_chart,
-    "neighbors": neighbors_chart,
-    "gradcam": gradcam_chart,
+CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
+    ChartKind.LABELS: labels_chart,
+    ChartKind.SEPARABILITY: separability_chart,
+    ChartKind.PROJECTION: projection_chart,
+    ChartKind.METRICS: metrics_chart,
+    ChartKind.PER_LABEL: per_label_chart,
+    ChartKind.THRESHOLDS: thresholds_chart,
+    ChartKind.NEIGHBORS: neighbors_chart,
+    ChartKind.GRADCAM: gradcam_chart,
 }
 
 
@@ -283,11 +289,10 @@ class ChartFiles:
     spec: Path
 
 
-def chart_spec(store: Store, kind: str, options: ChartOptions) -> dict[str, Any]:
+def chart_spec(store: Store, kind: ChartKind | str, options: ChartOptions) -> dict[str, Any]:
     """The Vega-Lite spec of one chart kind, data inlined."""
-    if kind not in CHARTS:
-        raise InputError(f"chart kind {kind!r}: choose one of {', '.join(CHARTS)}")
-    return CHARTS[kind](store, options).to_dict()
+    spec: dict[str, Any] = CHARTS[parse(ChartKind, kind, "chart kind")](store, options).to_dict()
+    return spec
 
 
 def save_chart(spec: dict[str, Any], kind: str, out: Path) -> ChartFiles:

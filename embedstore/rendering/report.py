@@ -1,5 +1,7 @@
-"""`embedstore report`: one self-contained HTML page — the study tables of both protocols with
-intervals, every chart, the dataset statistics and each run's provenance — from stored results."""
+"""`embedstore report`: one self-contained HTML page from stored results, read as a story — the
+findings (generated from the stored figures), the study tables of both protocols with intervals and
+their detail tables (collapsed, sortable), every chart, the Grad-CAM validation, the dataset
+statistics and each run's provenance (docs/report.md)."""
 
 from __future__ import annotations
 
@@ -7,36 +9,51 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
-from embedstore.analyses.charts import CHARTS, ChartOptions, chart_spec
-from embedstore.analyses.common import PROTOCOLS, MetricRow
-from embedstore.analyses.localisation import localisation_table
-from embedstore.analyses.pages import html_text, page, scrub, shareable_model, shareable_path, vega_embed
-from embedstore.analyses.rundata import dataset_runs, load_run
-from embedstore.analyses.study import RunAnalysis, detail_tables, study_table
 
 from embedstore import queries
+from embedstore.analyses.common import PROTOCOLS, MetricRow
+from embedstore.analyses.rundata import dataset_runs, load_run
+from embedstore.analyses.study import RunAnalysis
 from embedstore.atomic import atomic_path
+from embedstore.choices import ChartKind, Protocol
 from embedstore.errors import InputError
-from embedstore.store import Store
+from embedstore.rendering.charts import CHARTS, ChartOptions, chart_spec
+from embedstore.rendering.findings import findings, findings_html
+from embedstore.rendering.pages import (
+    SORT_SCRIPT,
+    TABLE_STYLE,
+    collapsed,
+    html_text,
+    page,
+    scrub,
+    shareable_model,
+    shareable_path,
+    table_html,
+    vega_embed,
+)
+from embedstore.rendering.tables import detail_tables, localisation_table, study_table
+from embedstore.store import Store, resolve_dataset
 
 log = logging.getLogger(__name__)
+
+#: The split the report lays out.
+SPLIT = "test"
 
 
 @dataclass(frozen=True)
 class ReportResult:
     path: Path
-    charts: list[str]
-    skipped: dict[str, str]
+    charts: list[ChartKind]
+    skipped: dict[ChartKind, str]
 
 
-def stored_analyses(store: Store, run_ids: list[str], split: str = "test") -> list[RunAnalysis]:
+def stored_analyses(store: Store, run_ids: list[str], split: str = SPLIT) -> list[RunAnalysis]:
     """The figures `analyze` stored, as RunAnalysis objects (nothing is recomputed)."""
     analyses = []
     with store.reader() as con:
-        rows = con.execute(queries.load("stored_metrics").text, {"split": split}).fetchall()
+        rows = queries.fetch(con, "stored_metrics", split=split)
     by_key: dict[tuple[str, str], list[MetricRow]] = {}
     for run_id, protocol, metric, label, value, low, high, skipped, params in rows:
         by_key.setdefault((run_id, protocol), []).append(
@@ -44,22 +61,17 @@ def stored_analyses(store: Store, run_ids: list[str], split: str = "test") -> li
     runs = {run_id: load_run(store, run_id) for run_id in run_ids}
     for (run_id, protocol), metric_rows in by_key.items():
         if run_id in runs:
-            analyses.append(RunAnalysis(runs[run_id], protocol, metric_rows))
+            analyses.append(RunAnalysis(runs[run_id], Protocol(protocol), metric_rows))
     return analyses
-
-
-def _table_html(frame: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html_text(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.iter_rows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _provenance(store: Store, run_ids: list[str]) -> pl.DataFrame:
     records = []
     with store.reader() as con:
         for run_id in run_ids:
-            row = con.execute(queries.load("run_overview").text, {"run_id": run_id}).fetchall()[0]
+            row = queries.fetch_one(con, "run_overview", run_id=run_id)
+            if row is None:  # a run deleted since the list was read
+                continue
             (_, mode, protocol, prompt_set, model_id, model_sha, _, dataset, manifest, _, train_s, extract_s, device,
              config, versions) = row
             config, versions = json.loads(config), json.loads(versions or "{}")
@@ -72,13 +84,6 @@ def _provenance(store: Store, run_ids: list[str]) -> pl.DataFrame:
                 "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             })
     return pl.DataFrame(records)
-
-
-def _checks(store: Store, data: str) -> pl.DataFrame:
-    """The dataset's ingest checks (identical images across splits, derived No Finding), one row each."""
-    from embedstore.stats import dataset_stats
-
-    return pl.DataFrame(dataset_stats(store, data).checks)
 
 
 def _precision(config: dict[str, object]) -> str:
@@ -94,44 +99,46 @@ h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}th{background:#f3f3f3}
 .chart{margin:12px 0 28px}.note{color:#666;font-size:12px}
-"""
+#findings li{margin:3px 0}
+""" + TABLE_STYLE
 
 
 def write_report(store: Store, out: Path, data: str | None = None, include_text: bool = False) -> ReportResult:
     """Render the report from stored results; charts whose inputs are missing are listed, not faked.
     The page is meant to be shared: it names no machine path (the store's, a model folder's) and carries
-    no report text unless `include_text` (the projection's tooltips then show each report's start)."""
+    no report text unless `include_text` (the projection's tooltips then show each report's start).
+
+    Its order tells the story: the findings, the study table of each protocol with its detail tables
+    (collapsed), the charts, the Grad-CAM validation, the dataset, the provenance of every run."""
     from embedstore.outputs import check_output_path
+    from embedstore.stats import dataset_stats
 
     check_output_path(store, out)
-    datasets = [r[0] for r in _fetch(store, "dataset_names")]
-    if data is None:
-        if len(datasets) != 1:
-            raise InputError(f"--data: the store has {len(datasets)} datasets ({', '.join(datasets) or 'none'}); name one")
-        data = datasets[0]
+    data = resolve_dataset(store, data)
     run_ids = dataset_runs(store, data)
     analyses = stored_analyses(store, run_ids)
     if not analyses:
         raise InputError("no stored figures; run `embedstore analyze` before `embedstore report`")
+    stats = dataset_stats(store, data)
+    checks = {str(row["check"]): int(row["count"]) for row in stats.checks.to_pylist()}
     text_note = ("report texts: included (the first 80 characters of each test-split report, in the projection's "
                  "tooltips)" if include_text else "report texts: not included (images named by sample id)")
     sections = [f"<h1>embedstore report — {html_text(data)}</h1>",
-                "<p class='note'>every figure read from the store (test split, 95 % bootstrap intervals in "
-                f"brackets); {text_note}</p>"]
+                f"<p class='note'>every figure read from the store ({SPLIT} split, 95 % bootstrap intervals in "
+                f"brackets); {text_note}</p>",
+                findings_html(findings(analyses, PROTOCOLS, checks, SPLIT), SPLIT)]
     for protocol in PROTOCOLS:
         table = study_table(analyses, protocol)
         if table.is_empty():
             continue
-        sections.append(f"<h2>Study table — {protocol} protocol</h2>{_table_html(table)}")
+        sections.append(f"<h2>Study table — {html_text(protocol)} protocol</h2>{table_html(table)}")
         for name, frame in detail_tables(analyses, protocol).items():
             if not frame.is_empty():
-                sections.append(f"<h3>{html_text(name)} ({protocol})</h3>{_table_html(frame)}")
-    sections += _gradcam_sections(store, data)
-    stats = _fetch_frame(store, "label_stats", {"dataset": data})
-    sections.append(f"<h2>Dataset statistics</h2>{_table_html(stats)}")
-    sections.append(f"<h3>Ingest checks</h3>{_table_html(_checks(store, data))}")
+                sections.append(collapsed(f"{name} ({protocol}) — {frame.height} rows", table_html(frame)))
     sections.append("<h2>Charts</h2>")
-    drawn, skipped, scripts = [], {}, []
+    drawn: list[ChartKind] = []
+    skipped: dict[ChartKind, str] = {}
+    scripts = []
     for kind in CHARTS:
         try:
             spec = chart_spec(store, kind, ChartOptions(data=data, include_text=include_text))
@@ -144,8 +151,11 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
         drawn.append(kind)
     for kind, reason in skipped.items():
         sections.append(f"<p class='note'>{html_text(kind)}: not drawn — {html_text(reason)}</p>")
-    sections.append(f"<h2>Provenance</h2>{_table_html(_provenance(store, run_ids))}")
-    text = page(f"embedstore report — {data}", "".join(sections), scripts, STYLE)
+    sections += _gradcam_sections(store, data)
+    sections.append(f"<h2>Dataset statistics</h2>{table_html(pl.DataFrame(stats.per_label))}")
+    sections.append(f"<h3>Ingest checks</h3>{table_html(pl.DataFrame(stats.checks))}")
+    sections.append(f"<h2>Provenance</h2>{table_html(_provenance(store, run_ids))}")
+    text = page(f"embedstore report — {data}", "".join(sections), [*scripts, SORT_SCRIPT], STYLE)
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return ReportResult(out, drawn, skipped)
@@ -154,8 +164,9 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
 def _gradcam_sections(store: Store, data: str) -> list[str]:
     """Per validated run and split: the localisation table and the randomisation check, as stored."""
     grouped: dict[tuple[str, str], list[MetricRow]] = {}
-    for run_id, split, metric, label, value, low, high, skipped, params in _fetch(store, "gradcam_metrics",
-                                                                                 {"dataset": data}):
+    with store.reader() as con:
+        stored = queries.fetch(con, "gradcam_metrics", dataset=data)
+    for run_id, split, metric, label, value, low, high, skipped, params in stored:
         grouped.setdefault((run_id, split), []).append(
             MetricRow(metric, value, label, low, high, skipped, json.loads(params or "{}")))
     sections = []
@@ -168,7 +179,7 @@ def _gradcam_sections(store: Store, data: str) -> list[str]:
                         f"; annotations {html_text(shown)}; pointing tolerance "
                         f"{first.get('pointing_tolerance_px', 0):.1f} px; chance = what a random point, a uniform map "
                         "or a random region of the same size scores; random weights = every layer redrawn</p>"
-                        + _table_html(localisation_table(rows)))
+                        + table_html(localisation_table(rows)))
         steps = [r for r in rows if r.metric == "gradcam.sanity_spearman"]
         flag = next((r for r in rows if r.metric == "gradcam.sanity_flag"), None)
         if steps and flag is not None:
@@ -178,13 +189,3 @@ def _gradcam_sections(store: Store, data: str) -> list[str]:
             sections.append(f"<p>Model-randomisation check, Spearman ρ between trained and randomised maps as "
                             f"layers are redrawn top-down: {trail} — {verdict}.</p>")
     return sections
-
-
-def _fetch(store: Store, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    with store.reader() as con:
-        return con.execute(queries.load(name).text, params or {}).fetchall()
-
-
-def _fetch_frame(store: Store, name: str, params: dict[str, Any]) -> pl.DataFrame:
-    with store.reader() as con:
-        return pl.from_arrow(con.sql(queries.load(name).text, params=params).to_arrow_table())

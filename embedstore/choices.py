@@ -1,0 +1,165 @@
+"""Every closed set of choices, declared once.
+
+Registries are keyed by these enums, the CLI uses them as parameter types (so typer refuses a bad
+value with the list of valid ones), and library code checks a value with `parse`, raising with the
+value itself; the CLI names the option. Members are `StrEnum`s: `Protocol.STUDY == "study"`, so
+stored strings and JSON stay plain text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypeVar
+
+from embedstore.errors import InputError
+
+
+class Mode(StrEnum):
+    """How a run scores images: zero-shot prompts, a linear probe, or a fine-tuned tower."""
+
+    ZS = "zs"
+    LP = "lp"
+    FT = "ft"
+
+
+class Protocol(StrEnum):
+    """`study` reproduces the notebook exactly; `multilabel` is embedstore's corrected protocol."""
+
+    STUDY = "study"
+    MULTILABEL = "multilabel"
+
+
+class ProtocolChoice(StrEnum):
+    """`embedstore analyze --protocol`: one protocol or both."""
+
+    STUDY = "study"
+    MULTILABEL = "multilabel"
+    BOTH = "both"
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class CamMethod(StrEnum):
+    """Saliency methods (pytorch-grad-cam classes)."""
+
+    GRADCAM = "gradcam"
+    GRADCAM_PLUS_PLUS = "gradcam++"
+    HIRESCAM = "hirescam"
+    SCORECAM = "scorecam"
+    EIGENCAM = "eigencam"
+
+
+class ChartKind(StrEnum):
+    """`embedstore chart KIND`."""
+
+    LABELS = "labels"
+    SEPARABILITY = "separability"
+    PROJECTION = "projection"
+    METRICS = "metrics"
+    PER_LABEL = "per-label"
+    THRESHOLDS = "thresholds"
+    NEIGHBORS = "neighbors"
+    GRADCAM = "gradcam"
+
+
+class Reducer(StrEnum):
+    """2-D projection of the embeddings."""
+
+    PCA = "pca"
+    UMAP = "umap"
+
+
+class ColorBy(StrEnum):
+    """What colours the points of the projection chart."""
+
+    DOMAIN = "domain"
+    LABEL = "label"
+    ABNORMAL = "abnormal"
+
+
+class PerLabelMetric(StrEnum):
+    """The per-label figure the per-label heatmap draws."""
+
+    F1 = "f1"
+    AUROC = "auroc"
+    AUPRC = "auprc"
+
+
+class TableFormat(StrEnum):
+    """Output of `analyze` and other table-printing commands."""
+
+    TABLE = "table"
+    MARKDOWN = "markdown"
+    CSV = "csv"
+    JSON = "json"
+
+
+class SqlFormat(StrEnum):
+    """Output of `embedstore sql`."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+
+
+class Resampling(StrEnum):
+    """How bootstrap resamples are drawn: from the whole split, or within rarest-label strata."""
+
+    SIMPLE = "simple"
+    STRATIFIED = "stratified"
+
+
+class SplitMethod(StrEnum):
+    """How ingest assigns train/val/test."""
+
+    STUDY = "study"
+    STRATIFIED = "stratified"
+    GIVEN = "given"
+
+
+class IngestFormat(StrEnum):
+    """Dataset layouts ingest reads (`auto` detects one from the files)."""
+
+    AUTO = "auto"
+    IUXRAY14 = "iuxray14"
+    KAGGLE = "kaggle"
+    MANIFEST = "manifest"
+
+
+class PromptSet(StrEnum):
+    """Zero-shot prompt sets."""
+
+    NAMES = "names"
+    TEMPLATES = "templates"
+    POSNEG = "posneg"
+
+
+class SampleDomain(StrEnum):
+    """The synthetic benchmark's domains: the imbalanced, shifted target or the balanced source."""
+
+    TARGET = "target"
+    SOURCE = "source"
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse(kind: type[E], value: str | E, what: str | None = None) -> E:
+    """`value` as a member of `kind`, or an InputError naming the value and the valid choices (the
+    CLI has checked its own options already; this guards calls from Python)."""
+    try:
+        return kind(value)
+    except ValueError:
+        valid = ", ".join(member.value for member in kind)
+        raise InputError(f"{what or kind.__name__.lower()} {value!r}: choose one of {valid}") from None

@@ -1,0 +1,153 @@
+"""Tables of stored figures: the study table and its detail tables, the Grad-CAM localisation table,
+and every figure as JSON records. Each cell is `value [low, high]` (95 % bootstrap interval) or `—`
+where a figure is undefined; nothing is computed here (docs/analyze.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from embedstore.analyses.common import MetricRow
+from embedstore.labels import LOCALISED_GROUP
+
+if TYPE_CHECKING:
+    from embedstore.analyses.study import RunAnalysis
+
+#: The study table's figure columns: (header, stored metric). Arrows say which direction is better.
+STUDY_COLUMNS = (
+    ("inter-class dist ↑", "inter_class_distance"),
+    ("intra-class dist ↓", "intra_class_distance"),
+    ("ratio ↑", "separation_ratio"),
+    ("macro-F1, all labels ↑", "macro_f1"),
+    ("exact match ↑", "exact_match"),
+    ("LRAP ↑", "lrap"),
+    ("coverage error ↓", "coverage_error"),
+)
+
+TIME_COLUMN = "train time (min) ↓"
+
+#: The threshold-free macros' headers say which labels they average (macro-F1 averages every label).
+MACRO_AUROC_HEADER = "macro AUROC (labels with both classes)"
+MACRO_AUPRC_HEADER = "macro AUPRC (labels with a positive)"
+
+#: The order of settings in every table: the study's (zs, ft, lp), then anything else.
+SETTING_ORDER = ("zs", "ft", "lp")
+
+
+def _cell(row: MetricRow | None, digits: int = 3) -> str:
+    if row is None or not np.isfinite(row.value):
+        return "—"
+    text = f"{row.value:.{digits}g}" if abs(row.value) >= 100 and digits else f"{row.value:.{digits}f}"
+    if row.ci_low is not None and row.ci_high is not None:
+        text += f" [{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
+    return text
+
+
+def setting_name(analysis: RunAnalysis, analyses: Sequence[RunAnalysis]) -> str:
+    """A setting's name in every table and in the report's findings: its mode, with the prompt set
+    (or run id) when a protocol has two runs of that mode."""
+    same_mode = [a for a in analyses if a.protocol == analysis.protocol and a.run.mode == analysis.run.mode]
+    name = analysis.run.mode
+    if len(same_mode) > 1:
+        name += f" ({analysis.run.prompt_set or analysis.run.run_id})"
+    return name
+
+
+def in_study_order(analyses: Sequence[RunAnalysis], protocol: str) -> list[RunAnalysis]:
+    """The analyses of `protocol`, in the study table's row order."""
+    return sorted((a for a in analyses if a.protocol == protocol),
+                  key=lambda a: SETTING_ORDER.index(a.run.mode) if a.run.mode in SETTING_ORDER else len(SETTING_ORDER))
+
+
+def study_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataFrame:
+    """The study table for one protocol: one row per setting. The time column is what embedstore
+    spent training (lp: the head fitted on cached vectors, not the notebook's re-encoding loop)."""
+    records = []
+    for analysis in in_study_order(analyses, protocol):
+        record = {"setting": setting_name(analysis, analyses)}
+        for title, metric in STUDY_COLUMNS:
+            record[title] = _cell(analysis.figure(metric))
+        minutes = analysis.run.train_seconds / 60 if analysis.run.train_seconds and analysis.run.mode != "zs" else None
+        note = " (head on cached vectors)" if analysis.run.mode == "lp" else ""
+        record[TIME_COLUMN] = "—" if minutes is None else f"{minutes:.2f}{note}"
+        record["run"] = analysis.run.run_id
+        records.append(record)
+    return pl.DataFrame(records)
+
+
+def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, pl.DataFrame]:
+    """Per-label, per-domain, normal-vs-abnormal and neighbour tables for one protocol."""
+    chosen = [a for a in analyses if a.protocol == protocol]
+    per_label, per_domain, binary, knn = [], [], [], []
+    for analysis in chosen:
+        setting = setting_name(analysis, analyses)
+        for label in analysis.run.labels:
+            per_label.append({"setting": setting, "label": label,
+                              "positives": _cell(analysis.figure("positives", label), 0),
+                              "F1": _cell(analysis.figure("f1", label)),
+                              "AUROC": _cell(analysis.figure("auroc", label)),
+                              "AUPRC": _cell(analysis.figure("auprc", label)),
+                              "precision": _cell(analysis.figure("precision", label)),
+                              "recall": _cell(analysis.figure("recall", label))})
+        for domain in analysis.run.domains:
+            if protocol == "study":
+                per_domain.append({"setting": setting, "domain": domain,
+                                   "positives (any label)": _cell(analysis.figure("domain_positives", domain), 0),
+                                   "F1 (any label)": _cell(analysis.figure("domain_any_f1", domain)),
+                                   "AUROC (any label)": _cell(analysis.figure("domain_any_auroc", domain)),
+                                   "AUPRC (any label)": _cell(analysis.figure("domain_any_auprc", domain))})
+            else:
+                per_domain.append({"setting": setting, "domain": domain,
+                                   "per-label macro F1": _cell(analysis.figure("domain_macro_f1", domain)),
+                                   "per-label macro AUROC": _cell(analysis.figure("domain_macro_auroc", domain))})
+        binary.append({"setting": setting, "AUROC": _cell(analysis.figure("abnormal_auroc")),
+                       "F1": _cell(analysis.figure("abnormal_f1")),
+                       MACRO_AUROC_HEADER: _cell(analysis.figure("macro_auroc")),
+                       MACRO_AUPRC_HEADER: _cell(analysis.figure("macro_auprc"))})
+        for scope in sorted({r.metric.split(":")[1] for r in analysis.rows if r.metric.startswith("knn_jaccard:")}):
+            knn.append({"setting": setting, "scope": scope,
+                        "label-set Jaccard": _cell(analysis.figure(f"knn_jaccard:{scope}")),
+                        "vote " + MACRO_AUROC_HEADER: _cell(analysis.figure(f"knn_vote_macro_auroc:{scope}")),
+                        "vote macro-F1 (all labels)": _cell(analysis.figure(f"knn_vote_macro_f1:{scope}"))})
+    return {"per label": pl.DataFrame(per_label), "per domain": pl.DataFrame(per_domain),
+            "normal vs abnormal, and threshold-free": pl.DataFrame(binary),
+            "nearest-neighbour label agreement": pl.DataFrame(knn)}
+
+
+def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
+    """One line per label (and `all`): each stored Grad-CAM figure as `value [low, high]`, for the
+    trained model and for random weights."""
+    def cell(row: MetricRow | None) -> str:
+        if row is None:
+            return ""
+        if row.ci_low is None or row.ci_high is None:
+            return f"{row.value:.3f}"
+        return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+
+    index = {(r.metric, r.label): r for r in rows}
+    labels = [None, LOCALISED_GROUP] + sorted({r.label for r in rows if r.label not in (None, LOCALISED_GROUP)
+                                               and r.metric == "gradcam.pointing_game"})
+    columns = {"pointing game": "gradcam.pointing_game", "pointing chance": "gradcam.pointing_chance",
+               "random weights: pointing": "gradcam.random_weights.pointing_game",
+               "energy inside": "gradcam.energy_inside", "random weights: energy": "gradcam.random_weights.energy_inside",
+               "area share": "gradcam.area_share", "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
+               "deletion AUC ↓": "gradcam.deletion_auc", "insertion AUC ↑": "gradcam.insertion_auc"}
+    records = []
+    for label in labels:
+        count = index.get(("gradcam.pointing_game", label))
+        if count is None:
+            continue
+        record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps")}
+        record |= {name: cell(index.get((metric, label))) for name, metric in columns.items()}
+        records.append(record)
+    return pl.DataFrame(records)
+
+
+def metrics_records(analyses: Sequence[RunAnalysis]) -> list[dict[str, object]]:
+    """Every figure as a plain record (the JSON output)."""
+    return [{"run_id": a.run.run_id, "mode": a.run.mode, "protocol": a.protocol, **asdict(r)}
+            for a in analyses for r in a.rows]
