@@ -70,8 +70,7 @@ def load_run(store: Store, run_id: str) -> RunData:
         (_, mode, protocol, prompt_set, model_id, _, _, dataset, _, status, train_s, extract_s, _, config,
          _) = overview
         if status != "complete":
-            raise InputError(f"run {run_id}: the run is {status}, not complete; finish its extraction first "
-                             "(`embedstore extract … --resume`)")
+            raise InputError(f"run {run_id}: the run is {status}, not complete; resume its extraction to finish it")
         ids, embeddings = read_image_embeddings(con, run_id)
         labels: list[str] = list(json.loads(config)["labels"])
         rows = queries.fetch_numpy(con, "run_scores", run_id=run_id, labels=labels)

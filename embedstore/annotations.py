@@ -128,11 +128,11 @@ class Annotation:
         try:  # the images' own decoder: regular files only, size and pixel limits (an 8-bit mask is kept as is)
             image, _ = load_rgb(self.mask_path)
         except InputError as error:
-            raise InputError(f"--masks {shown(self.mask_path)}: {error}") from None
+            raise InputError(f"masks {shown(self.mask_path)}: {error}", parameter="masks") from None
         pixels = np.asarray(image.convert("L"))
         if pixels.shape != geometry.original:
-            raise InputError(f"--masks {self.mask_path}: {pixels.shape[1]}×{pixels.shape[0]} pixels, but its image is "
-                             f"{geometry.original[1]}×{geometry.original[0]}")
+            raise InputError(f"masks {shown(self.mask_path)}: {pixels.shape[1]}×{pixels.shape[0]} pixels, but its image is "
+                             f"{geometry.original[1]}×{geometry.original[0]}", parameter="masks")
         return geometry.mask(pixels)
 
 
@@ -150,16 +150,16 @@ def read_annotations(path: Path, known_files: set[str], known_labels: Sequence[s
     try:
         handle = open(path, newline="", encoding="utf-8")
     except OSError as error:
-        raise InputError(f"--annotations {path}: cannot be read ({error.strerror})") from None
+        raise InputError(f"annotations {path}: cannot be read ({error.strerror})", parameter="annotations") from None
     with handle:
         reader = csv.DictReader(handle)
         missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise InputError(f"--annotations {path}: missing column(s) {', '.join(missing)} "
-                             f"(expected {','.join(BOX_COLUMNS)})")
+            raise InputError(f"annotations {path}: missing column(s) {', '.join(missing)} "
+                             f"(expected {','.join(BOX_COLUMNS)})", parameter="annotations")
         rows = list(reader)
     if masks is not None and not masks.is_dir():
-        raise InputError(f"--masks {masks}: not a folder")
+        raise InputError(f"masks {masks}: not a folder", parameter="masks")
     annotations: list[Annotation] = []
     problems: list[str] = []
     for number, row in enumerate(rows, start=2):
@@ -182,7 +182,8 @@ def read_annotations(path: Path, known_files: set[str], known_labels: Sequence[s
                 continue
             annotations.append(Annotation(row["filename"], row["label"], box, number, mask_path))  # type: ignore[arg-type]
     if problems:
-        raise InputError(f"--annotations {path}: {len(problems)} bad row(s); first: {problems[0]}", details=problems[:50])
+        raise InputError(f"annotations {path}: {len(problems)} bad row(s); first: {problems[0]}", details=problems[:50],
+                         parameter="annotations")
     if not annotations:
-        raise InputError(f"--annotations {path}: no annotation rows")
+        raise InputError(f"annotations {path}: no annotation rows", parameter="annotations")
     return annotations

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embedstore.choices import Protocol
+
 if TYPE_CHECKING:
     import torch
 
@@ -224,9 +226,9 @@ def _lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[t
     return weight.detach(), bias.detach()
 
 
-LP_RECIPES: dict[str, Callable[..., FitResult]] = {
-    "study": lambda tx, ty, vx, vy, epochs, batch_size, seed: fit_study_head(tx, ty, vx, vy, epochs, batch_size, seed),
-    "multilabel": lambda tx, ty, vx, vy, epochs, batch_size, seed: fit_logistic_head(tx, ty, vx, vy),
+LP_RECIPES: dict[Protocol, Callable[..., FitResult]] = {
+    Protocol.STUDY: fit_study_head,
+    Protocol.MULTILABEL: lambda tx, ty, vx, vy, epochs, batch_size, seed: fit_logistic_head(tx, ty, vx, vy),
 }
 
 
@@ -389,7 +391,7 @@ def finetune_multilabel(visual: torch.nn.Module, dim: int, n_labels: int, data: 
                       "val_precision": _precision(data)})
 
 
-FT_RECIPES: dict[str, Callable[..., FitResult]] = {
-    "study": finetune_study,
-    "multilabel": finetune_multilabel,
+FT_RECIPES: dict[Protocol, Callable[..., FitResult]] = {
+    Protocol.STUDY: finetune_study,
+    Protocol.MULTILABEL: finetune_multilabel,
 }

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedstore.atomic import save_npy
+from embedstore.choices import Protocol
 from embedstore.errors import InputError
 
 if TYPE_CHECKING:
@@ -311,10 +312,10 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
 #: Autocast precision per (step, protocol, device type); a combination not listed runs in fp32 (no
 #: autocast). The study protocol encodes (and validates ft) in fp32 as its notebook does, and trains
 #: ft under fp16 autocast with a GradScaler on CUDA; multilabel uses bf16 autocast on CUDA.
-PRECISIONS: dict[tuple[str, str, str], str] = {
-    ("encode", "multilabel", "cuda"): "bf16",
-    ("ft-train", "study", "cuda"): "fp16",
-    ("ft-train", "multilabel", "cuda"): "bf16",
+PRECISIONS: dict[tuple[str, Protocol, str], str] = {
+    ("encode", Protocol.MULTILABEL, "cuda"): "bf16",
+    ("ft-train", Protocol.STUDY, "cuda"): "fp16",
+    ("ft-train", Protocol.MULTILABEL, "cuda"): "bf16",
 }
 #: torch's name of each precision's autocast dtype (fp32: no autocast).
 AUTOCAST_DTYPES: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -322,12 +323,12 @@ AUTOCAST_DTYPES: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp1
 
 def encode_precision(protocol: str, device_type: str) -> str:
     """How a run encodes images: "fp32" or "bf16" (recorded in the run's config)."""
-    return PRECISIONS.get(("encode", protocol, device_type), "fp32")
+    return PRECISIONS.get(("encode", Protocol(protocol), device_type), "fp32")
 
 
 def ft_train_precision(protocol: str, device_type: str) -> str:
     """The autocast precision of ft's training steps: "fp32", "fp16" or "bf16"."""
-    return PRECISIONS.get(("ft-train", protocol, device_type), "fp32")
+    return PRECISIONS.get(("ft-train", Protocol(protocol), device_type), "fp32")
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -106,7 +106,7 @@ def load(name: str) -> NamedQuery:
     queries = all_queries()
     if name not in queries:
         public = [q for q, v in queries.items() if not v.internal]
-        raise InputError(f"name {name}: no such query; `embedstore sql --list` shows {len(public)} queries",
+        raise InputError(f"name {name}: no such query ({len(public)} named queries exist; the sql command lists them)",
                          parameter="name")
     return queries[name]
 

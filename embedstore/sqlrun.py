@@ -35,8 +35,6 @@ from embedstore.atomic import atomic_path
 from embedstore.errors import InputError, SqlError, SqlRefusedError
 from embedstore.store import Store, database_error
 
-ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
 #: Table functions a query may call: row generators and read-only views of the catalog. Every
 #: other one is refused: those that open files (read_*, parquet_*, glob, sniff_csv, ...), those
 #: that run SQL text the check cannot see (query, query_table, ...) and those that change state.

@@ -102,12 +102,12 @@ def test_missing_columns_and_mask_files_are_named(cam_store: tuple[Store, dict[s
     masks.mkdir()
     broken = masks / mask_name(row[0], row[1])
     broken.write_bytes(b"not a png")
-    with pytest.raises(InputError, match=f"--masks {broken}: is truncated or not an image"):
+    with pytest.raises(InputError, match=f"^masks {broken}: is truncated or not an image"):
         validate(store, ValidateConfig(run=runs["ft-study"], annotations=one, masks=masks))
     from PIL import Image
 
     Image.new("L", (7, 5)).save(broken, format="PNG")
-    with pytest.raises(InputError, match=f"--masks {broken}: 7×5 pixels, but its image is 128×128"):
+    with pytest.raises(InputError, match=f"^masks {broken}: 7×5 pixels, but its image is 128×128"):
         validate(store, ValidateConfig(run=runs["ft-study"], annotations=one, masks=masks))
     with store.reader() as con:
         assert con.execute("SELECT count(*) FROM gradcam").fetchall()[0][0] == before
