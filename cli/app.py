@@ -54,7 +54,8 @@ def _usage_line(error: Exception) -> str:
 
 
 #: Library parameters whose option is not the parameter's own name (the CLI's name for it).
-PARAMETER_OPTIONS = {"format": "fmt", "labels_csv": "labels", "params": "param", "top_fraction": "top_p"}
+PARAMETER_OPTIONS = {"format": "fmt", "labels_csv": "labels", "metadata_csv": "metadata", "params": "param",
+                     "top_fraction": "top_p"}
 
 
 def _command(argv: list[str]) -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from embedstore.choices import IngestFormat, SampleDomain, SplitMethod
+from embedstore.choices import IngestFormat, ReaderPolicy, SampleDomain, SampleLayout, SplitMethod, UncertainPolicy
 from embedstore.cli.options import StoreOption, store_path
 
 app = typer.Typer(help="The synthetic benchmark and dataset statistics.", no_args_is_help=True)
@@ -20,27 +20,31 @@ def sample(
     domain: SampleDomain = typer.Option(SampleDomain.TARGET, "--domain",
                                         help="target (imbalanced, shifted) or source (balanced)."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    layout: SampleLayout = typer.Option(SampleLayout.IUXRAY, "--layout",
+                                        help="Write it as this dataset ships: iuxray (the study's CSV, the Kaggle "
+                                             "pair, annotations), chexpert, mimic-cxr, nih14 or vindr-cxr."),
 ) -> None:
-    """Write the synthetic IU-Xray-shaped benchmark (images, the study CSV, the Kaggle pair, annotations)."""
+    """Write the synthetic benchmark (chest-like films with localised findings) in a dataset's layout."""
     from embedstore.progress import progress_bar
-    from embedstore.synthetic import SampleConfig, plan_dataset, write_sample
+    from embedstore.synthetic import SampleConfig, plan_dataset, write_layout
 
     config = SampleConfig(out=out, n=n, seed=seed, domain=domain, size=size)
     config.validate()
     with progress_bar(len(plan_dataset(config)), "drawing images", "img") as advance:
-        csv_path = write_sample(config, progress=advance)
-    typer.echo(f"wrote {csv_path}")
+        written = write_layout(layout, config, progress=advance)
+    typer.echo(f"wrote {written}; ingest it with `embedstore ingest {written} --name NAME`")
 
 
 @app.command()
 def stats(name: str = typer.Argument(..., help="Dataset name."), store: Path | None = StoreOption) -> None:
-    """Positives per label and split, prevalence, imbalance ratio, labels per image."""
+    """Images, uids and patients per split; positives per label and split, prevalence, imbalance ratio;
+    labels per image; ingest's checks."""
     from embedstore.cli.output import print_tables
     from embedstore.stats import dataset_stats
     from embedstore.store import Store
 
     result = dataset_stats(Store.open(store_path(store)), name)
-    print_tables({"dataset": result.dataset, "labels": result.per_label,
+    print_tables({"dataset": result.dataset, "splits": result.splits, "labels": result.per_label,
                   "labels per image": result.labels_per_image, "checks": result.checks})
 
 
@@ -51,10 +55,22 @@ def ingest(
                                      help="The dataset's layout (auto: detected from the files)."),
     split: SplitMethod | None = typer.Option(None, "--split",
                                              help="How train/val/test are assigned: the study's split, a multi-label "
-                                                  "stratified one, or the input's split column (default: given if "
-                                                  "the input has a split column, else study)."),
+                                                  "stratified one (both by patient where the dataset names "
+                                                  "patients), or the dataset's own split (default: given if the "
+                                                  "input has one, else study)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the split."),
-    labels: Path | None = typer.Option(None, "--labels", help="Kaggle format: CheXpert-14 labels CSV keyed by uid."),
+    labels: Path | None = typer.Option(None, "--labels",
+                                       help="kaggle and openi: a CheXpert-14 labels CSV keyed by uid (else the "
+                                            "approximate mapping of the report's terms)."),
+    metadata: Path | None = typer.Option(None, "--metadata",
+                                         help="openi: the DICOM-metadata CSV giving each image's view."),
+    uncertain: UncertainPolicy = typer.Option(UncertainPolicy.ZEROS, "--uncertain",
+                                              help="An uncertain (-1) label: zeros (negative, the study's rule), "
+                                                   "ones (positive), or ignore (left out of that label's loss "
+                                                   "and metrics)."),
+    readers: ReaderPolicy = typer.Option(ReaderPolicy.MAJORITY, "--readers",
+                                         help="vindr-cxr: a label is positive when any, most (majority) or all "
+                                              "(consensus) of the image's radiologists marked it."),
     all_projections: bool = typer.Option(False, "--all-projections", help="Keep lateral images too."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Ingest the good rows; record what was skipped."),
     replace: bool = typer.Option(False, "--replace", help="Replace a dataset of the same name."),
@@ -70,7 +86,8 @@ def ingest(
     from embedstore.store import Store
 
     config = IngestConfig(path=path, name=name, format=fmt, split=split, seed=seed, labels_csv=labels,
-                          all_projections=all_projections, skip_bad=skip_bad, replace=replace)
+                          metadata_csv=metadata, all_projections=all_projections, uncertain=uncertain, readers=readers,
+                          skip_bad=skip_bad, replace=replace)
     opened = Store.open(store_path(store))
     with progress_bar(0, "checking images", "img") as advance:
         result = run_ingest(opened, config, progress=advance)

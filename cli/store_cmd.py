@@ -1,4 +1,4 @@
-"""`embedstore store init|info|verify`."""
+"""`embedstore store init|upgrade|info|verify`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ def init(store: Path | None = StoreOption) -> None:
 
     opened, created = Store.init(store_path(store))
     typer.echo(f"{'created' if created else 'already a store'}: {opened.path}")
+
+
+@app.command()
+def upgrade(store: Path | None = StoreOption) -> None:
+    """Bring a store made by an older embedstore to this version's schema, in one transaction."""
+    from embedstore import SCHEMA_VERSION
+    from embedstore.store import Store
+
+    opened, found = Store.upgrade(store_path(store))
+    typer.echo(f"{opened.path}: schema version {found} → {SCHEMA_VERSION}" if found != SCHEMA_VERSION
+               else f"{opened.path}: already at schema version {SCHEMA_VERSION}")
 
 
 @app.command()

@@ -13,5 +13,7 @@ __version__ = "0.1.0"
 
 #: Version of the store layout and schema this code reads and writes. A store with another
 #: version is refused, never migrated silently. Version 2: `labels.value` raw and `labels.positive`
-#: derived (version 1 overwrote blank No Finding values with 1), and `datasets.checks`.
-SCHEMA_VERSION = 2
+#: derived (version 1 overwrote blank No Finding values with 1), and `datasets.checks`. Version 3:
+#: `samples.patient`, `label_names.chexpert`, `datasets.options`, and `labels.positive` NULL for a pair
+#: left out (`--uncertain ignore`); `embedstore store upgrade` brings a version-2 store to it.
+SCHEMA_VERSION = 3

@@ -128,7 +128,40 @@ class IngestFormat(StrEnum):
     AUTO = "auto"
     IUXRAY14 = "iuxray14"
     KAGGLE = "kaggle"
+    OPENI = "openi"
+    CHEXPERT = "chexpert"
+    MIMIC_CXR = "mimic-cxr"
+    NIH14 = "nih14"
+    VINDR_CXR = "vindr-cxr"
     MANIFEST = "manifest"
+
+
+class UncertainPolicy(StrEnum):
+    """What an uncertain (-1) label value becomes: negative (the study's rule), positive, or left out
+    of that label's loss and metrics."""
+
+    ZEROS = "zeros"
+    ONES = "ones"
+    IGNORE = "ignore"
+
+
+class ReaderPolicy(StrEnum):
+    """How several radiologists' labels of one image become one (VinDr-CXR): any reader, most
+    readers, or all readers."""
+
+    ANY = "any"
+    MAJORITY = "majority"
+    CONSENSUS = "consensus"
+
+
+class SampleLayout(StrEnum):
+    """`embedstore data sample --layout`: the dataset layout the synthetic benchmark is written in."""
+
+    IUXRAY = "iuxray"
+    CHEXPERT = "chexpert"
+    MIMIC_CXR = "mimic-cxr"
+    NIH14 = "nih14"
+    VINDR_CXR = "vindr-cxr"
 
 
 class PromptSet(StrEnum):

@@ -7,127 +7,28 @@ is given the store is left exactly as it was.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import duckdb
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from embedstore import queries
-from embedstore.choices import IngestFormat, SplitMethod, parse
+from embedstore import datasets, queries
+from embedstore.choices import IngestFormat, SplitMethod, UncertainPolicy
+from embedstore.datasets.base import IngestConfig, Loaded, Problem, SourceRow
 from embedstore.errors import InputError
 from embedstore.images import NOT_FOUND, load_rgb, shown
-from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
-from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF, LABEL_SPELLINGS, NO_FINDING, parse_label_value
 from embedstore.splits import SPLIT_NAMES, SPLITTERS
 from embedstore.store import Store, StoreWriter, append_rows, first_row
 
 log = logging.getLogger(__name__)
-
-#: IU-Xray "Problems" terms and the CheXpert label each is taken as (approximate; docs/datasets.md, "Formats").
-PROBLEM_TO_LABEL: dict[str, str] = {
-    "normal": NO_FINDING,
-    "mediastinum": "Enlarged Cardiomediastinum",
-    "cardiomegaly": "Cardiomegaly",
-    "opacity": "Lung Opacity",
-    "airspace disease": "Lung Opacity",
-    "infiltrate": "Lung Opacity",
-    "nodule": "Lung Lesion",
-    "mass": "Lung Lesion",
-    "granulomatous disease": "Lung Lesion",
-    "edema": "Edema",
-    "pulmonary edema": "Edema",
-    "consolidation": "Consolidation",
-    "pneumonia": "Pneumonia",
-    "pulmonary atelectasis": "Atelectasis",
-    "atelectasis": "Atelectasis",
-    "pneumothorax": "Pneumothorax",
-    "pleural effusion": "Pleural Effusion",
-    "thickening": "Pleural Other",
-    "pleural thickening": "Pleural Other",
-    "fractures, bone": "Fracture",
-    "fracture": "Fracture",
-    "medical device": "Support Devices",
-    "catheters, indwelling": "Support Devices",
-    "tube, inserted": "Support Devices",
-}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad row (or file): where it is and what is wrong."""
-
-    file: str
-    row: int | None
-    message: str
-
-    def __str__(self) -> str:
-        """`file:row: message`, control characters escaped (a value from a CSV may hold any)."""
-        return shown(f"{self.file}:{self.row}: {self.message}" if self.row is not None else f"{self.file}: {self.message}")
-
-
-@dataclass
-class SourceRow:
-    """One image as read from the input, before validation."""
-
-    file: str
-    row: int
-    uid: str
-    filename: str
-    path: Path
-    report: str
-    projection: str | None
-    split: str | None
-    values: dict[str, int | None]
-    image_sha256: str = ""
-    #: the derived target per label (`_derive_positives`); `values` stay exactly as read
-    positive: dict[str, bool] = field(default_factory=dict)
-
-
-@dataclass
-class Loaded:
-    """What a format loader read: label names in order, rows, and problems found so far."""
-
-    format: str
-    source: Path
-    labels: list[str]
-    rows: list[SourceRow]
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """Options of `embedstore ingest`."""
-
-    path: Path
-    name: str
-    format: IngestFormat = IngestFormat.AUTO
-    #: How train/val/test are assigned; None: `given` when the input has a split column, else `study`.
-    split: SplitMethod | None = None
-    seed: int = 42
-    labels_csv: Path | None = None
-    all_projections: bool = False
-    skip_bad: bool = False
-    replace: bool = False
-
-    def __post_init__(self) -> None:
-        """Plain strings are accepted from Python; a value outside its choices is an InputError."""
-        object.__setattr__(self, "format", parse(IngestFormat, self.format, "format"))
-        if self.split is not None:
-            object.__setattr__(self, "split", parse(SplitMethod, self.split, "split"))
-
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -139,266 +40,6 @@ class IngestResult:
     skipped: list[str]
     warnings: list[str]
     manifest_sha256: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading files
-# ---------------------------------------------------------------------------------------------
-
-def _check_header(path: Path, columns: list[str]) -> None:
-    """Every column named, and each name once: a second `Cardiomegaly` would silently replace the first."""
-    first: dict[str, int] = {}
-    for number, name in enumerate(columns, start=1):
-        if not name.strip():
-            raise InputError(f"{path}: column {number} of the header has an empty name")
-        if name in first:
-            raise InputError(f"{path}: column {name!r} appears more than once in the header "
-                             f"(columns {first[name]} and {number})")
-        first[name] = number
-
-
-def _read_table(path: Path, problems: list[Problem]) -> pl.DataFrame:
-    """A CSV (all columns as text) or Parquet file; unreadable input is one clear line.
-
-    The header must name every column once. A CSV row (numbered from 2, the header being row 1;
-    blank lines are no rows) with more or fewer fields than the header is a bad row, added to
-    `problems`; it stays in the frame, cut or padded with blanks, so that it can be skipped.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        if path.suffix.lower() == ".parquet":
-            _check_header(path, list(pq.read_schema(path).names))
-            return pl.read_parquet(path)
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            columns = next(reader, [])
-            _check_header(path, columns)
-            records: list[list[str]] = []
-            for fields in reader:
-                if not fields:
-                    continue
-                if len(fields) != len(columns):
-                    problems.append(Problem(path.name, len(records) + 2,
-                                            f"{len(fields)} fields, but the header has {len(columns)}"))
-                    fields = (fields + [""] * len(columns))[:len(columns)]
-                records.append(fields)
-        return pl.DataFrame(records, schema={c: pl.String for c in columns}, orient="row")
-    except (pl.exceptions.PolarsError, pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
-        raise InputError(f"{path}: cannot read as a table ({str(error).splitlines()[0][:120]})") from None
-
-
-def _malformed(problems: list[Problem], file: str) -> set[int]:
-    """Rows of `file` already found bad by `_read_table` (kept as samples, whatever their projection)."""
-    return {p.row for p in problems if p.file == file and p.row is not None}
-
-
-def _require_columns(path: Path, frame: pl.DataFrame, required: Iterable[str], allowed: Iterable[str] | None) -> None:
-    columns = set(frame.columns)
-    missing = [c for c in required if c not in columns]
-    unknown = sorted(columns - set(allowed)) if allowed is not None else []
-    parts = []
-    if missing:
-        parts.append(f"missing column(s) {', '.join(missing)}")
-    if unknown:
-        parts.append(f"unknown column(s) {', '.join(unknown)}")
-    if parts:
-        raise InputError(f"{path}: {'; '.join(parts)}")
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value).strip()
-
-
-def _parse_values(file: str, line: int, record: dict[str, object], labels: Iterable[str],
-                  problems: list[Problem]) -> dict[str, int | None]:
-    """Each label's value (labels.parse_label_value); a value outside the listed spellings is a bad row."""
-    values: dict[str, int | None] = {}
-    for label in labels:
-        raw = record.get(label)
-        try:
-            values[label] = parse_label_value(raw)
-        except ValueError:
-            problems.append(Problem(file, line, f"column {label!r}: value {raw!r} is not {LABEL_SPELLINGS}"))
-            values[label] = None
-    return values
-
-
-def _report(record: dict[str, object]) -> str:
-    return " ".join(_text(record.get(c)) for c in TEXT_COLUMNS if _text(record.get(c)))
-
-
-def load_iuxray14(path: Path, config: IngestConfig) -> Loaded:
-    """The study's `iuxray_frontal_14labels.csv`; images under `images/images_normalized/`."""
-    csv_path = path / STUDY_CSV if path.is_dir() else path
-    root = csv_path.parent
-    loaded = Loaded("iuxray14", csv_path, list(CHEXPERT_LABELS), [])
-    frame = _read_table(csv_path, loaded.problems)
-    required = ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS]
-    _require_columns(csv_path, frame, required, allowed=required)
-    for line, record in enumerate(frame.iter_rows(named=True), start=2):
-        filename = _text(record["filename"])
-        loaded.rows.append(SourceRow(
-            file=csv_path.name, row=line, uid=_text(record["uid"]), filename=filename,
-            path=root / IMAGE_DIR / filename, report=_report(record), projection="Frontal", split=None,
-            values=_parse_values(csv_path.name, line, record, CHEXPERT_LABELS, loaded.problems),
-        ))
-    return loaded
-
-
-def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
-    """The Kaggle pair `indiana_reports.csv` + `indiana_projections.csv`.
-
-    Labels come from a CheXpert-14 labels CSV joined by uid (`--labels`), or else from the
-    Problems column through PROBLEM_TO_LABEL, which is approximate (a warning says so).
-    """
-    root = path if path.is_dir() else path.parent
-    loaded = Loaded("kaggle", root / PROJECTIONS_CSV, list(CHEXPERT_LABELS), [])
-    reports = _read_table(root / REPORTS_CSV, loaded.problems)
-    projections = _read_table(root / PROJECTIONS_CSV, loaded.problems)
-    _require_columns(root / REPORTS_CSV, reports, ["uid", "Problems", *TEXT_COLUMNS], None)
-    _require_columns(root / PROJECTIONS_CSV, projections, ["uid", "filename", "projection"], None)
-    label_rows: dict[str, dict[str, object]] = {}
-    if config.labels_csv is not None:
-        table = _read_table(config.labels_csv, loaded.problems)
-        _require_columns(config.labels_csv, table, ["uid", *CHEXPERT_LABELS], None)
-        duplicates = []
-        for line, record in enumerate(table.iter_rows(named=True), start=2):
-            uid = _text(record["uid"])
-            if uid in label_rows:
-                duplicates.append(str(Problem(config.labels_csv.name, line, f"uid {uid} has a second labels row")))
-            label_rows[uid] = record | {"_line": line}
-        if duplicates:
-            raise InputError(f"{config.labels_csv}: {len(duplicates)} duplicate uid(s) (listed above)", details=duplicates)
-    else:
-        loaded.warnings.append(
-            "labels derived from the Problems column of indiana_reports.csv through an approximate mapping "
-            "(docs/datasets.md, \"Formats\"); give a CheXpert labeler output CSV as the labels file for the "
-            "study's labels"
-        )
-    by_uid = {_text(r["uid"]): r | {"_line": i} for i, r in enumerate(reports.iter_rows(named=True), start=2)}
-    unmapped: set[str] = set()
-    malformed = _malformed(loaded.problems, PROJECTIONS_CSV)
-    for line, record in enumerate(projections.iter_rows(named=True), start=2):
-        projection = _text(record["projection"])
-        if not _keep_projection(projection, config) and line not in malformed:
-            continue
-        uid = _text(record["uid"])
-        report = by_uid.get(uid)
-        if report is None:
-            loaded.problems.append(Problem(PROJECTIONS_CSV, line, f"uid {uid} has no row in {REPORTS_CSV}"))
-            continue
-        if config.labels_csv is not None:
-            if uid not in label_rows:
-                loaded.problems.append(Problem(PROJECTIONS_CSV, line, f"uid {uid} has no row in {config.labels_csv.name}"))
-                continue
-            label_record = label_rows[uid]
-            label_problems: list[Problem] = []
-            values = _parse_values(config.labels_csv.name, int(str(label_record["_line"])), label_record,
-                                   CHEXPERT_LABELS, label_problems)
-            loaded.problems.extend(Problem(PROJECTIONS_CSV, line, f"({p}) uid {uid}") for p in label_problems)
-        else:
-            values = {label: 0 for label in CHEXPERT_LABELS}
-            for term in _text(report["Problems"]).split(";"):
-                key = term.strip().lower()
-                if key in PROBLEM_TO_LABEL:
-                    values[PROBLEM_TO_LABEL[key]] = 1
-                elif key:
-                    unmapped.add(term.strip())
-        filename = _text(record["filename"])
-        loaded.rows.append(SourceRow(
-            file=PROJECTIONS_CSV, row=line, uid=uid, filename=filename, path=root / IMAGE_DIR / filename,
-            report=_report(report), projection=projection, split=None, values=values,
-        ))
-    if unmapped:
-        loaded.warnings.append(f"{len(unmapped)} Problems term(s) map to no CheXpert label, e.g. {sorted(unmapped)[:5]}")
-    return loaded
-
-
-MANIFEST_META = {"path", "filename", "uid", "split", "report", "projection", "labels"}
-
-
-def load_manifest(path: Path, config: IngestConfig) -> Loaded:
-    """A generic CSV or Parquet manifest: `path` (or `filename`) relative to the manifest's folder,
-    label columns (values 1/0/-1/blank) or a `labels` column (a list, or names joined by `|` or `;`),
-    and optional `uid`, `split`, `report`, `projection`."""
-    problems: list[Problem] = []
-    frame = _read_table(path, problems)
-    path_column = "path" if "path" in frame.columns else "filename"
-    _require_columns(path, frame, [path_column], None)
-    list_labels = "labels" in frame.columns
-    label_columns = [c for c in frame.columns if c not in MANIFEST_META]
-    if list_labels and label_columns:
-        raise InputError(f"{path}: give labels either as a `labels` column or as label columns, not both "
-                         f"(found labels and {', '.join(label_columns[:3])})")
-    loaded = Loaded("manifest", path, [], [], problems)
-    malformed = _malformed(problems, path.name)
-    records = list(frame.iter_rows(named=True))
-    if list_labels:
-        names: list[str] = []
-        parsed = []
-        for record in records:
-            raw = record["labels"]
-            items = list(raw) if isinstance(raw, list | tuple) else _text(raw).replace(";", "|").split("|")
-            row_labels = [_text(item) for item in items if _text(item)]
-            parsed.append(row_labels)
-            names.extend(label for label in row_labels if label not in names)
-        loaded.labels = _ordered_labels(names)
-    else:
-        if not label_columns:
-            raise InputError(f"{path}: no label columns and no `labels` column")
-        loaded.labels = _ordered_labels(label_columns)
-    for index, record in enumerate(records):
-        line = index + 2
-        if not _keep_projection(_text(record.get("projection")), config) and line not in malformed:
-            continue
-        filename = _text(record[path_column])
-        if list_labels:
-            values: dict[str, int | None] = {label: int(label in parsed[index]) for label in loaded.labels}
-        else:
-            values = _parse_values(path.name, line, record, loaded.labels, loaded.problems)
-        image = Path(filename)
-        loaded.rows.append(SourceRow(
-            file=path.name, row=line, uid=_text(record.get("uid")) or filename, filename=filename,
-            path=image if image.is_absolute() else path.parent / image, report=_text(record.get("report")),
-            projection=_text(record.get("projection")) or None, split=_text(record.get("split")) or None,
-            values=values,
-        ))
-    return loaded
-
-
-def _keep_projection(projection: str, config: IngestConfig) -> bool:
-    """Frontal images only, where the projection is known, unless --all-projections."""
-    return config.all_projections or projection in ("", "Frontal")
-
-
-def _ordered_labels(names: Iterable[str]) -> list[str]:
-    """CheXpert labels in the study's order first, any others after in the order given."""
-    names = list(dict.fromkeys(names))
-    known = [label for label in CHEXPERT_LABELS if label in names]
-    return known + [label for label in names if label not in CHEXPERT_LABELS]
-
-
-def _detect(path: Path) -> IngestFormat:
-    root = path if path.is_dir() else path.parent
-    if path.is_file() and path.name != STUDY_CSV and path.suffix.lower() in {".csv", ".parquet"}:
-        return IngestFormat.MANIFEST
-    if (root / STUDY_CSV).exists():
-        return IngestFormat.IUXRAY14
-    if (root / REPORTS_CSV).exists() and (root / PROJECTIONS_CSV).exists():
-        return IngestFormat.KAGGLE
-    raise InputError(
-        f"{path}: cannot tell the format (no {STUDY_CSV}, no {REPORTS_CSV} + {PROJECTIONS_CSV}, "
-        "not a .csv/.parquet manifest); name it", parameter="format"
-    )
-
-
-#: The reader of each format (`auto` detects one of these from the files).
-FORMATS: dict[IngestFormat, Callable[[Path, IngestConfig], Loaded]] = {
-    IngestFormat.IUXRAY14: load_iuxray14,
-    IngestFormat.KAGGLE: load_kaggle,
-    IngestFormat.MANIFEST: load_manifest,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,24 +111,42 @@ def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None,
     return by_row
 
 
-def _derive_positives(loaded: Loaded) -> tuple[int, int]:
-    """Set each row's derived `positive` labels: value 1, and No Finding for a sample with no
-    positive finding (the study's rule), leaving the raw `values` untouched.
+#: What each uncertain policy makes of a raw value (1, 0, -1, None for blank): positive, negative,
+#: or None (the pair is left out of that label's loss and metrics).
+UNCERTAIN_RULES: dict[UncertainPolicy, Callable[[int | None], bool | None]] = {
+    UncertainPolicy.ZEROS: lambda value: value == 1,
+    UncertainPolicy.ONES: lambda value: value in (1, -1),
+    UncertainPolicy.IGNORE: lambda value: None if value == -1 else value == 1,
+}
 
-    Returns (derived, from_uncertain): the samples whose No Finding is positive by the rule although
-    their own No Finding value is not 1, and those of them with at least one uncertain (-1) finding,
-    which become No Finding only because their findings were uncertain.
+
+def _derive_positives(loaded: Loaded, policy: UncertainPolicy) -> tuple[int, int]:
+    """Set each row's derived `positive` labels from its raw `values` (left untouched) by the
+    uncertain `policy`, and the label set's normal label (No Finding) for a sample with no positive
+    finding (the study's rule). Under `ignore`, a sample whose findings are all negative or left out,
+    with one left out at least, has an unknown normal label too (None), unless its own value is 1.
+
+    Returns (derived, from_uncertain): the samples whose normal label is positive by the rule although
+    their own value is not 1, and those of them with at least one uncertain (-1) finding, which
+    become normal only because their findings were uncertain (read as negative under `zeros`).
     """
+    rule = UNCERTAIN_RULES[policy]
+    normal = loaded.label_set.normal if loaded.label_set.normal in loaded.labels else None
     derived = from_uncertain = 0
     for row in loaded.rows:
-        row.positive = {label: row.values[label] == 1 for label in loaded.labels}
-        if NO_FINDING not in loaded.labels or row.positive[NO_FINDING]:
+        row.positive = {label: rule(row.values[label]) for label in loaded.labels}
+        if normal is None or row.values[normal] == 1:
             continue
-        findings = [value for label, value in row.values.items() if label != NO_FINDING]
-        if not any(value == 1 for value in findings):
-            row.positive[NO_FINDING] = True
-            derived += 1
-            from_uncertain += any(value == -1 for value in findings)
+        findings = [label for label in loaded.labels if label != normal]
+        if any(row.positive[label] for label in findings):
+            row.positive[normal] = False if row.positive[normal] is None else row.positive[normal]
+            continue
+        if any(row.positive[label] is None for label in findings):
+            row.positive[normal] = None
+            continue
+        row.positive[normal] = True
+        derived += 1
+        from_uncertain += any(row.values[label] == -1 for label in findings)
     return derived, from_uncertain
 
 
@@ -501,8 +160,9 @@ def _identical_groups(rows: list[SourceRow]) -> list[list[int]]:
 
 
 def _units(rows: list[SourceRow], groups: list[list[int]]) -> list[int]:
-    """The split unit of each row: the uids linked through `groups` of identical images, found by
-    union-find over uid <-> image, numbered in order of first appearance. Without groups a unit is a uid."""
+    """The split unit of each row: its patient where the dataset names one, else its uid, joined with
+    the units linked through `groups` of identical images (union-find over unit <-> image), numbered
+    in order of first appearance. Without patients or groups a unit is a uid."""
     parent: dict[str, str] = {}
 
     def find(uid: str) -> str:
@@ -513,15 +173,16 @@ def _units(rows: list[SourceRow], groups: list[list[int]]) -> list[int]:
             parent[uid], uid = root, parent[uid]
         return root
 
-    for row in rows:
-        find(row.uid)
+    keys = [f"patient {row.patient}" if row.patient else f"uid {row.uid}" for row in rows]
+    for key in keys:
+        find(key)
     for group in groups:
-        first = find(rows[group[0]].uid)
+        first = find(keys[group[0]])
         for i in group[1:]:
-            other = find(rows[i].uid)
+            other = find(keys[i])
             if other != first:
                 parent[other] = first
-    roots = [find(row.uid) for row in rows]
+    roots = [find(key) for key in keys]
     number = {root: n for n, root in enumerate(dict.fromkeys(roots))}
     return [number[root] for root in roots]
 
@@ -543,7 +204,7 @@ def _split(rows: list[SourceRow], labels: list[str], method: SplitMethod, seed: 
     names = [first_uid[unit] for unit in range(len(first_uid))]
     positives = np.zeros((len(names), len(labels)), dtype=bool)
     for row, unit in zip(rows, units, strict=True):
-        positives[unit] |= np.array([row.positive[label] for label in labels])
+        positives[unit] |= np.array([row.positive[label] is True for label in labels])
     what = (f"{len(names)} uid(s)" if method != SplitMethod.STRATIFIED
             else f"{len(names)} uid group(s) (uids sharing an image are one)")
     too_few = InputError(f"split {method}: with {what} a split would be empty; ingest more samples")
@@ -576,10 +237,10 @@ def ingest(store: Store, config: IngestConfig, progress: Callable[[int], None] |
 
 
 def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable[[int], None] | None) -> IngestResult:
-    fmt = _detect(config.path) if config.format == IngestFormat.AUTO else config.format
     if not config.path.exists():
         raise InputError(f"{config.path}: no such file or folder")
-    loaded = FORMATS[fmt](config.path, config)
+    fmt = datasets.detect(config.path) if config.format == IngestFormat.AUTO else config.format
+    loaded = datasets.load(fmt, config.path, config)
     has_given_split = any(row.split for row in loaded.rows)
     method = config.split or (SplitMethod.GIVEN if has_given_split else SplitMethod.STUDY)
     if method == SplitMethod.GIVEN and not has_given_split:
@@ -597,7 +258,7 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
     loaded.rows = [row for i, row in enumerate(loaded.rows) if i not in problems]
     if not loaded.rows:
         raise InputError(f"{loaded.source}: every row is bad; nothing to ingest")
-    derived, from_uncertain = _derive_positives(loaded)
+    derived, from_uncertain = _derive_positives(loaded, config.uncertain)
     identical = _identical_groups(loaded.rows)
     splits = _split(loaded.rows, loaded.labels, method, config.seed, identical)
     counts = {name: splits.count(name) for name in SPLIT_NAMES}
@@ -606,7 +267,7 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
         raise InputError(f"{loaded.source.name}: split(s) {', '.join(empty)} would be empty "
                          f"({len(loaded.rows)} samples, split {method}); ingest more samples")
     for label in loaded.labels:
-        if not any(row.positive[label] for row in loaded.rows):
+        if not any(row.positive[label] is True for row in loaded.rows):
             loaded.warnings.append(f"label {label!r} has no positive sample")
     checks = _checks(loaded, splits, identical, method, derived, from_uncertain)
     manifest_sha = _manifest_sha256(loaded.rows, splits, loaded.labels)
@@ -622,15 +283,15 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
                 raise InputError(f"dataset {config.name!r} has {n_runs} run(s) built on it and is not replaced; "
                                  "ingest under a new name instead", parameter="name")
             queries.execute_all(con, "delete_dataset", {"dataset_id": existing[0]})
-        _register_labels(con, loaded.labels)
+        _register_labels(con, loaded)
         sample_ids = con.execute("SELECT nextval('sample_id_seq') FROM range(?)", [len(loaded.rows)]).fetchnumpy()
         ids = np.asarray(next(iter(sample_ids.values())), dtype=np.int64)
         _insert_rows(con, dataset_id, ids, loaded, splits)
         con.execute(
-            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [dataset_id, config.name, fmt, str(loaded.source.resolve()), manifest_sha, len(loaded.rows), method,
              config.seed if method != SplitMethod.GIVEN else None, json.dumps(skipped), json.dumps(checks),
-             datetime.now(UTC).replace(tzinfo=None)],
+             datetime.now(UTC).replace(tzinfo=None), json.dumps(_options(loaded, config))],
         )
     for warning in loaded.warnings:
         log.warning("warning: %s", warning)
@@ -641,6 +302,11 @@ def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], metho
             from_uncertain: int) -> dict[str, int]:
     """The counts stored in `datasets.checks`, each non-zero one also added to the warnings."""
     crossing = [group for group in identical if len({splits[i] for i in group}) > 1]
+    splits_of_patient: dict[str, set[str]] = {}
+    for row, split in zip(loaded.rows, splits, strict=True):
+        if row.patient:
+            splits_of_patient.setdefault(row.patient, set()).add(split)
+    divided = sorted(patient for patient, found in splits_of_patient.items() if len(found) > 1)
     checks = {
         "identical_image_groups": len(identical),
         "identical_images": sum(len(group) for group in identical),
@@ -648,6 +314,9 @@ def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], metho
         "cross_split_duplicate_images": sum(len(group) for group in crossing),
         "no_finding_derived": derived,
         "no_finding_from_uncertain": from_uncertain,
+        "patients": len(splits_of_patient),
+        "patients_in_several_splits": len(divided),
+        "uncertain_left_out": sum(value is None for row in loaded.rows for value in row.positive.values()),
     }
     if identical:
         kept = "; each group was put in one split" if method == SplitMethod.STRATIFIED else ""
@@ -659,6 +328,11 @@ def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], metho
             f"{checks['cross_split_duplicate_groups']} group(s) of byte-identical images "
             f"({checks['cross_split_duplicate_images']} images) sit in more than one split: the {method} split "
             "is kept (reproduction), so the same image can be in training and in val or test")
+    if divided:
+        loaded.warnings.append(
+            f"{len(divided)} patient(s) have images in more than one split of the given split (e.g. "
+            f"{', '.join(shown(p) for p in divided[:3])}): it is kept as the dataset defines it; split by patient "
+            "with the study or stratified split to keep each patient in one")
     if from_uncertain:
         loaded.warnings.append(
             f"{from_uncertain} sample(s) have No Finding only because none of their findings is positive: each "
@@ -666,12 +340,20 @@ def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], metho
     return checks
 
 
-def _register_labels(con: duckdb.DuckDBPyConnection, labels: list[str]) -> None:
+def _options(loaded: Loaded, config: IngestConfig) -> dict[str, object]:
+    """How the labels were read, stored in `datasets.options` (provenance of every figure built on them)."""
+    return {"label_set": loaded.label_set.name, "uncertain": str(config.uncertain), **loaded.options}
+
+
+def _register_labels(con: duckdb.DuckDBPyConnection, loaded: Loaded) -> None:
+    """Add the labels the store does not know yet to `label_names`, after the known ones, with their
+    domain and CheXpert counterpart from the dataset's label set (`Other` and none for a label it lacks)."""
     known = {row[0] for row in con.execute("SELECT label FROM label_names").fetchall()}
     start = con.execute("SELECT coalesce(max(position), -1) + 1 FROM label_names").fetchall()[0][0]
-    new = [label for label in labels if label not in known]
+    new = [label for label in loaded.labels if label not in known]
     for offset, label in enumerate(new):
-        con.execute("INSERT INTO label_names VALUES (?, ?, ?)", [label, start + offset, DOMAIN_OF.get(label, "Other")])
+        con.execute("INSERT INTO label_names VALUES (?, ?, ?, ?)",
+                    [label, start + offset, loaded.label_set.domain(label), loaded.label_set.chexpert.get(label)])
 
 
 def _insert_rows(
@@ -688,6 +370,7 @@ def _insert_rows(
         "report": pa.array([r.report for r in rows]),
         "projection": pa.array([r.projection for r in rows], pa.string()),
         "image_sha256": pa.array([r.image_sha256 for r in rows]),
+        "patient": pa.array([r.patient for r in rows], pa.string()),
     })
     labels = pa.table({
         "dataset_id": pa.array([dataset_id] * (len(rows) * len(loaded.labels))),

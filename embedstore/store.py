@@ -32,7 +32,7 @@ from embedstore.errors import (
     StoreEnvironmentError,
     StoreNotFoundError,
 )
-from embedstore.labels import CHEXPERT_LABELS, DOMAIN_OF
+from embedstore.label_sets import label_set
 from embedstore.locking import LOCK_NAME, WriterLock, describe_process
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,10 @@ class Store:
                     ("created_at", _now().isoformat(timespec="seconds")),
                 ],
             )
+            chexpert = label_set("chexpert")
             con.executemany(
-                "INSERT INTO label_names VALUES (?, ?, ?)",
-                [(label, pos, DOMAIN_OF[label]) for pos, label in enumerate(CHEXPERT_LABELS)],
+                "INSERT INTO label_names VALUES (?, ?, ?, ?)",
+                [(label, pos, chexpert.domain(label), label) for pos, label in enumerate(chexpert.labels)],
             )
         log.info("created store %s", store.path)
         return store, True
@@ -213,6 +214,30 @@ class Store:
         with store.reader() as con:
             _check_schema_version(con, store.path)
         return store
+
+    @classmethod
+    def upgrade(cls, path: Path) -> tuple[Store, int]:
+        """Bring a store of an older schema version to SCHEMA_VERSION in one transaction (asked for by
+        name, never done silently). Returns (store, the version found)."""
+        store = cls(path)
+        store._refuse_a_file()
+        if not store.db_path.exists():
+            raise StoreNotFoundError(f"no store at {store.path}")
+        with store.writer("store upgrade") as writer, writer.transaction() as con:
+            try:
+                row = first_row(con, "SELECT value FROM meta WHERE key = 'schema_version'")
+            except duckdb.CatalogException:
+                raise SchemaVersionError(f"{store.db_path} is not an embedstore store (no meta table)") from None
+            found = int(row[0]) if row and str(row[0]).isdigit() else -1
+            if found == SCHEMA_VERSION:
+                return store, found
+            if found not in UPGRADES:
+                raise SchemaVersionError(f"store {store.path} has schema version {row[0] if row else None}; "
+                                         f"this embedstore upgrades only from version(s) "
+                                         f"{', '.join(map(str, UPGRADES))} to {SCHEMA_VERSION}")
+            for version in range(found, SCHEMA_VERSION):
+                queries.execute_all(con, UPGRADES[version], {"chexpert_labels": list(label_set("chexpert").labels)})
+        return store, found
 
     def _refuse_a_file(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -295,8 +320,14 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if found != str(SCHEMA_VERSION):
         raise SchemaVersionError(
             f"store {path} has schema version {found}; this embedstore ({__version__}) reads only "
-            f"version {SCHEMA_VERSION} and never migrates silently: use a matching embedstore or a new store"
+            f"version {SCHEMA_VERSION} and never migrates silently: "
+            + (f"upgrade it with `embedstore store upgrade --store {path}`" if found in {str(v) for v in UPGRADES}
+               else "use a matching embedstore or a new store")
         )
+
+
+#: The named query that brings a store from each older schema version to the next.
+UPGRADES: dict[int, str] = {2: "upgrade_v2_to_v3"}
 
 
 #: Folders whose every file must be in the manifest (beside the store's own files at the top level).

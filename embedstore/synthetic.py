@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from embedstore.choices import SampleDomain, parse
+from embedstore.choices import SampleDomain, SampleLayout, parse
 from embedstore.errors import InputError
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
 from embedstore.labels import CHEXPERT_LABELS, NO_FINDING
@@ -630,3 +630,23 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
                [list(box) for box in sorted(boxes, key=lambda b: (b[0], FINDINGS.index(b[1])))])
     log.info("wrote %d images (%d frontal) to %s", len(jobs), len(frontal), out)
     return out / STUDY_CSV
+
+
+#: Where each layout's writer lives (`module:function`, imported when used): the same synthetic
+#: studies and films, written as that dataset ships (`embedstore data sample --layout`).
+SAMPLE_WRITERS: dict[SampleLayout, str] = {
+    SampleLayout.IUXRAY: "embedstore.synthetic:write_sample",
+    SampleLayout.CHEXPERT: "embedstore.datasets.chexpert:write_sample",
+    SampleLayout.MIMIC_CXR: "embedstore.datasets.mimic:write_sample",
+    SampleLayout.NIH14: "embedstore.datasets.nih14:write_sample",
+    SampleLayout.VINDR_CXR: "embedstore.datasets.vindr:write_sample",
+}
+
+
+def write_layout(layout: SampleLayout, config: SampleConfig, progress: Callable[[int], None] | None = None) -> Path:
+    """Write the synthetic benchmark in `layout`; returns what to pass to `embedstore ingest`."""
+    import importlib
+
+    module, name = SAMPLE_WRITERS[parse(SampleLayout, layout, "layout")].split(":")
+    writer: Callable[[SampleConfig, Callable[[int], None] | None], Path] = getattr(importlib.import_module(module), name)
+    return writer(config, progress)

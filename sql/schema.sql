@@ -17,7 +17,9 @@ CREATE TABLE IF NOT EXISTS datasets (
     skipped JSON,
     -- ingest's checks of the data: identical images and derived No Finding counts (embedstore/ingest.py)
     checks JSON,
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL,
+    -- how labels were read: label set, uncertain policy, reader policy, mappings (embedstore/datasets)
+    options JSON
 );
 CREATE TABLE IF NOT EXISTS samples (
     dataset_id VARCHAR NOT NULL,
@@ -28,7 +30,9 @@ CREATE TABLE IF NOT EXISTS samples (
     split VARCHAR,
     report VARCHAR,
     projection VARCHAR,
-    image_sha256 VARCHAR
+    image_sha256 VARCHAR,
+    -- the patient (no split divides one); NULL where the dataset names none
+    patient VARCHAR
 );
 CREATE TABLE IF NOT EXISTS labels (
     dataset_id VARCHAR NOT NULL,
@@ -36,13 +40,16 @@ CREATE TABLE IF NOT EXISTS labels (
     label VARCHAR NOT NULL,
     -- raw: the value exactly as read (1, 0, -1, NULL for blank)
     value TINYINT,
-    -- derived: what analyses use as the target; value = 1, and No Finding for a sample with no positive finding
-    positive BOOLEAN NOT NULL
+    -- derived: what analyses use as the target, by the dataset's uncertain policy (value 1; -1 too under
+    -- `ones`), and the normal label for a sample with no positive finding; NULL: left out (`ignore`)
+    positive BOOLEAN
 );
 CREATE TABLE IF NOT EXISTS label_names (
     label VARCHAR PRIMARY KEY,
     position INTEGER NOT NULL,
-    domain VARCHAR NOT NULL
+    domain VARCHAR NOT NULL,
+    -- the CheXpert label this one corresponds to (NIH Effusion: Pleural Effusion), NULL if none
+    chexpert VARCHAR
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,

@@ -152,7 +152,12 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
     for kind, reason in skipped.items():
         sections.append(f"<p class='note'>{html_text(kind)}: not drawn — {html_text(reason)}</p>")
     sections += _gradcam_sections(store, data)
-    sections.append(f"<h2>Dataset statistics</h2>{table_html(pl.DataFrame(stats.per_label))}")
+    sections.append(f"<h2>Dataset statistics</h2>{table_html(pl.DataFrame(stats.splits))}"
+                    f"{table_html(pl.DataFrame(stats.per_label))}")
+    options = json.loads(stats.dataset.column("options")[0].as_py() or "{}")
+    sections.append("<h3>How labels were read</h3>" + table_html(pl.DataFrame(
+        {"option": list(options), "value": [json.dumps(v) if not isinstance(v, str) else v for v in options.values()]},
+        schema={"option": pl.String, "value": pl.String})))
     sections.append(f"<h3>Ingest checks</h3>{table_html(pl.DataFrame(stats.checks))}")
     sections.append(f"<h2>Provenance</h2>{table_html(_provenance(store, run_ids))}")
     text = page(f"embedstore report — {data}", "".join(sections), [*scripts, SORT_SCRIPT], STYLE)
