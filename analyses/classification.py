@@ -15,6 +15,20 @@ resample in which one of the averaged labels is undefined is skipped for the mac
 The per-sample ranking figures (LRAP, coverage, ranking loss) and the thresholded outcomes are SQL
 (`sql/sample_ranking.sql`, `sql/label_outcomes.sql`, window functions in DuckDB); bootstrap intervals
 re-weight those per-sample outcomes, so no metric is implemented twice.
+
+Pairs left out (`known` False: an uncertain label under `--uncertain ignore`) count nowhere:
+- per-label AUROC, AUPRC, F1, precision, recall, threshold tuning, confusion counts and `positives`
+  are computed on the label's known samples only (a resample's weights times the label's known mask);
+  a label whose positives are all left out has no positive (no AUROC/AUPRC, F1 0, threshold +inf);
+- micro-F1 sums tp/fp/fn over known pairs; Hamming loss is the wrong known pairs over all known pairs;
+  exact match asks every known label of a sample to be right, over samples with a known label;
+- LRAP, coverage error and ranking loss rank each sample's known labels only (its left-out labels
+  are dropped from its row before the SQL runs); a sample with no known label is left out of them;
+- a merged "any label" target (per domain under `study`, and normal vs abnormal: every label but the
+  normal one, domain `Normal`) is positive where any known member is positive, negative only where
+  every member is known and negative, and left out otherwise;
+- macros average the labels defined on their known pairs (AUROC: both classes among them).
+Where every pair is known every figure is computed exactly as before, to the bit.
 """
 
 from __future__ import annotations
@@ -43,44 +57,85 @@ from embedstore.heads import row_minmax
 log = logging.getLogger(__name__)
 
 
+def all_known(targets: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """`known` as a boolean array of the targets' shape (every pair known where it is None)."""
+    return np.ones(np.shape(targets), dtype=bool) if known is None else np.asarray(known, dtype=bool)
+
+
+def known_weights(weights: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Resample weights (resamples × samples) with the samples not `known` (a boolean per sample) weighing 0;
+    the weights themselves where every sample is known."""
+    return weights if known.all() else weights * known
+
+
 def _scored(con: duckdb.DuckDBPyConnection, scores: np.ndarray, targets: np.ndarray,
-            thresholds: np.ndarray | None = None) -> None:
+            thresholds: np.ndarray | None = None, known: np.ndarray | None = None) -> None:
+    """Register `_scored(sample_id, label, score, truth)` (sample and label as 0-based positions): with
+    `known`, only the known pairs."""
     n, n_labels = scores.shape
-    con.register("_scored", pa.table({
-        "sample_id": pa.array(np.repeat(np.arange(n), n_labels)),
-        "label": pa.array(np.tile(np.arange(n_labels), n)),
-        "score": pa.array(scores.reshape(-1).astype(np.float64)),
-        "truth": pa.array(targets.reshape(-1).astype(np.int32)),
-    }))
+    keep = None if known is None or np.all(known) else np.asarray(known, dtype=bool).reshape(-1)
+    columns: dict[str, np.ndarray] = {
+        "sample_id": np.repeat(np.arange(n), n_labels),
+        "label": np.tile(np.arange(n_labels), n),
+        "score": scores.reshape(-1).astype(np.float64),
+        "truth": targets.reshape(-1).astype(np.int32),
+    }
+    con.register("_scored", pa.table({name: pa.array(values if keep is None else values[keep])
+                                      for name, values in columns.items()}))
     if thresholds is not None:
         con.register("_thresholds", pa.table({"label": pa.array(np.arange(n_labels)),
                                               "threshold": pa.array(thresholds.astype(np.float64))}))
 
 
-def ranking_per_sample(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample LRAP, coverage error and ranking loss (scikit-learn's definitions, ties included)."""
+def ranking_per_sample(scores: np.ndarray, targets: np.ndarray,
+                       known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample LRAP, coverage error and ranking loss (scikit-learn's definitions, ties included), each
+    sample ranked over its known labels; NaN for a sample with no known label."""
     with duckdb.connect() as con:
-        _scored(con, scores, targets)
+        _scored(con, scores, targets, known=known)
         result = queries.fetch_numpy(con, "sample_ranking")
-    return (np.asarray(result["lrap"], dtype=np.float64), np.asarray(result["coverage"], dtype=np.float64),
-            np.asarray(result["ranking_loss"], dtype=np.float64))
+    lrap, coverage, ranking_loss = (np.asarray(result[k], dtype=np.float64) for k in ("lrap", "coverage", "ranking_loss"))
+    if len(result["sample_id"]) == len(scores):
+        return lrap, coverage, ranking_loss
+    rows = np.asarray(result["sample_id"], dtype=np.int64)
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        full = np.full(len(scores), np.nan)
+        full[rows] = values
+        return full
+
+    return spread(lrap), spread(coverage), spread(ranking_loss)
 
 
-def outcomes(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(predicted, tp, fp, fn) as samples × labels 0/1 arrays, predicted where score >= threshold."""
+def outcomes(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
+             known: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(predicted, tp, fp, fn) as samples × labels 0/1 arrays, predicted where score >= threshold; a
+    pair left out (`known` False) is predicted as the score says but is no tp, fp or fn."""
     n, n_labels = scores.shape
     with duckdb.connect() as con:
         _scored(con, scores, targets, thresholds)
         result = queries.fetch_numpy(con, "label_outcomes")
-    return tuple(np.asarray(result[k], dtype=np.float64).reshape(n, n_labels) for k in ("predicted", "tp", "fp", "fn"))
+    predicted, tp, fp, fn = (np.asarray(result[k], dtype=np.float64).reshape(n, n_labels)
+                             for k in ("predicted", "tp", "fp", "fn"))
+    if known is not None and not np.all(known):
+        tp, fp, fn = (counts * known for counts in (tp, fp, fn))
+    return predicted, tp, fp, fn
 
 
-def label_confusion(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-label tp, fp, fn, tn, precision, recall, F1 (columns in label order)."""
+def label_confusion(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
+                    known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-label tp, fp, fn, tn, precision, recall, F1 (columns in label order) over the known pairs;
+    a label with no known pair has zero counts (precision, recall, F1 0, as zero_division=0)."""
     with duckdb.connect() as con:
-        _scored(con, scores, targets, thresholds)
+        _scored(con, scores, targets, thresholds, known)
         result = queries.fetch_numpy(con, "label_confusion")
-    return {key: np.asarray(value, dtype=np.float64) for key, value in result.items() if key != "label"}
+    columns = np.asarray(result["label"], dtype=np.int64)
+    confusion = {}
+    for key, value in result.items():
+        if key != "label":
+            confusion[key] = np.zeros(scores.shape[1])
+            confusion[key][columns] = np.asarray(value, dtype=np.float64)
+    return confusion
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -88,21 +143,25 @@ def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denominator, out=np.zeros_like(denominator, dtype=np.float64), where=denominator > 0)
 
 
-def thresholded(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def thresholded(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, weights: np.ndarray,
+                known: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Macro/micro F1, exact match, Hamming loss and per-label F1 for each weighting of the samples
-    (weights: resamples × samples; a row of ones is the plain figure)."""
-    total = weights.sum(axis=1)
+    (weights: resamples × samples; a row of ones is the plain figure). tp, fp, fn are 0 at pairs left
+    out (`outcomes`); Hamming loss divides by the known pairs, exact match counts samples with a known label."""
+    known = all_known(tp, known)
     label_tp, label_fp, label_fn = weights @ tp, weights @ fp, weights @ fn
     per_label = _f1(label_tp, label_fp, label_fn)
     wrong = fp + fn
-    n_labels = tp.shape[1]
-    return {
-        "macro_f1": per_label.mean(axis=1),
-        "micro_f1": _f1(label_tp.sum(1), label_fp.sum(1), label_fn.sum(1)),
-        "exact_match": weights @ (wrong.sum(axis=1) == 0) / total,
-        "hamming_loss": weights @ wrong.sum(axis=1) / (total * n_labels),
-        "per_label_f1": per_label,
-    }
+    with_label = known.any(axis=1)
+    samples, pairs = weights @ with_label, weights @ known.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "macro_f1": per_label.mean(axis=1),
+            "micro_f1": _f1(label_tp.sum(1), label_fp.sum(1), label_fn.sum(1)),
+            "exact_match": np.where(samples > 0, weights @ ((wrong.sum(axis=1) == 0) & with_label) / samples, np.nan),
+            "hamming_loss": np.where(pairs > 0, weights @ wrong.sum(axis=1) / pairs, np.nan),
+            "per_label_f1": per_label,
+        }
 
 
 def _groups(score: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -142,27 +201,33 @@ def weighted_average_precision(score: np.ndarray, truth: np.ndarray, weights: np
     return np.where(n_pos[:, 0] > 0, ap, np.nan)
 
 
-def tune_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def tune_thresholds(scores: np.ndarray, targets: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
     """Per label, the val score that maximises F1 when predicting score >= threshold (highest such
-    score on ties); +inf (predict nothing) for a label without val positives."""
+    score on ties), over the label's known samples; +inf (predict nothing) for a label without a
+    known val positive."""
+    known = all_known(targets, known)
     thresholds = np.full(scores.shape[1], np.inf)
     for j in range(scores.shape[1]):
-        truth = targets[:, j]
+        rows = known[:, j]
+        column, truth = scores[rows, j], targets[rows, j]
         if truth.sum() == 0:
             continue
-        order, starts = _groups(scores[:, j], descending=True)
+        order, starts = _groups(column, descending=True)
         t = truth[order].astype(np.float64)
         ends = np.r_[starts[1:], len(t)] - 1
         tp = np.cumsum(t)[ends]
         fp = np.cumsum(1 - t)[ends]
         f1 = 2 * tp / (2 * tp + fp + (truth.sum() - tp))
-        thresholds[j] = scores[order[starts[int(np.argmax(f1))]], j]
+        thresholds[j] = column[order[starts[int(np.argmax(f1))]]]
     return thresholds
 
 
 def _per_label_curve(metric: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], scores: np.ndarray,
-                     targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return np.stack([metric(scores[:, j], targets[:, j], weights) for j in range(scores.shape[1])], axis=1)
+                     targets: np.ndarray, weights: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """`metric` per label column, each on the label's known samples (weights × the column's known mask)."""
+    known = all_known(targets, known)
+    return np.stack([metric(scores[:, j], targets[:, j], known_weights(weights, known[:, j]))
+                     for j in range(scores.shape[1])], axis=1)
 
 
 #: Figures that depend on the decision thresholds: refused on the split the thresholds were tuned on.
@@ -175,33 +240,40 @@ FIXED_SET_MACROS = {"macro_auroc", "macro_auprc", "domain_macro_auroc"}
 
 @dataclass(frozen=True)
 class Merged:
-    """One "any of these labels" target: truth, score (the highest) and prediction (any predicted)."""
+    """One "any of these labels" target: truth, score (the highest) and prediction (any predicted);
+    `known` is False where the merged truth is unknown (no known positive member, and a member left out)."""
 
     truth: np.ndarray
     score: np.ndarray
     predicted: np.ndarray
+    known: np.ndarray
 
     @classmethod
-    def of(cls, columns: list[int], scores: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> Merged:
+    def of(cls, columns: list[int], scores: np.ndarray, targets: np.ndarray, predicted: np.ndarray,
+           known: np.ndarray | None = None) -> Merged:
         if not columns:
             zeros = np.zeros(len(scores))
-            return cls(zeros, zeros, zeros)
-        return cls(targets[:, columns].max(axis=1).astype(np.float64), scores[:, columns].max(axis=1),
-                   predicted[:, columns].max(axis=1))
+            return cls(zeros, zeros, zeros, np.ones(len(scores), dtype=bool))
+        members = all_known(targets, known)[:, columns]
+        truth = (targets[:, columns] * members).max(axis=1).astype(np.float64)
+        return cls(truth, scores[:, columns].max(axis=1), predicted[:, columns].max(axis=1),
+                   (truth > 0) | members.all(axis=1))
 
     def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
-        """AUROC, AUPRC and F1 of the merged target under each weighting."""
+        """AUROC, AUPRC and F1 of the merged target under each weighting, over the samples where it is known."""
         t, p = self.truth, self.predicted
+        weights = known_weights(weights, self.known)
         return {"auroc": weighted_auroc(self.score, t, weights),
                 "auprc": weighted_average_precision(self.score, t, weights),
                 "f1": _f1(weights @ (p * t), weights @ (p * (1 - t)), weights @ ((1 - p) * t))}
 
 
-def label_sets(targets: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
-    """Which label columns each macro averages on this split: AUROC needs both classes, AUPRC a
-    positive; macro-F1 averages every label (one without positives counts as F1 0)."""
-    positives = targets.sum(axis=0)
-    return {"auroc": np.flatnonzero((positives > 0) & (positives < len(targets))),
+def label_sets(targets: np.ndarray, labels: list[str], known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Which label columns each macro averages on this split: AUROC needs both classes among the label's
+    known samples, AUPRC a known positive; macro-F1 averages every label (one without positives counts as F1 0)."""
+    known = all_known(targets, known)
+    positives = (targets * known).sum(axis=0)
+    return {"auroc": np.flatnonzero((positives > 0) & (positives < known.sum(axis=0))),
             "auprc": np.flatnonzero(positives > 0),
             "f1": np.arange(len(labels))}
 
@@ -213,32 +285,37 @@ def _averaged_params(labels: list[str], columns: np.ndarray, rule: str) -> dict[
 
 def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
             domains: dict[str, list[int]], options: AnalysisOptions, params: dict[str, object],
-            merged_domains: bool = False) -> list[MetricRow]:
+            merged_domains: bool = False, known: np.ndarray | None = None,
+            findings: list[int] | None = None) -> list[MetricRow]:
     """Every classification figure of one split, each with its bootstrap interval.
 
     Macro AUROC/AUPRC average the labels defined on the whole split; a resample in which one of them
     is undefined is skipped for the macro and counted. Per domain: with `merged_domains` (the study)
     one "any label of the domain" target (`domain_any_*`); otherwise the per-label macro
-    (`domain_macro_*`).
+    (`domain_macro_*`). `findings`: the columns "abnormal" merges (every label but the normal one;
+    None: every column). `known`: False at pairs left out (module docstring).
     """
-    lrap, coverage, ranking_loss = ranking_per_sample(scores, targets)
-    predicted, tp, fp, fn = outcomes(scores, targets, thresholds)
-    abnormal = Merged.of([j for j, label in enumerate(labels) if label != "No Finding"], scores, targets, predicted)
-    merged = {domain: Merged.of(columns, scores, targets, predicted) for domain, columns in domains.items()}
-    defined = label_sets(targets, labels)
+    known = all_known(targets, known)
+    lrap, coverage, ranking_loss = ranking_per_sample(scores, targets, known)
+    ranked = ~np.isnan(lrap)
+    lrap, coverage, ranking_loss = (np.where(ranked, values, 0.0) for values in (lrap, coverage, ranking_loss))
+    predicted, tp, fp, fn = outcomes(scores, targets, thresholds, known)
+    abnormal = Merged.of(list(range(len(labels))) if findings is None else findings, scores, targets, predicted, known)
+    merged = {domain: Merged.of(columns, scores, targets, predicted, known) for domain, columns in domains.items()}
+    defined = label_sets(targets, labels, known)
     domain_auroc = {domain: np.intersect1d(columns, defined["auroc"]) for domain, columns in domains.items()}
 
     def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
-        total = weights.sum(axis=1)
-        result = thresholded(tp, fp, fn, weights)
+        total = weights @ ranked
+        result = thresholded(tp, fp, fn, weights, known)
         per_label_f1 = result.pop("per_label_f1")
-        auroc = _per_label_curve(weighted_auroc, scores, targets, weights)
-        auprc = _per_label_curve(weighted_average_precision, scores, targets, weights)
+        auroc = _per_label_curve(weighted_auroc, scores, targets, weights, known)
+        auprc = _per_label_curve(weighted_average_precision, scores, targets, weights, known)
         binary = abnormal.figures(weights)
-        result |= {
-            "lrap": weights @ lrap / total,
-            "coverage_error": weights @ coverage / total,
-            "ranking_loss": weights @ ranking_loss / total,
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ranking = {name: np.where(total > 0, weights @ values / total, np.nan)
+                       for name, values in (("lrap", lrap), ("coverage_error", coverage), ("ranking_loss", ranking_loss))}
+        result |= ranking | {
             "macro_auroc": fixed_macro(auroc, defined["auroc"]),
             "macro_auprc": fixed_macro(auprc, defined["auprc"]),
             "abnormal_auroc": binary["auroc"],
@@ -258,12 +335,12 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
         return result
 
     point = {name: float(values[0]) for name, values in compute(np.ones((1, len(scores)))).items()}
-    confusion = label_confusion(scores, targets, thresholds)
+    confusion = label_confusion(scores, targets, thresholds, known)
     for j, label in enumerate(labels):
         point[f"precision|{label}"] = float(confusion["precision"][j])
         point[f"recall|{label}"] = float(confusion["recall"][j])
         point[f"threshold|{label}"] = float(thresholds[j])
-        point[f"positives|{label}"] = float(targets[:, j].sum())
+        point[f"positives|{label}"] = float((targets[:, j] * known[:, j]).sum())
     if merged_domains:
         point |= {f"domain_positives|{domain}": float(m.truth.sum()) for domain, m in merged.items()}
     params_of = {
@@ -279,17 +356,25 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
         for name in ("domain_any_auroc", "domain_any_auprc", "domain_any_f1", "domain_positives"):
             params_of[f"{name}|{domain}"] = {"target": f"any of {', '.join(members)}",
                                                         "score": "highest score of the domain's labels"}
+    if not known.all():
+        params = params | {"left_out_pairs": int((~known).sum())}
+        for j, label in enumerate(labels):
+            if not known[:, j].all():
+                for name in ("f1", "auroc", "auprc", "precision", "recall", "threshold", "positives"):
+                    params_of[f"{name}|{label}"] = {"left_out_samples": int((~known[:, j]).sum())}
+        params_of["hamming_loss"] = {"known_pairs": int(known.sum())}
     rows = with_intervals({k: v for k, v in point.items() if np.isfinite(v)}, compute, len(scores), options,
                           params=params, params_of=params_of, strata=resampling_strata(targets, options))
     return rows
 
 
-def sweep(scores: np.ndarray, targets: np.ndarray, options: AnalysisOptions) -> list[MetricRow]:
-    """The study's threshold sweep (0.20…0.90 by 0.05) on row-min-max scores: point figures."""
+def sweep(scores: np.ndarray, targets: np.ndarray, options: AnalysisOptions,
+          known: np.ndarray | None = None) -> list[MetricRow]:
+    """The study's threshold sweep (0.20…0.90 by 0.05) on row-min-max scores: point figures, over known pairs."""
     rows = []
     for threshold in options.sweep:
-        _, tp, fp, fn = outcomes(scores, targets, np.full(scores.shape[1], threshold))
-        result = thresholded(tp, fp, fn, np.ones((1, len(scores))))
+        _, tp, fp, fn = outcomes(scores, targets, np.full(scores.shape[1], threshold), known)
+        result = thresholded(tp, fp, fn, np.ones((1, len(scores))), known)
         for name in ("macro_f1", "micro_f1", "exact_match", "hamming_loss"):
             rows.append(MetricRow(f"sweep_{name}", float(result[name][0]), params={"threshold": threshold}))
     return rows
@@ -307,20 +392,21 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     """
     mask = run.split(options.split)
     study = options.protocol == Protocol.STUDY
+    known = run.known_pairs
     if study:
         scores = row_minmax(run.scores)
         thresholds = np.full(len(run.labels), options.threshold)
         params: dict[str, object] = {"scores": "row min-max (s - min) / (max - min + 1e-8), float64",
                                      "threshold": options.threshold}
-        extra = sweep(scores[mask], run.targets[mask], options)
+        extra = sweep(scores[mask], run.targets[mask], options, known[mask])
     else:
         scores = run.scores
         val = run.split(TUNING_SPLIT)
-        thresholds = tune_thresholds(scores[val], run.targets[val])
+        thresholds = tune_thresholds(scores[val], run.targets[val], known[val])
         params = {"scores": "raw", "threshold": f"per label, tuned for F1 on {TUNING_SPLIT}"}
         extra = []
     rows = figures(scores[mask], run.targets[mask], thresholds, run.labels, run.domains, options, params,
-                   merged_domains=study)
+                   merged_domains=study, known=known[mask], findings=run.finding_columns)
     if not study and options.split == TUNING_SPLIT:
         log.warning("warning: %s: thresholded figures (F1, exact match, precision, recall, …) are not reported on "
                     "%s: the thresholds are tuned on it; threshold-free figures (AUROC, AUPRC, LRAP, …) are",

@@ -11,13 +11,18 @@ with bootstrap intervals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedstore import queries
 from embedstore.analyses.common import AnalysisOptions, MetricRow, with_intervals
 from embedstore.labels import LOCALISED_FINDINGS, LOCALISED_GROUP
+
+if TYPE_CHECKING:
+    from embedstore.store import Store
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,22 @@ def _weighted_means(columns: dict[str, np.ndarray], weights: np.ndarray) -> dict
     return means
 
 
+def localised_labels(store: Store, labels: Sequence[str]) -> tuple[str, ...]:
+    """Those of `labels` that are localised findings: whose CheXpert counterpart (label_names.chexpert,
+    as ingest registered it) is one of LOCALISED_FINDINGS, so that NIH `Effusion` counts as `Pleural Effusion`."""
+    with store.reader() as con:
+        counterpart = dict(queries.fetch(con, "label_chexpert", labels=list(labels)))
+    return tuple(label for label in labels if counterpart.get(label, label) in LOCALISED_FINDINGS)
+
+
 def summarise(records: Sequence[MapRecord], options: AnalysisOptions, prefix: str = "gradcam.",
-              params: dict[str, object] | None = None) -> list[MetricRow]:
-    """Mean of every figure over all maps (label None), over the localised findings, and per label,
-    with seeded bootstrap intervals (maps resampled with replacement)."""
+              params: dict[str, object] | None = None,
+              localised: Collection[str] = LOCALISED_FINDINGS) -> list[MetricRow]:
+    """Mean of every figure over all maps (label None), over the localised findings (`localised`: the
+    run's labels that are, `localised_labels`), and per label, with seeded bootstrap intervals (maps
+    resampled with replacement)."""
     groups: dict[str | None, list[MapRecord]] = {None: list(records),
-                                                 LOCALISED_GROUP: [r for r in records if r.label in LOCALISED_FINDINGS]}
+                                                 LOCALISED_GROUP: [r for r in records if r.label in localised]}
     for record in records:
         groups.setdefault(record.label, []).append(record)
     rows: list[MetricRow] = []

@@ -6,6 +6,11 @@ same uid (two frontal films of one examination are near-duplicates). Figures: me
 between a sample and its neighbours, per-label precision@k (share of a positive sample's neighbours that share
 the label), and the kNN vote (share of neighbours with the label) scored as macro AUROC and as
 macro F1 at a majority vote.
+
+Pairs left out (`--uncertain ignore`) count nowhere: a neighbour's left-out label votes neither way
+(a vote share is over the neighbours that know the label; 0 where none does, as for a query without
+neighbours); a query's left-out label is left out of that label's AUROC, F1 and precision@k; the
+Jaccard of a query and a neighbour is over the labels known for both.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import faiss
 import numpy as np
 
 from embedstore import queries
-from embedstore.analyses.classification import label_sets, thresholded, weighted_auroc
+from embedstore.analyses.classification import all_known, known_weights, label_sets, thresholded, weighted_auroc
 from embedstore.analyses.common import (
     AnalysisOptions,
     MetricRow,
@@ -93,36 +98,54 @@ def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allow
     return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
 
 
-def agreement(query_targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-query Jaccard and vote shares. neighbour_targets: queries × k × labels; valid: queries × k."""
-    count = np.maximum(valid.sum(axis=1), 1)
-    weight = valid[:, :, None].astype(np.float64)
-    votes = (neighbour_targets * weight).sum(axis=1) / count[:, None]
-    union = np.maximum(query_targets[:, None, :], neighbour_targets).sum(-1)
-    shared = np.minimum(query_targets[:, None, :], neighbour_targets).sum(-1)
+def agreement(query_targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarray,
+              query_known: np.ndarray | None = None, neighbour_known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-query Jaccard and vote shares. neighbour_targets: queries × k × labels; valid: queries × k;
+    query_known (queries × labels) and neighbour_known (queries × k × labels): False at pairs left out.
+    A vote share counts the neighbours that know the label; a Jaccard the labels known for both."""
+    if neighbour_known is None:
+        voters = valid[:, :, None].astype(np.float64)
+        count = np.maximum(valid.sum(axis=1), 1)[:, None]
+    else:
+        voters = valid[:, :, None] * neighbour_known.astype(np.float64)
+        count = np.maximum(voters.sum(axis=1), 1)
+    votes = (neighbour_targets * voters).sum(axis=1) / count
+    union = np.maximum(query_targets[:, None, :], neighbour_targets)
+    shared = np.minimum(query_targets[:, None, :], neighbour_targets)
+    if query_known is not None or neighbour_known is not None:
+        both = all_known(query_targets, query_known)[:, None, :] & all_known(neighbour_targets, neighbour_known)
+        union, shared = union * both, shared * both
+    union, shared = union.sum(-1), shared.sum(-1)
     jaccard = np.where(union > 0, shared / np.maximum(union, 1), 1.0)
-    return {"jaccard": (jaccard * valid).sum(axis=1) / count, "votes": votes}
+    return {"jaccard": (jaccard * valid).sum(axis=1) / np.maximum(valid.sum(axis=1), 1), "votes": votes}
 
 
 def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarray, labels: list[str],
-            options: AnalysisOptions, params: dict[str, object]) -> list[MetricRow]:
-    """Jaccard, precision@k, vote AUROC and vote F1 with bootstrap intervals over query samples."""
-    result = agreement(targets, neighbour_targets, valid)
-    defined = label_sets(targets, labels)
+            options: AnalysisOptions, params: dict[str, object], known: np.ndarray | None = None,
+            neighbour_known: np.ndarray | None = None) -> list[MetricRow]:
+    """Jaccard, precision@k, vote AUROC and vote F1 with bootstrap intervals over query samples; a
+    query's left-out label (`known` False) is left out of that label's figures."""
+    result = agreement(targets, neighbour_targets, valid, known, neighbour_known)
+    known = all_known(targets, known)
+    defined = label_sets(targets, labels, known)
     jaccard, votes = result["jaccard"], result["votes"]
     predicted = (votes >= 0.5).astype(np.float64)
     tp, fp, fn = predicted * targets, predicted * (1 - targets), (1 - predicted) * targets
+    if not known.all():
+        tp, fp, fn = tp * known, fp * known, fn * known
+    hits = votes * targets * known
 
     def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
         total = weights.sum(axis=1)
-        auroc = np.stack([weighted_auroc(votes[:, j], targets[:, j], weights) for j in range(len(labels))], axis=1)
-        positives = weights @ targets
+        auroc = np.stack([weighted_auroc(votes[:, j], targets[:, j], known_weights(weights, known[:, j]))
+                          for j in range(len(labels))], axis=1)
+        positives = weights @ (targets * known)
         with np.errstate(invalid="ignore", divide="ignore"):
-            precision_at_k = np.where(positives > 0, (weights @ (votes * targets)) / positives, np.nan)
+            precision_at_k = np.where(positives > 0, (weights @ hits) / positives, np.nan)
         out = {
             "knn_jaccard": weights @ jaccard / total,
             "knn_vote_macro_auroc": fixed_macro(auroc, defined["auroc"]),
-            "knn_vote_macro_f1": thresholded(tp, fp, fn, weights)["macro_f1"],
+            "knn_vote_macro_f1": thresholded(tp, fp, fn, weights, known)["macro_f1"],
         }
         for j, label in enumerate(labels):
             out[f"knn_precision_at_k|{label}"] = precision_at_k[:, j]
@@ -143,6 +166,8 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     mask = run.split(options.split)
     rows: list[MetricRow] = []
     targets = run.targets.astype(np.float64)
+    known = run.known_pairs
+    masked = not known.all()
     pools = {"within": run.sample_ids[mask], f"{options.split}_to_train": run.sample_ids[run.split("train")]}
     same_uid = None
     excluded = "the query itself"
@@ -167,7 +192,8 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
         neighbour_targets = targets[rows_of] * valid[:, :, None]
         rows += figures(targets[mask], neighbour_targets, valid, run.labels, options,
                         {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True, "excluded": excluded}
-                        | exactness)
+                        | exactness | ({"left_out_pairs": int((~known[mask]).sum())} if masked else {}),
+                        known[mask] if masked else None, known[rows_of] if masked else None)
     rows = [MetricRow(f"{row.metric}:{row.params['scope']}", row.value, row.label, row.ci_low, row.ci_high,
                       row.n_resamples_skipped, row.params) for row in rows]
     warn_few_resamples(rows, options, run.run_id, {f"knn_vote_macro_auroc:{scope}" for scope in pools})

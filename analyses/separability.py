@@ -12,6 +12,11 @@ figures sit below the estimate, because a resample duplicates members of small c
 `multilabel` (docs/protocols.md): L2-normalised embeddings (scale-free), a sample counts toward every label
 it has; the same inter / intra / ratio, plus per-label one-vs-rest separation (distance between the
 positives' and negatives' centroids over their mean spread).
+
+Pairs left out (`--uncertain ignore`) count nowhere: under `multilabel` a sample is a member of the
+labels it is known positive for (never of a left-out one), and a label's one-vs-rest figure compares
+its known positives with its known negatives; under `study` a sample's one label is its first known
+positive, and a sample with no known positive but a left-out label (its class unknown) is left out.
 """
 
 from __future__ import annotations
@@ -159,12 +164,19 @@ def _rows(point: dict[str, np.ndarray], resampled: dict[str, list[np.ndarray]], 
 def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     """Separability of `options.split` under `options.protocol`, with bootstrap intervals."""
     mask = run.split(options.split)
-    targets = run.targets[mask].astype(np.float64)
+    left_out: dict[str, object] = {}
+    if options.protocol == Protocol.STUDY:
+        no_class = ~(run.targets * run.known_pairs).any(axis=1) & ~run.known_pairs.all(axis=1)
+        if (mask & no_class).any():  # a left-out label and no known positive: the sample's class is unknown
+            left_out = {"left_out_samples": int((mask & no_class).sum())}
+            mask = mask & ~no_class
+    known = run.known_pairs[mask]
+    targets = (run.targets[mask] * known).astype(np.float64)
     if options.protocol == Protocol.STUDY:
         x = run.embeddings[mask].astype(np.float64)
         classes = argmax_labels(targets)
         membership = np.eye(targets.shape[1])[classes]
-        params: dict[str, object] = {"embeddings": "raw", "labels": "argmax (first positive)"}
+        params: dict[str, object] = {"embeddings": "raw", "labels": "argmax (first positive)"} | left_out
     else:
         x = _unit(run.embeddings[mask].astype(np.float64))
         membership = targets
@@ -186,18 +198,21 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
                            sampled | (fit if name == "probe_accuracy" else {}))
                  for name, value in figures.items()]
     else:
-        rows += _one_vs_rest(x, targets, run.labels, params)
+        rows += _one_vs_rest(x, targets, run.labels, params, known)
     return rows
 
 
-def _one_vs_rest(x: np.ndarray, targets: np.ndarray, labels: list[str], params: dict[str, object]) -> list[MetricRow]:
-    """Per label: ‖centroid(positives) − centroid(negatives)‖ / mean of the two groups' spreads."""
+def _one_vs_rest(x: np.ndarray, targets: np.ndarray, labels: list[str], params: dict[str, object],
+                 known: np.ndarray | None = None) -> list[MetricRow]:
+    """Per label: ‖centroid(positives) − centroid(negatives)‖ / mean of the two groups' spreads, over
+    the label's known samples."""
     rows = []
     for j, label in enumerate(labels):
         positive = targets[:, j] > 0
-        if positive.all() or not positive.any():
+        negative = ~positive if known is None else ~positive & known[:, j]
+        if not negative.any() or not positive.any():
             continue
-        groups = [x[positive], x[~positive]]
+        groups = [x[positive], x[negative]]
         centres = [g.mean(axis=0) for g in groups]
         spread = np.mean([np.linalg.norm(g - c, axis=1).mean() for g, c in zip(groups, centres, strict=True)])
         rows.append(MetricRow("one_vs_rest_separation", float(np.linalg.norm(centres[0] - centres[1]) / spread),

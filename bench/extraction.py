@@ -7,9 +7,14 @@ re-implementation of the study's own loop run in the same process on the same mo
    in every epoch, vs embedstore's lp fitted on the stored embeddings (study and multilabel recipes);
 3. ft seconds per epoch;
 4. the study's qualitative finding on the demo model and the synthetic target set: zs well above
-   chance on macro AUROC yet over-predicting under the study protocol, and ft > lp > zs.
+   chance on macro AUROC yet over-predicting under the study protocol, and ft > lp > zs;
+5. decoding a MIMIC-sized JPEG (2,500 × 3,000, quality 95) to the model's input: the study's
+   `Image.open(p).convert("RGB")` then the model's transform, vs embedstore's decoder (libjpeg's
+   DCT-domain draft to the model's Resize target, then the same transform); per-image ms, ratio and
+   the largest pixel difference of the two resulting tensors. `--only large-jpeg` runs this case alone.
 
 Usage: .venv/bin/python bench/extraction.py [--n 3818] [--baseline-images 400] [--ft-epochs 10] [--out DIR]
+       .venv/bin/python bench/extraction.py --only large-jpeg [--jpegs 24]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +35,11 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from embedstore.extract import ExtractConfig, describe_device, extract
 from embedstore.heads import fit_logistic_head, fit_study_head
+from embedstore.images import ImageItem, decode
 from embedstore.ingest import IngestConfig, ingest
 from embedstore.models import load_model
 from embedstore.store import Store
-from embedstore.synthetic import SampleConfig, write_sample
+from embedstore.synthetic import SampleConfig, SampleDomain, render_frontal, write_sample
 
 log = logging.getLogger("bench")
 
@@ -72,6 +79,96 @@ def study_lp_epoch(model, paths: list[str], targets: np.ndarray, batch_size: int
         loss.backward()
         optimizer.step()
     return time.perf_counter() - started
+
+
+#: A MIMIC-CXR-JPG film: about 2,500 × 3,000 pixels, stored at JPEG quality 95 (the dataset's 570 GB
+#: over 377,110 images is about 1.5 MB a file; these synthetic films come out at about 1.8 MB).
+LARGE_JPEG_SIZE = (2500, 3000)   # (width, height)
+LARGE_JPEG_QUALITY = 95
+#: Film grain added to the upscaled synthetic film (grey levels, 1 sd), so the JPEG has fine detail to encode.
+LARGE_JPEG_GRAIN = 1.0
+
+
+def write_large_jpegs(folder: Path, count: int) -> list[Path]:
+    """`count` synthetic chest films at MIMIC size: a frontal rendered at 750 px, upscaled (bicubic),
+    with film grain, saved as greyscale JPEG."""
+    paths = []
+    for index in range(count):
+        film, _ = render_frontal(0, SampleDomain.TARGET, index, (), {}, 750)
+        pixels = np.asarray(Image.fromarray(film).resize(LARGE_JPEG_SIZE, Image.Resampling.BICUBIC), dtype=np.float32)
+        pixels += np.random.default_rng(index).normal(0.0, LARGE_JPEG_GRAIN, pixels.shape).astype(np.float32)
+        path = folder / f"film{index:03d}.jpg"
+        Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(path, quality=LARGE_JPEG_QUALITY)
+        paths.append(path)
+    return paths
+
+
+def _study_decode(preprocess: Callable[[Image.Image], torch.Tensor], path: Path) -> torch.Tensor:
+    """The study's way: a full decode to RGB, then the model's whole preprocess."""
+    return preprocess(Image.open(path).convert("RGB"))
+
+
+def _timed(rounds: int, run: Callable[..., object], *args: object) -> tuple[float, float]:
+    """(wall, CPU) seconds of the fastest of `rounds` calls of run(*args): the least disturbed by other work."""
+    wall, cpu = [], []
+    for _ in range(rounds):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        run(*args)
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return min(wall), min(cpu)
+
+
+def large_jpeg_decode(paths: list[Path], sizes: tuple[int, ...] = (224, 64), rounds: int = 3) -> dict[str, object]:
+    """Per model input size: ms per image of the study's decode + preprocess vs embedstore's, their
+    ratio, and how far apart the two pixel tensors are (in grey levels of 255). Each image is timed
+    both ways alternately, best of `rounds`, in wall-clock and in CPU time (the CPU time of this
+    process is what other work on a shared machine does not inflate). Both ways run on one torch
+    thread, as in a DataLoader worker: on a busy 2-core machine, ToTensor's tiny ops on 2 threads
+    wait for each other for 10 ms and more, which would swamp what is measured here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _large_jpeg_decode(paths, sizes, rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _large_jpeg_decode(paths: list[Path], sizes: tuple[int, ...], rounds: int) -> dict[str, object]:
+    import open_clip
+    from torchvision import transforms
+
+    results: dict[str, object] = {"images": len(paths), "size": f"{LARGE_JPEG_SIZE[0]} x {LARGE_JPEG_SIZE[1]}",
+                                  "mean_file_mb": round(float(np.mean([p.stat().st_size for p in paths])) / 1e6, 2)}
+    for size in sizes:
+        preprocess = open_clip.image_transform(size, is_train=False)   # open_clip's eval transform, as models load it
+        pixel_transform = transforms.Compose(list(preprocess.transforms)[:-1])   # without Normalize, as extract caches
+        study = np.zeros(2)
+        embedstore = np.zeros(2)
+        largest, mean_difference = 0, []
+        decode(ImageItem(0, str(paths[0]), ""), pixel_transform)             # warm-up (imports, first allocations)
+        for index, path in enumerate(paths):
+            item = ImageItem(index, str(path), "")
+            study += _timed(rounds, _study_decode, preprocess, path)
+            embedstore += _timed(rounds, decode, item, pixel_transform)   # what an extraction worker runs
+            full = np.rint(pixel_transform(Image.open(path).convert("RGB")).numpy() * 255.0).astype(np.int16)
+            difference = np.abs(full - decode(item, pixel_transform).astype(np.int16))
+            largest = max(largest, int(difference.max()))
+            mean_difference.append(float(difference.mean()))
+        study_ms, embedstore_ms = 1000 * study / len(paths), 1000 * embedstore / len(paths)
+        ratio = study_ms / embedstore_ms
+        results[f"input_{size}"] = {"study_ms_per_image": round(study_ms[0], 1),
+                                    "embedstore_ms_per_image": round(embedstore_ms[0], 1),
+                                    "ratio": round(ratio[0], 2),
+                                    "study_cpu_ms_per_image": round(study_ms[1], 1),
+                                    "embedstore_cpu_ms_per_image": round(embedstore_ms[1], 1),
+                                    "cpu_ratio": round(ratio[1], 2),
+                                    "max_abs_pixel_difference_of_255": largest,
+                                    "mean_abs_pixel_difference_of_255": round(float(np.mean(mean_difference)), 3)}
+        print(f"large JPEG -> {size} px: study {study_ms[0]:.1f} ms/image, embedstore {embedstore_ms[0]:.1f} ms/image, "
+              f"ratio {ratio[0]:.2f}x (CPU time: {study_ms[1]:.1f} vs {embedstore_ms[1]:.1f} ms, {ratio[1]:.2f}x); "
+              f"tensors differ by at most {largest}/255 (mean {np.mean(mean_difference):.3f}/255)", flush=True)
+    return results
 
 
 def _matrix(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
@@ -118,9 +215,18 @@ def main() -> None:
     parser.add_argument("--baseline-images", type=int, default=400)
     parser.add_argument("--ft-epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--jpegs", type=int, default=24, help="MIMIC-sized JPEGs for the large-JPEG case")
+    parser.add_argument("--only", choices=["large-jpeg"], default=None, help="run one case alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = args.out or Path(tempfile.mkdtemp(prefix="embedstore-bench-"))
+    jpeg_folder = workdir / "large-jpeg"
+    jpeg_folder.mkdir(parents=True, exist_ok=True)
+    jpeg_paths = write_large_jpegs(jpeg_folder, args.jpegs)
+    if args.only == "large-jpeg":
+        print(json.dumps({"torch_threads": torch.get_num_threads(), "large_jpeg": large_jpeg_decode(jpeg_paths)},
+                         indent=2))
+        return
     data = workdir / "data"
     if not (data / "iuxray_frontal_14labels.csv").exists():
         write_sample(SampleConfig(out=data, n=args.n))
@@ -135,6 +241,7 @@ def main() -> None:
         rows = con.execute("SELECT path, split FROM samples ORDER BY sample_id").fetchall()
     paths = [p for p, _ in rows]
     report: dict[str, object] = {"device": device, "torch_threads": torch.get_num_threads(), "n_images": len(paths)}
+    report["large_jpeg"] = large_jpeg_decode(jpeg_paths)
 
     # 1. encoding throughput
     subset = paths[: args.baseline_images]

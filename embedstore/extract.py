@@ -139,6 +139,12 @@ class RunContext:
     device: Any
     cache: TensorCache
     progress: Callable[[int, str], Callable[[int], None]] | None
+    #: False where a (sample, label) pair is left out (`--uncertain ignore`); all True otherwise
+    known: np.ndarray | None = None
+
+    def fit_targets(self) -> np.ndarray:
+        """The targets training reads: NaN at pairs left out (`training_targets`)."""
+        return self.targets if self.known is None else training_targets(self.targets, self.known)
 
 
 @dataclass
@@ -196,7 +202,21 @@ def _now() -> datetime:
 # Dataset access
 # ---------------------------------------------------------------------------------------------
 
-def _dataset(store: Store, name: str) -> tuple[str, str, list[ImageItem], np.ndarray, list[str], np.ndarray]:
+@dataclass(frozen=True)
+class DatasetTargets:
+    """A dataset's samples and targets as extraction reads them: `targets` is 1 where a label is positive,
+    0 otherwise; `known` is False for a pair left out (`--uncertain ignore`), whose target 0 means nothing."""
+
+    dataset_id: str
+    manifest_sha256: str
+    items: list[ImageItem]
+    splits: np.ndarray
+    labels: list[str]
+    targets: np.ndarray
+    known: np.ndarray
+
+
+def _dataset(store: Store, name: str) -> DatasetTargets:
     name = resolve_dataset(store, name)
     with store.reader() as con:
         row = first_row(con, "SELECT dataset_id, manifest_sha256 FROM datasets WHERE name = ?", [name])
@@ -205,6 +225,7 @@ def _dataset(store: Store, name: str) -> tuple[str, str, list[ImageItem], np.nda
         dataset_id, manifest_sha = row
         samples = queries.fetch(con, "dataset_samples", dataset_id=dataset_id)
         label_rows = queries.fetch(con, "dataset_positives", dataset_id=dataset_id)
+        left_out = queries.fetch(con, "dataset_left_out", dataset_id=dataset_id)
         labels = [r[0] for r in queries.fetch(con, "dataset_labels", dataset_id=dataset_id)]
     items = [ImageItem(int(sid), path, sha) for sid, path, sha, _ in samples]
     splits = np.array([split for *_, split in samples])
@@ -213,7 +234,16 @@ def _dataset(store: Store, name: str) -> tuple[str, str, list[ImageItem], np.nda
     targets = np.zeros((len(items), len(labels)), dtype=np.float32)
     for sample_id, label in label_rows:
         targets[position[int(sample_id)], column[label]] = 1.0
-    return dataset_id, manifest_sha, items, splits, labels, targets
+    known = np.ones(targets.shape, dtype=bool)
+    for sample_id, label in left_out:
+        known[position[int(sample_id)], column[label]] = False
+    return DatasetTargets(dataset_id, manifest_sha, items, splits, labels, targets, known)
+
+
+def training_targets(targets: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Targets as the heads read them (embedstore/heads.py): NaN where a pair is left out, so that
+    every training and validation loss gives it weight 0."""
+    return np.where(known, targets, np.float32(np.nan)).astype(np.float32)
 
 
 def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, manifest_sha: str,
@@ -353,7 +383,8 @@ def _fit_split(ctx: RunContext, embeddings: np.ndarray) -> tuple[np.ndarray, ...
     train, val = ctx.splits == "train", ctx.splits == "val"
     if not train.any() or not val.any():
         raise InputError(f"dataset {ctx.config.data!r}: lp and ft need samples in both the train and val splits")
-    return embeddings[train], ctx.targets[train], embeddings[val], ctx.targets[val]
+    targets = ctx.fit_targets()
+    return embeddings[train], targets[train], embeddings[val], targets[val]
 
 
 def run_linear_probe(ctx: RunContext) -> StageOutput:
@@ -387,7 +418,7 @@ def _finetune_data(ctx: RunContext) -> Any:
     from embedstore.heads import FineTuneData
 
     index_of = {item.sample_id: i for i, item in enumerate(ctx.items)}
-    targets = torch.from_numpy(ctx.targets)
+    targets = torch.from_numpy(ctx.fit_targets())
     subsets = {name: [item for item, split in zip(ctx.items, ctx.splits, strict=True) if split == name]
                for name in ("train", "val")}
     if not subsets["train"] or not subsets["val"]:
@@ -471,6 +502,8 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
     })
     config = identity | {"labels": ctx.labels, "image_size": ctx.model.image_size,
                          "encode_batch_size": ctx.config.encode_batch_size} | output.details
+    if ctx.known is not None and not ctx.known.all():  # `--uncertain ignore`: pairs no loss saw
+        config["targets_left_out"] = int((~ctx.known).sum())
     remove_staging(ctx.store.path, ctx.run_id)  # every staged chunk is committed (or lp copied its rows)
     with ctx.writer.transaction() as con:
         queries.execute_all(con, "clear_run_outputs", {"run_id": ctx.run_id})
@@ -504,9 +537,10 @@ def extract(store: Store, config: ExtractConfig,
                     "head; the encoder is never unfrozen, so the run's embeddings equal the frozen encoder's (as zs). "
                     "Ask for 2 or more epochs to fine-tune the encoder.")
     with store.writer(f"embedstore extract --mode {config.mode} --model {config.model} --data {config.data}") as writer:
-        dataset_id, manifest_sha, items, splits, labels, targets = _dataset(store, config.data)
+        data = _dataset(store, config.data)
+        dataset_id, items = data.dataset_id, data.items
         model = load_model(config.model)
-        identity = _run_identity(config, model, dataset_id, manifest_sha, device.type)
+        identity = _run_identity(config, model, dataset_id, data.manifest_sha256, device.type)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
         with writer.transaction() as con:
@@ -526,8 +560,8 @@ def extract(store: Store, config: ExtractConfig,
                                 prompt_set=config.prompt_set, config=json.dumps(identity), started_at=_now(),
                                 device=describe_device(device), versions=json.dumps(library_versions()))
         torch.manual_seed(config.seed)
-        ctx = RunContext(store, writer, config, run_id, model, dataset_id, items, splits, labels, targets, device,
-                         TensorCache(default_cache_path(), model.preprocess_key), progress)
+        ctx = RunContext(store, writer, config, run_id, model, dataset_id, items, data.splits, data.labels, data.targets,
+                         device, TensorCache(default_cache_path(), model.preprocess_key), progress, data.known)
         output = MODES[config.mode](ctx)
         _finish(ctx, output, identity)
     log.info("run %s complete", run_id)

@@ -19,6 +19,14 @@ val by the per-element mean val BCE), and fine-tunes with one warm-up epoch on t
 optimizer and schedule; its head starts with a zero bias (a symmetric start; the warm-up epoch fits
 it), and its val BCE is the exact per-element mean over the whole val set, under the training
 autocast. Both protocols stop early with the same patience and min_delta.
+
+Targets are 1/0, and NaN for a (sample, label) pair left out (`--uncertain ignore`: the label's
+value was uncertain). Every loss gives such a pair weight 0 and averages over the known pairs only:
+a batch's BCE is the sum of its known pairs' BCE over their count (a batch with no known pair adds
+nothing), the per-element val BCE the sum over the whole val set's known pairs over their count,
+the study's val BCE the mean over batches holding a known pair of each batch's known-pair mean, and
+the logistic head's prior bias each label's share of positives among its known samples. Where every
+pair is known these are exactly the plain means (the same calls, so results are bit-identical).
 """
 
 from __future__ import annotations
@@ -107,12 +115,37 @@ def _xavier_head(dim: int, n_labels: int, zero_bias: bool = True) -> torch.nn.Li
     return head
 
 
-def _bce_batch_means(logits: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
-    """The study's val BCE: the mean over consecutive batches of `batch_size` of each batch's mean."""
+def known_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits over the known pairs (targets not NaN): masked pairs weigh 0 and the sum
+    of the known pairs' BCE is divided by their count (0 where none is known). With every pair known
+    it is the plain mean, computed by the same call."""
     import torch.nn.functional as F
 
-    losses = [float(F.binary_cross_entropy_with_logits(z, y))
-              for z, y in zip(logits.split(batch_size), targets.split(batch_size), strict=True)]
+    known = ~targets.isnan()
+    if bool(known.all()):
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    losses = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), weight=known.to(logits.dtype),
+                                                reduction="sum")
+    return losses / known.sum().clamp(min=1)
+
+
+def known_bce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """(sum of BCE over the known pairs, their count): the parts of a per-element mean over many batches."""
+    import torch.nn.functional as F
+
+    known = ~targets.isnan()
+    if bool(known.all()):
+        return float(F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")), targets.numel()
+    total = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), weight=known.to(logits.dtype),
+                                               reduction="sum")
+    return float(total), int(known.sum())
+
+
+def _bce_batch_means(logits: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
+    """The study's val BCE: the mean over consecutive batches of `batch_size` of each batch's mean
+    (over its known pairs; a batch without one is left out)."""
+    losses = [float(known_bce(z, y)) for z, y in zip(logits.split(batch_size), targets.split(batch_size), strict=True)
+              if not bool(y.isnan().all())]
     return sum(losses) / max(len(losses), 1)
 
 
@@ -143,7 +176,6 @@ def fit_study_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
     """The study's linear probe, on cached raw features instead of re-encoding every epoch; the
     cosine schedule spans the `epochs` asked for, val BCE is the mean of per-batch means."""
     import torch
-    import torch.nn.functional as F
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -159,7 +191,7 @@ def fit_study_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
     for epoch in range(epochs):
         rates.append(float(optimizer.param_groups[0]["lr"]))
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
-            loss = F.binary_cross_entropy_with_logits(head(x[batch]), y[batch])
+            loss = known_bce(head(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -187,7 +219,6 @@ def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
     """Multi-label logistic regression on L2-normalised features, full-batch L-BFGS per L2 strength;
     the strength with the lowest val BCE wins."""
     import torch
-    import torch.nn.functional as F
 
     started = time.perf_counter()
     unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=1)  # noqa: E731
@@ -197,7 +228,7 @@ def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
     for penalty in LOGISTIC_PENALTIES:
         weight, bias = _lbfgs_logistic(x, y, penalty)
         with torch.no_grad():
-            val_loss = float(F.binary_cross_entropy_with_logits(vx @ weight.T + bias, vy))
+            val_loss = float(known_bce(vx @ weight.T + bias, vy))
         fits[penalty] = (val_loss, weight.numpy().astype(np.float32), bias.numpy().astype(np.float32))
     chosen = min(fits, key=lambda penalty: fits[penalty][0])
     val_loss, best_weight, best_bias = fits[chosen]
@@ -207,18 +238,19 @@ def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
 
 
 def _lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-batch L-BFGS on BCE + penalty/2 · |W|², bias started at the log prior odds."""
+    """Full-batch L-BFGS on BCE (mean over known pairs) + penalty/2 · |W|², bias started at the log
+    prior odds (each label's positive share among its known samples; 1/2 for a label with none)."""
     import torch
-    import torch.nn.functional as F
 
     weight = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)
-    prior = y.mean(0).clamp(1e-4, 1 - 1e-4)
+    prior = y.mean(0) if not bool(y.isnan().any()) else y.nanmean(0).nan_to_num(0.5)
+    prior = prior.clamp(1e-4, 1 - 1e-4)
     bias = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x @ weight.T + bias, y) + penalty * (weight**2).sum() / 2
+        loss = known_bce(x @ weight.T + bias, y) + penalty * (weight**2).sum() / 2
         loss.backward()
         return loss
 
@@ -272,7 +304,6 @@ def _val_loss(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
     visual.eval()
     total, count = 0.0, 0
@@ -280,9 +311,11 @@ def _val_loss(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData
     with torch.no_grad(), contextlib.nullcontext() if fp32 else _autocast(data):
         for images, targets in data.val_batches():
             logits = head(visual(images).float())
-            total += float(F.binary_cross_entropy_with_logits(logits, targets, reduction="sum"))
-            count += targets.numel()
-            batch_losses.append(float(F.binary_cross_entropy_with_logits(logits, targets)))
+            batch_total, batch_count = known_bce_sum(logits, targets)
+            total += batch_total
+            count += batch_count
+            if batch_count:
+                batch_losses.append(float(known_bce(logits, targets)))
     if batch_means:
         return sum(batch_losses) / max(len(batch_losses), 1)
     return total / max(count, 1)
@@ -291,14 +324,12 @@ def _val_loss(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData
 def _train_epoch(visual: torch.nn.Module, head: torch.nn.Module, optimizer: torch.optim.Optimizer, data: FineTuneData,
                  epoch: int, step_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
                  scaler: torch.amp.GradScaler | None = None) -> float:
-    import torch.nn.functional as F
-
     visual.train()
     total, count = 0.0, 0
     for images, targets in data.train_batches(epoch):
         with _autocast(data):
             logits = head(visual(images).float())
-        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        loss = known_bce(logits, targets)
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()

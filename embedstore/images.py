@@ -4,8 +4,13 @@ preprocessing), and batched loading.
 Every path that reads a dataset image (ingest validation, the extraction DataLoader and its tensor
 cache, Grad-CAM) goes through `read_image_bytes` and `decode_rgb`: only regular files are opened,
 at most MAX_IMAGE_BYTES are read, images over MAX_IMAGE_PIXELS are refused before they are
-decoded, and every mode becomes 8-bit RGB the same way (`to_rgb8`; DECODER_KEY names it inside
-each model's preprocessing key).
+decoded, and every mode becomes 8-bit RGB the same way (`to_rgb8`; DICOM by `embedstore.dicom`'s
+display rule; DECODER_KEY names both inside each model's preprocessing key).
+
+A JPEG is decoded straight to about the model's input size (`decode_rgb(data, min_side)`: libjpeg's
+DCT-domain scaling by 1/2, 1/4 or 1/8, keeping both sides >= JPEG_DRAFT_MARGIN × the model's Resize
+target), so a 2,500 × 3,000 film is never decoded to 7.5 MP only to be resized to 224; the model's own
+Resize does the final resampling.
 
 The model's pixel pipeline (resize, crop, to tensor) runs once per image and preprocessing; its
 output is exactly k/255 per pixel, so it is stored losslessly as uint8 and normalised per batch
@@ -45,7 +50,13 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 #: How images become 8-bit RGB (`to_rgb8`). It is part of every model's preprocessing key, so of run
 #: identity and of the tensor cache's folders: change it whenever decoding changes what a model sees.
-DECODER_KEY = "rgb8;high-bit-depth=min-max;v1"
+DECODER_KEY = "rgb8;high-bit-depth=min-max;dicom=modality+voi+mono1;jpeg-draft=2x;v2"
+#: A JPEG is drafted to at least this many times the model's Resize target, so the model's antialiasing
+#: Resize still reduces by 2× or more. At 1× (draft to the target itself) a 2,500 × 3,000 film reaches
+#: a 224 px tensor up to 22/255 away from a full decode (mean 1.2/255: libjpeg's 1/8 scale is an 8 × 8
+#: block mean, a cruder low-pass, and 2,500 is no multiple of 8); at 2× at most 2/255 (mean 0.18/255),
+#: for about a third more decoding time (bench/extraction.py, "large JPEG").
+JPEG_DRAFT_MARGIN = 2
 #: The file formats read (Pillow's names). Pillow opens some forty more (EPS runs Ghostscript; old
 #: decoders such as FLI, PCX, SGI, TGA have had memory-safety bugs): none is a radiograph format.
 IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "JPEG2000", "PPM")
@@ -101,7 +112,8 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
-def _too_large(pixels: int | None) -> InputError:
+def too_large(pixels: int | None) -> InputError:
+    """The refusal of an image of `pixels` pixels (None: Pillow's own limit was hit first)."""
     count = f"{pixels:,} pixels" if pixels is not None else "more pixels than Pillow allows"
     return InputError(f"is too large: {count}, over the limit of {MAX_IMAGE_PIXELS:,}")
 
@@ -119,7 +131,7 @@ def _open(data: bytes) -> PILImage:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         found = re.search(r"\((\d+) pixels\)", str(error))
-        raise _too_large(int(found.group(1)) if found else None) from None
+        raise too_large(int(found.group(1)) if found else None) from None
     except UnidentifiedImageError:
         raise InputError(f"is truncated or not an image (not a {', '.join(IMAGE_FORMATS[:-1])} or "
                          f"{IMAGE_FORMATS[-1]} file)") from None
@@ -127,7 +139,7 @@ def _open(data: bytes) -> PILImage:
         raise InputError(f"is truncated or not an image ({shown(error)[:80]})") from None
     if image.width * image.height > MAX_IMAGE_PIXELS:
         image.close()
-        raise _too_large(image.width * image.height)
+        raise too_large(image.width * image.height)
     return image
 
 
@@ -153,35 +165,86 @@ def to_rgb8(image: PILImage) -> PILImage:
     finite = np.isfinite(values) if image.mode == "F" else None  # integers are always finite
     present = values[finite] if finite is not None and not finite.all() else values
     low, high = (float(present.min()), float(present.max())) if present.size else (0.0, 0.0)
-    scale = 255.0 / (high - low) if high > low else 0.0
+    return Image.fromarray(window_to_uint8(values, low, high)).convert("RGB")
+
+
+def window_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`values` with `low` → 0 and `high` → 255, linearly, rounded to the nearest integer and clipped
+    (`high` < `low` maps inverted). NaN and -inf → 0, +inf → 255; `low` == `high` → black (+inf white).
+    The one rule by which high-bit-depth images and DICOM become 8-bit."""
+    scale = 255.0 / (high - low) if high != low else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
     if scale == 0.0:
         scaled = np.where(values == np.inf, 255.0, 0.0)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8)).convert("RGB")
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def decode_rgb(data: bytes) -> PILImage:
-    """Decode image bytes fully to 8-bit RGB (`to_rgb8`); anything wrong is an InputError reason."""
+def decode_rgb(data: bytes, min_side: int | None = None) -> PILImage:
+    """Decode image bytes fully to 8-bit RGB (`to_rgb8`, DICOM by `embedstore.dicom.decode_dicom`);
+    anything wrong is an InputError reason.
+
+    `min_side`: the size the caller resizes to next (the model's Resize target). A JPEG is then
+    decoded by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's `draft`), the largest reduction that keeps
+    both sides >= JPEG_DRAFT_MARGIN × min_side: every block is still entropy-decoded, only the
+    inverse DCT is smaller. Other formats ignore it.
+    """
+    from embedstore import dicom
+
+    if dicom.is_dicom(data):
+        return dicom.decode_dicom(data)
     image = _open(data)
     try:
         with image:
+            if min_side and min_side > 0 and image.format == "JPEG":
+                target = min_side * JPEG_DRAFT_MARGIN
+                image.draft(image.mode, (target, target))
             image.load()
             return to_rgb8(image)
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
         raise InputError(f"is truncated or not an image ({shown(error)[:80]})") from None
 
 
-def load_rgb(path: str | os.PathLike[str]) -> tuple[PILImage, bytes]:
-    """One image file as 8-bit RGB, and its bytes (for hashing)."""
+def load_rgb(path: str | os.PathLike[str], min_side: int | None = None) -> tuple[PILImage, bytes]:
+    """One image file as 8-bit RGB (`decode_rgb`, JPEG drafted to `min_side`), and its bytes (for hashing)."""
     data = read_image_bytes(path)
-    return decode_rgb(data), data
+    return decode_rgb(data, min_side), data
+
+
+def verify_image(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file, once all its data has been decoded with every refusal of `load_rgb`
+    (regular file, byte and pixel limits, truncation, corruption), as cheaply as that allows: a JPEG
+    at its smallest draft (1/8 scale: every block is still entropy-decoded, so a truncated or corrupt
+    file is caught, in about 40 % of a full decode's time for a 2,500 × 3,000 film)."""
+    data = read_image_bytes(path)
+    decode_rgb(data, min_side=1).close()
+    return data
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(height, width) of an image file, from its header, with the same refusals as the decoder."""
-    with _open(read_image_bytes(path)) as image:
+    from embedstore import dicom
+
+    data = read_image_bytes(path)
+    if dicom.is_dicom(data):
+        return dicom.dicom_size(data)
+    with _open(data) as image:
         return image.height, image.width
+
+
+def resize_target(pixel_transform: object) -> int | None:
+    """The side a model's pixel pipeline first resizes to, when its first step is a torchvision Resize
+    (an int: the shorter side; (h, w): the larger of the two, so both sides are at least covered);
+    None otherwise (no Resize first: the image is decoded at full size)."""
+    from torchvision import transforms
+
+    steps = getattr(pixel_transform, "transforms", [pixel_transform])
+    first = steps[0] if steps else None
+    if not isinstance(first, transforms.Resize):
+        return None
+    size = first.size
+    sides = [int(size)] if isinstance(size, int) else [int(side) for side in size]
+    return max(sides) if sides else None
 
 
 @dataclass(frozen=True)
@@ -212,9 +275,10 @@ class TensorCache:
 
 
 def decode(item: ImageItem, pixel_transform: Callable[[PILImage], torch.Tensor]) -> np.ndarray:
-    """Read and preprocess one image to uint8 CHW; a vanished or broken file names itself."""
+    """Read and preprocess one image to uint8 CHW (a JPEG drafted to the transform's Resize target);
+    a vanished or broken file names itself."""
     try:
-        image, _ = load_rgb(item.path)
+        image, _ = load_rgb(item.path, resize_target(pixel_transform))
     except InputError as error:
         raise InputError(f"image {shown(item.path)} (sample {item.sample_id}) {error}") from None
     tensor = pixel_transform(image)

@@ -24,7 +24,7 @@ from embedstore import datasets, queries
 from embedstore.choices import IngestFormat, SplitMethod, UncertainPolicy
 from embedstore.datasets.base import IngestConfig, Loaded, Problem, SourceRow
 from embedstore.errors import InputError
-from embedstore.images import NOT_FOUND, load_rgb, shown
+from embedstore.images import NOT_FOUND, shown, verify_image
 from embedstore.splits import SPLIT_NAMES, SPLITTERS
 from embedstore.store import Store, StoreWriter, append_rows, first_row
 
@@ -47,14 +47,14 @@ class IngestResult:
 # ---------------------------------------------------------------------------------------------
 
 def _check_image(row: SourceRow) -> str | None:
-    """Read, hash and fully decode the file with extraction's own decoder (embedstore.images: regular
-    files only, size and pixel limits); returns what is wrong, or None."""
+    """Read, hash and decode the whole file with extraction's own decoder (embedstore.images: regular
+    files only, size and pixel limits; a JPEG at its smallest DCT scale, every block still decoded);
+    returns what is wrong, or None."""
     try:
-        image, data = load_rgb(row.path)
+        data = verify_image(row.path)
     except InputError as error:
         where = f" at {shown(row.path)}" if str(error) == NOT_FOUND else ""
         return f"image {shown(row.filename)} {error}{where}"
-    image.close()
     row.image_sha256 = hashlib.sha256(data).hexdigest()
     return None
 
@@ -89,7 +89,7 @@ def _row_problems(loaded: Loaded, progress: Callable[[int], None] | None,
             add(i, "empty uid")
         if row.split is not None and row.split not in SPLIT_NAMES:
             add(i, f"split {row.split!r} is not one of {', '.join(SPLIT_NAMES)}")
-        elif given_split and row.split is None:
+        elif given_split and row.split is None and i not in by_row:  # a loader's problem says why already
             add(i, f"split is blank; give one of {', '.join(SPLIT_NAMES)}")
         if row.filename in first_with:
             add(i, f"duplicate filename {row.filename} (first at row {loaded.rows[first_with[row.filename]].row})")
@@ -198,15 +198,14 @@ def _split(rows: list[SourceRow], labels: list[str], method: SplitMethod, seed: 
     if method == SplitMethod.GIVEN:
         return [row.split or "" for row in rows]
     units = _units(rows, identical if method == SplitMethod.STRATIFIED else [])
-    first_uid: dict[int, str] = {}
-    for row, unit in zip(rows, units, strict=True):
-        first_uid.setdefault(unit, row.uid)
-    names = [first_uid[unit] for unit in range(len(first_uid))]
+    # The splitters depend only on the order of the units (first appearance), so unit numbers name them.
+    names = [str(number) for number in range(max(units) + 1)]
     positives = np.zeros((len(names), len(labels)), dtype=bool)
     for row, unit in zip(rows, units, strict=True):
         positives[unit] |= np.array([row.positive[label] is True for label in labels])
-    what = (f"{len(names)} uid(s)" if method != SplitMethod.STRATIFIED
-            else f"{len(names)} uid group(s) (uids sharing an image are one)")
+    kind = "patient" if any(row.patient for row in rows) else "uid"
+    what = (f"{len(names)} {kind}(s)" if method != SplitMethod.STRATIFIED
+            else f"{len(names)} {kind} group(s) ({kind}s sharing an image are one)")
     too_few = InputError(f"split {method}: with {what} a split would be empty; ingest more samples")
     if len(names) < len(SPLIT_NAMES):
         raise too_few
@@ -240,13 +239,15 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
     if not config.path.exists():
         raise InputError(f"{config.path}: no such file or folder")
     fmt = datasets.detect(config.path) if config.format == IngestFormat.AUTO else config.format
+    _refuse_unused_options(config, fmt)
     loaded = datasets.load(fmt, config.path, config)
     has_given_split = any(row.split for row in loaded.rows)
     method = config.split or (SplitMethod.GIVEN if has_given_split else SplitMethod.STUDY)
     if method == SplitMethod.GIVEN and not has_given_split:
         raise InputError(f"split given: {loaded.source.name} has no split column")
     if not loaded.rows:
-        raise InputError(f"{loaded.source}: no rows to ingest")
+        found = f" ({len(loaded.problems)} bad row(s), listed above)" if loaded.problems else ""
+        raise InputError(f"{loaded.source}: no rows to ingest{found}", details=[str(p) for p in loaded.problems])
     problems = _row_problems(loaded, progress, given_split=method == SplitMethod.GIVEN)
     if problems and not config.skip_bad:
         details = [str(p) for i in sorted(problems) for p in problems[i]]
@@ -296,6 +297,20 @@ def _ingest_locked(writer: StoreWriter, config: IngestConfig, progress: Callable
     for warning in loaded.warnings:
         log.warning("warning: %s", warning)
     return IngestResult(dataset_id, config.name, fmt, len(loaded.rows), counts, skipped, loaded.warnings, manifest_sha)
+
+
+#: Options only some layouts read: given to another, each is refused rather than silently ignored.
+LAYOUT_OPTIONS: dict[str, tuple[str, frozenset[IngestFormat]]] = {
+    "labels_csv": ("a CheXpert labels CSV", frozenset({IngestFormat.KAGGLE, IngestFormat.OPENI})),
+    "metadata_csv": ("a DICOM-metadata CSV", frozenset({IngestFormat.OPENI})),
+}
+
+
+def _refuse_unused_options(config: IngestConfig, fmt: IngestFormat) -> None:
+    for parameter, (what, layouts) in LAYOUT_OPTIONS.items():
+        if getattr(config, parameter) is not None and fmt not in layouts:
+            raise InputError(f"{what} is read only by the {' and '.join(sorted(layouts))} format(s), not by {fmt}",
+                             parameter=parameter)
 
 
 def _checks(loaded: Loaded, splits: list[str], identical: list[list[int]], method: SplitMethod, derived: int,

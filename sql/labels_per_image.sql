@@ -1,4 +1,4 @@
--- How many positive labels each image of one dataset has, per split (No Finding counts as a label).
+-- How many positive labels each image of one dataset has, per split (the normal label counts as a label).
 -- param dataset VARCHAR: the dataset's name
 WITH per_image AS (
     SELECT s.sample_id, s.split, count(*) FILTER (WHERE l.positive) AS n_labels

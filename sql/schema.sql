@@ -140,6 +140,8 @@ SELECT dataset_id, sample_id,
        max(value) FILTER (WHERE label = 'Fracture') AS "Fracture",
        max(value) FILTER (WHERE label = 'Support Devices') AS "Support Devices",
        max(value) FILTER (WHERE label = 'No Finding') AS "No Finding",
-       list(label ORDER BY label) FILTER (WHERE positive) AS positives
+       list(label ORDER BY label) FILTER (WHERE positive) AS positives,
+       -- every label of any label set (NIH, VinDr, a manifest's own) -> its raw value
+       map(list(label ORDER BY label), list(value ORDER BY label)) AS label_values
 FROM labels
 GROUP BY dataset_id, sample_id;

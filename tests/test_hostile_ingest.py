@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from embedstore.datasets.manifest import load_manifest
 from embedstore.errors import InputError
-from embedstore.ingest import IngestConfig, ingest, load_manifest
+from embedstore.ingest import IngestConfig, ingest
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
 from embedstore.labels import CHEXPERT_LABELS
 from embedstore.store import Store
@@ -615,3 +616,48 @@ def test_a_mask_that_is_no_regular_file_is_named_not_read(tmp_path: Path) -> Non
         annotation = Annotation(filename="a.png", label="Cardiomegaly", box=(0, 0, 1, 1), row=2, mask_path=path)
         with pytest.raises(InputError, match="not a regular file"):
             annotation.input_mask(geometry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile DICOM: a header claiming a huge image, pixel data cut short, a DICM preamble over garbage
+# ---------------------------------------------------------------------------------------------
+
+def _hostile_dicoms(folder: Path) -> dict[str, str]:
+    """Three DICOM files that must be bad rows, and the start of the reason each is refused with."""
+    import pydicom
+
+    from embedstore.dicom import write_dicom
+
+    stored = np.random.default_rng(0).integers(0, 4096, (32, 32), dtype=np.uint16)
+    write_dicom(folder / "whole.dcm", stored, bits_stored=12)
+    ds = pydicom.dcmread(folder / "whole.dcm")
+    ds.Rows, ds.Columns = 65535, 65535          # 16-bit fields: the largest image a header can claim
+    ds.save_as(folder / "huge.dcm", enforce_file_format=True)
+    whole = (folder / "whole.dcm").read_bytes()
+    (folder / "cut.dcm").write_bytes(whole[:-1000])
+    noise = np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    (folder / "junk.dcm").write_bytes(bytes(128) + b"DICM" + noise)
+    return {"huge.dcm": "is too large: 4,294,836,225 pixels, over the limit of 50,000,000",
+            "cut.dcm": "is truncated or not a DICOM image (",
+            "junk.dcm": "is truncated or not a DICOM image ("}
+
+
+@pytest.mark.parametrize("name", ["huge.dcm", "cut.dcm", "junk.dcm"])
+def test_a_hostile_dicom_is_a_bad_row(tmp_store: Store, tmp_path: Path, name: str) -> None:
+    reason = _hostile_dicoms(tmp_path)[name]
+    path = _manifest(tmp_path, [*MANIFEST_ROWS, [name, "train", "0"], ["whole.dcm", "val", "1"]])
+    error = _refused(tmp_store, f"m.csv:6: image {name} {reason}", path=path)
+    assert len(error.details) == 1, error.details
+
+
+def test_hostile_dicoms_are_bad_rows_from_the_shell(tmp_store: Store, tmp_path: Path) -> None:
+    reasons = _hostile_dicoms(tmp_path)
+    path = _manifest(tmp_path, [*MANIFEST_ROWS, *[[name, "train", "0"] for name in reasons]])
+    result = _cli("ingest", str(path), "--name", "m", "--store", str(tmp_store.path))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 4, lines
+    for line, (row, (name, reason)) in zip(lines, enumerate(reasons.items(), start=6), strict=False):
+        assert line.startswith(f"m.csv:{row}: image {name} {reason}"), line
+    assert lines[-1] == "embedstore: error: 3 bad row(s) in m.csv (listed above); fix them or skip them (--skip-bad)"
+    assert _counts(tmp_store) == (0, 0, 0)

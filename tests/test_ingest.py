@@ -114,7 +114,7 @@ def test_kaggle_pair_with_and_without_chexpert_labels(tmp_store: Store, syntheti
     labels_csv = tmp_path / "chexpert.csv"
     _write_rows(labels_csv, ["uid", *CHEXPERT_LABELS],
                 [{k: r[k] for k in ["uid", *CHEXPERT_LABELS]} for r in {r["uid"]: r for r in rows}.values()])
-    joined = ingest(tmp_store, IngestConfig(path=synthetic_dir, name="kg14", labels_csv=labels_csv))
+    joined = ingest(tmp_store, IngestConfig(path=synthetic_dir, name="kg14", format="kaggle", labels_csv=labels_csv))
     assert len(joined.warnings) == 1 and "have No Finding only because none of their findings" in joined.warnings[0]
     ingest(tmp_store, IngestConfig(path=synthetic_dir, name="iu"))
     assert _labels(tmp_store, "kg14") == _labels(tmp_store, "iu")

@@ -177,3 +177,12 @@ def test_store_upgrade_brings_a_version_2_store_to_the_current_schema(tmp_store:
         assert con.execute("SELECT chexpert FROM label_names WHERE label = 'Edema'").fetchone() == ("Edema",)
     again = run_cli("store", "upgrade", "--store", str(tmp_store.path))
     assert again.returncode == 0 and "already at schema version" in again.stdout
+
+
+def test_an_option_the_layout_does_not_read_is_refused(tmp_store: Store, tmp_path: Path, run_cli) -> None:
+    manifest = _write_manifest(tmp_path / "d", _patient_rows(5))
+    result = run_cli("ingest", str(manifest), "--name", "m", "--metadata", str(manifest), "--store", str(tmp_store.path))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "embedstore: error: a DICOM-metadata CSV is read only by the openi format(s), not by manifest (--metadata)")
+    with tmp_store.reader() as con:
+        assert con.execute("SELECT count(*) FROM datasets").fetchone() == (0,)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from embedstore import queries
 from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
-from embedstore.analyses.localisation import MapRecord, map_figures, summarise
+from embedstore.analyses.localisation import MapRecord, localised_labels, map_figures, summarise
 from embedstore.analyses.rundata import load_run
 from embedstore.annotations import Annotation, read_annotations
 from embedstore.atomic import atomic_path, save_npy, sha256_file
@@ -350,8 +350,10 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
     }
     options = AnalysisOptions(protocol=Protocol(workspace.subject.protocol), split=split, bootstrap=config.bootstrap,
                               seed=config.settings.seed)
-    rows = summarise(records, options, "gradcam.", params)
-    rows += [r for r in summarise(random_records, options, "gradcam.random_weights.", params | {"weights": "randomised"})
+    localised = localised_labels(store, run.labels)
+    rows = summarise(records, options, "gradcam.", params, localised)
+    rows += [r for r in summarise(random_records, options, "gradcam.random_weights.", params | {"weights": "randomised"},
+                                  localised)
              if r.metric.split(".")[-1] in ("pointing_game", "energy_inside", "iou_top")]
     rows += [MetricRow("gradcam.sanity_spearman", s.spearman, s.stage, params=params | {"step": k, "n_maps": s.n_maps})
              for k, s in enumerate(sanity, start=1) if np.isfinite(s.spearman)]

@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from embedstore.choices import IngestFormat
 from embedstore.datasets.base import IngestConfig, Loaded
@@ -27,17 +28,17 @@ class Layout:
     looks_for: str
 
     def load(self, path: Path, config: IngestConfig) -> Loaded:
-        function: Callable[[Path, IngestConfig], Loaded] = _function(self.loader)
-        return function(path, config)
+        loaded: Loaded = _function(self.loader)(path, config)
+        return loaded
 
     def detect(self, path: Path) -> bool:
-        function: Callable[[Path], bool] = _function(self.detector)
-        return function(path)
+        return bool(_function(self.detector)(path))
 
 
-def _function(spec: str) -> Callable[..., object]:
+def _function(spec: str) -> Callable[..., Any]:
     module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    function: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return function
 
 
 #: Every layout, in the order `auto` tries them: a file given by path is the study's CSV or else a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from embedstore.datasets.base import (
@@ -44,6 +45,11 @@ PROBLEM_TO_LABEL: dict[str, str] = {
     "fractures, bone": "Fracture",
     "fracture": "Fracture",
     "medical device": "Support Devices",
+    "implanted medical device": "Support Devices",
+    "surgical instruments": "Support Devices",
+    "calcified granuloma": "Lung Lesion",
+    "granuloma": "Lung Lesion",
+    "pulmonary congestion": "Edema",
     "catheters, indwelling": "Support Devices",
     "tube, inserted": "Support Devices",
 }
@@ -85,16 +91,7 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
     require_columns(root / PROJECTIONS_CSV, projections, ["uid", "filename", "projection"], None)
     label_rows: dict[str, dict[str, object]] = {}
     if config.labels_csv is not None:
-        table = read_table(config.labels_csv, loaded.problems)
-        require_columns(config.labels_csv, table, ["uid", *CHEXPERT_LABELS], None)
-        duplicates = []
-        for line, record in enumerate(table.iter_rows(named=True), start=2):
-            uid = text(record["uid"])
-            if uid in label_rows:
-                duplicates.append(str(Problem(config.labels_csv.name, line, f"uid {uid} has a second labels row")))
-            label_rows[uid] = record | {"_line": line}
-        if duplicates:
-            raise InputError(f"{config.labels_csv}: {len(duplicates)} duplicate uid(s) (listed above)", details=duplicates)
+        label_rows = read_labels_by_uid(config.labels_csv, loaded.problems)
     else:
         loaded.warnings.append(
             "labels derived from the Problems column of indiana_reports.csv through an approximate mapping "
@@ -102,7 +99,7 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
             "study's labels"
         )
     by_uid = {text(r["uid"]): r | {"_line": i} for i, r in enumerate(reports.iter_rows(named=True), start=2)}
-    unmapped: set[str] = set()
+    unmapped: Counter[str] = Counter()
     malformed = malformed_rows(loaded.problems, PROJECTIONS_CSV)
     for line, record in enumerate(projections.iter_rows(named=True), start=2):
         projection = text(record["projection"])
@@ -123,13 +120,7 @@ def load_kaggle(path: Path, config: IngestConfig) -> Loaded:
                                    CHEXPERT_LABELS, label_problems)
             loaded.problems.extend(Problem(PROJECTIONS_CSV, line, f"({p}) uid {uid}") for p in label_problems)
         else:
-            values = {label: 0 for label in CHEXPERT_LABELS}
-            for term in text(report["Problems"]).split(";"):
-                key = term.strip().lower()
-                if key in PROBLEM_TO_LABEL:
-                    values[PROBLEM_TO_LABEL[key]] = 1
-                elif key:
-                    unmapped.add(term.strip())
+            values = mesh_labels(text(report["Problems"]).split(";"), unmapped)
         filename = text(record["filename"])
         loaded.rows.append(SourceRow(
             file=PROJECTIONS_CSV, row=line, uid=uid, filename=filename, path=root / IMAGE_DIR / filename,
@@ -150,3 +141,33 @@ def detect_iuxray14(path: Path) -> bool:
 def detect_kaggle(path: Path) -> bool:
     root = path if path.is_dir() else path.parent
     return (root / REPORTS_CSV).exists() and (root / PROJECTIONS_CSV).exists()
+
+
+def read_labels_by_uid(path: Path, problems: list[Problem]) -> dict[str, dict[str, object]]:
+    """A CheXpert labels CSV (`uid` + the 14 CheXpert columns): uid -> its record, with `_line` the
+    row it came from; a uid given twice is an InputError listing every repeat (as the Kaggle loader)."""
+    table = read_table(path, problems)
+    require_columns(path, table, ["uid", *CHEXPERT_LABELS], None)
+    by_uid: dict[str, dict[str, object]] = {}
+    duplicates = []
+    for line, record in enumerate(table.iter_rows(named=True), start=2):
+        uid = text(record["uid"])
+        if uid in by_uid:
+            duplicates.append(str(Problem(path.name, line, f"uid {uid} has a second labels row")))
+        by_uid[uid] = record | {"_line": line}
+    if duplicates:
+        raise InputError(f"{path}: {len(duplicates)} duplicate uid(s) (listed above)", details=duplicates)
+    return by_uid
+
+
+def mesh_labels(terms: list[str], unmapped: Counter[str]) -> dict[str, int | None]:
+    """CheXpert values from MeSH terms: the part before the first `/`, lower case, through
+    PROBLEM_TO_LABEL (approximate); a term that maps nowhere is counted in `unmapped`."""
+    values: dict[str, int | None] = {label: 0 for label in CHEXPERT_LABELS}
+    for term in terms:
+        key = term.split("/")[0].strip().lower()
+        if key in PROBLEM_TO_LABEL:
+            values[PROBLEM_TO_LABEL[key]] = 1
+        elif key:
+            unmapped[key] += 1
+    return values

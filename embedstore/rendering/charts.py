@@ -16,7 +16,6 @@ from embedstore import queries
 from embedstore.atomic import atomic_path
 from embedstore.choices import ChartKind, ColorBy, PerLabelMetric, Protocol, Reducer, parse
 from embedstore.errors import InputError
-from embedstore.labels import DOMAIN_OF, NO_FINDING
 from embedstore.rendering.pages import chart_page
 from embedstore.store import Store, resolve_dataset
 
@@ -217,19 +216,22 @@ def projection_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
             len(prompts), x.shape[1])
         coords, text_coords = REDUCERS[options.reduce](x, texts, options.seed)
         setting = f"{run.mode} ({run.protocol}, {run_id[-6:]})"
+        normal = run.normal_label  # the label set's "nothing found" label (domain Normal), if it has one
         for i, (a, b) in zip(test, coords, strict=True):
-            positives = [label for j, label in enumerate(run.labels) if run.targets[i, j]]
-            first = positives[0] if positives else NO_FINDING
+            positives = [label for j, label in enumerate(run.labels) if run.targets[i, j] and run.known_pairs[i, j]]
+            first = positives[0] if positives else (normal or "none")
+            status = "normal" if positives and positives == [normal] else "abnormal"
+            if not positives and not run.known_pairs[i].all():
+                status = "unknown"  # no known positive, and a label left out (`--uncertain ignore`)
             point = {"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "image",
                      "sample_id": int(run.sample_ids[i]), "labels": ", ".join(positives),
-                     "label": first, "domain": DOMAIN_OF.get(first, "Other"),
-                     "abnormal": "normal" if positives == [NO_FINDING] else "abnormal"}
+                     "label": first, "domain": run.domain_of(first), "abnormal": status}
             if options.include_text:
                 point["report"] = (reports.get(int(run.sample_ids[i])) or "")[:80]
             points.append(point)
         for (label, prompt, _), (a, b) in zip(prompts, text_coords, strict=True):
             points.append({"setting": setting, "pc1": float(a), "pc2": float(b), "kind": "prompt", "label": label,
-                           "domain": DOMAIN_OF.get(label, "Other"), "labels": prompt, "abnormal": "prompt",
+                           "domain": run.domain_of(label), "labels": prompt, "abnormal": "prompt",
                            "sample_id": None} | ({"report": prompt} if options.include_text else {}))
     color = f"{options.color_by.value}:N"
     return alt.Chart(alt.Data(values=points),

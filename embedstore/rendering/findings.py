@@ -48,7 +48,7 @@ CHECK_SENTENCES = {
         "image can be in training and in the split analysed, which flatters lp and ft."),
     "no_finding_from_uncertain": (
         None,
-        "{count} image(s) count as No Finding only because none of their findings is positive; each has an "
+        "{count} image(s) count as {normal} only because none of their findings is positive; each has an "
         "uncertain (-1) finding."),
 }
 
@@ -157,7 +157,8 @@ def label_counts(analysis: RunAnalysis, split: str) -> LabelCounts | None:
     if micro is None or hamming is None or images == 0 or any(p is None for p in positives):
         return None
     true = round(sum(p.value for p in positives if p is not None))
-    wrong = hamming.value * images * len(analysis.run.labels)
+    # Hamming loss is over the known pairs: every image × label unless pairs were left out (`--uncertain ignore`)
+    wrong = hamming.value * float(hamming.params.get("known_pairs", images * len(analysis.run.labels)))
     predicted = true if micro.value >= 1 else round(wrong / (1 - micro.value) - true)
     return LabelCounts(images, predicted, true)
 
@@ -185,15 +186,16 @@ def over_prediction(analyses: Sequence[RunAnalysis], protocol: str, split: str) 
     return found
 
 
-def ingest_findings(checks: Mapping[str, int]) -> list[Finding]:
-    """A sentence for each ingest check in CHECK_SENTENCES whose count is not zero."""
+def ingest_findings(checks: Mapping[str, int], normal: str | None = None) -> list[Finding]:
+    """A sentence for each ingest check in CHECK_SENTENCES whose count is not zero; `normal` names the
+    dataset's normal label (domain `Normal`)."""
     found = []
     for check, (companion, template) in CHECK_SENTENCES.items():
         count = int(checks.get(check) or 0)
         if count:
             other = int(checks.get(companion) or 0) if companion else 0
-            found.append(Finding("ingest", template.format(count=count, other=other),
-                                 {"check": check, "value": str(count)}))
+            text = template.format(count=count, other=other, normal=normal or "normal")
+            found.append(Finding("ingest", text, {"check": check, "value": str(count)}))
     return found
 
 
@@ -207,7 +209,8 @@ def findings(analyses: Sequence[RunAnalysis], protocols: Sequence[str], checks: 
         found += over_prediction(analyses, protocol, split)
         if found:
             sections[f"{protocol} protocol"] = found
-    if dataset := ingest_findings(checks):
+    normal = next((a.run.normal_label for a in analyses if a.run.normal_label), None)
+    if dataset := ingest_findings(checks, normal):
         sections["dataset"] = dataset
     return sections
 
