@@ -237,6 +237,7 @@ class Store:
                                          f"{', '.join(map(str, UPGRADES))} to {SCHEMA_VERSION}")
             for version in range(found, SCHEMA_VERSION):
                 queries.execute_all(con, UPGRADES[version], {"chexpert_labels": list(label_set("chexpert").labels)})
+            queries.execute(con, "schema")  # idempotent: views (labels_wide) as this version defines them
         return store, found
 
     def _refuse_a_file(self) -> None:

@@ -11,7 +11,6 @@ so its box is where the finding is.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from embedstore.choices import SampleDomain, SampleLayout, parse
+from embedstore.datasets.sample_writing import write_csv
 from embedstore.errors import InputError
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
 from embedstore.labels import CHEXPERT_LABELS, NO_FINDING
@@ -561,13 +561,6 @@ def _write_chunk(args: tuple[list[ImageJob], int, SampleDomain, int, str]) -> li
     return rows
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def plan_dataset(config: SampleConfig) -> list[ImageJob]:
     """Studies, their labels and reports, and the image files to draw (frontal and a few lateral)."""
     rng = np.random.default_rng([config.seed, list(DOMAINS).index(config.domain), 7])
@@ -616,17 +609,17 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
             if progress:
                 progress(len(task[0]))
     frontal = [job for job in jobs if job.frontal]
-    _write_csv(out / STUDY_CSV, ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS],
+    write_csv(out / STUDY_CSV, ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS],
                [[j.study.uid, j.filename, *(j.study.report[c] for c in TEXT_COLUMNS),
                  *(j.study.values[label] for label in CHEXPERT_LABELS)] for j in frontal])
     studies = {job.study.uid: job.study for job in jobs}
-    _write_csv(out / REPORTS_CSV, ["uid", "MeSH", "Problems", "image", *TEXT_COLUMNS],
+    write_csv(out / REPORTS_CSV, ["uid", "MeSH", "Problems", "image", *TEXT_COLUMNS],
                [[s.uid, ";".join(f"{PROBLEM_TERMS[f]}/{('right', 'left')[s.sides[f]]}" for f in s.findings) or "normal",
                  ";".join(PROBLEM_TERMS[f] for f in s.findings) or "normal",
                  "Xray Chest PA and Lateral", *(s.report[c] for c in TEXT_COLUMNS)] for s in studies.values()])
-    _write_csv(out / PROJECTIONS_CSV, ["uid", "filename", "projection"],
+    write_csv(out / PROJECTIONS_CSV, ["uid", "filename", "projection"],
                [[j.study.uid, j.filename, "Frontal" if j.frontal else "Lateral"] for j in jobs])
-    _write_csv(out / ANNOTATIONS_CSV, ["filename", "label", "x0", "y0", "x1", "y1"],
+    write_csv(out / ANNOTATIONS_CSV, ["filename", "label", "x0", "y0", "x1", "y1"],
                [list(box) for box in sorted(boxes, key=lambda b: (b[0], FINDINGS.index(b[1])))])
     log.info("wrote %d images (%d frontal) to %s", len(jobs), len(frontal), out)
     return out / STUDY_CSV

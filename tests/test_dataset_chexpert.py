@@ -26,6 +26,7 @@ from embedstore.ingest import ingest
 from embedstore.labels import CHEXPERT_LABELS
 from embedstore.store import Store
 from embedstore.synthetic import SampleConfig
+from tests.stored import stored_samples, stored_values
 
 #: CheXpert's own header: No Finding first among the labels.
 FILE_LABELS = ["No Finding", *[label for label in CHEXPERT_LABELS if label != "No Finding"]]
@@ -94,21 +95,6 @@ def _tiny(root: Path, *, test: bool = True, gz: bool = False, header: list[str] 
     return folder
 
 
-def _samples(store: Store) -> pd.DataFrame:
-    with store.reader() as con:
-        return con.execute("SELECT sample_id, uid, filename, path, split, projection, patient, report FROM samples "
-                           "ORDER BY sample_id").df()
-
-
-def _values(store: Store) -> dict[str, dict[str, int | None]]:
-    with store.reader() as con:
-        rows = con.execute("SELECT s.filename, l.label, l.value FROM labels l JOIN samples s USING (sample_id)").fetchall()
-    out: dict[str, dict[str, int | None]] = {}
-    for filename, label, value in rows:
-        out.setdefault(filename, {})[label] = value
-    return out
-
-
 def _options(store: Store) -> dict[str, object]:
     with store.reader() as con:
         row = con.execute("SELECT options FROM datasets").fetchone()
@@ -140,8 +126,8 @@ def test_chexpert_sample_ingests_frontal_images_with_study_labels_patients_and_o
     result = ingest(tmp_store, IngestConfig(path=sample, name="cx"))
     assert result.format == IngestFormat.CHEXPERT and result.n_samples == len(frontal)
     assert result.skipped == []
-    stored = _samples(tmp_store).set_index("filename")
-    values = _values(tmp_store)
+    stored = stored_samples(tmp_store).set_index("filename")
+    values = stored_values(tmp_store)
     for _, row in frontal.iterrows():
         sample_row = stored.loc[row["Path"]]
         patient, study = re.search(r"(patient\d+)/(study\d+)/", row["Path"]).groups()  # type: ignore[union-attr]
@@ -210,7 +196,7 @@ def test_chexpert_without_test_labels_splits_by_patient_and_warns(tmp_store: Sto
     assert any("test_labels.csv not found" in w and "valid.csv's images are folded" in w for w in loaded.warnings)
     assert loaded.options["official_split"] is False
     result = ingest(tmp_store, IngestConfig(path=folder, name="cx"))
-    stored = _samples(tmp_store)
+    stored = stored_samples(tmp_store)
     assert result.n_samples == 10 and set(stored["filename"]) == {r.filename for r in loaded.rows}
     assert stored.groupby("patient")["split"].nunique().max() == 1
     with tmp_store.reader() as con:
@@ -224,7 +210,7 @@ def test_chexpert_gzipped_csvs_are_read(tmp_store: Store, tmp_path: Path) -> Non
     assert datasets.detect(folder) == IngestFormat.CHEXPERT
     result = ingest(tmp_store, IngestConfig(path=folder, name="cx"))
     assert result.n_samples == 5 and result.split_counts == {"train": 3, "val": 1, "test": 1}
-    assert _values(tmp_store)["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"]["Edema"] == -1
+    assert stored_values(tmp_store)["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"]["Edema"] == -1
 
 
 def test_chexpert_paths_resolve_in_a_renamed_dataset_folder(tmp_store: Store, tmp_path: Path) -> None:
@@ -339,5 +325,5 @@ def test_chexpert_real_rows_read_as_pandas_reads_them(tmp_store: Store, tmp_path
         assert row.values == {label: _expected(expected[label]) for label in CHEXPERT_LABELS}
     result = ingest(tmp_store, IngestConfig(path=tmp_path, name="real"))
     assert result.n_samples == (frame["Frontal/Lateral"] == "Frontal").sum() and result.skipped == []
-    stored = _samples(tmp_store)
+    stored = stored_samples(tmp_store)
     assert stored.groupby("patient")["split"].nunique().max() == 1

@@ -24,6 +24,7 @@ from embedstore.ingest import ingest
 from embedstore.labels import CHEXPERT_LABELS
 from embedstore.store import Store
 from embedstore.synthetic import SampleConfig
+from tests.stored import stored_samples, stored_values
 
 SPLITS = {"train": "train", "validate": "val", "test": "test"}
 
@@ -96,21 +97,6 @@ def _tiny(root: Path, *, gz: bool = False, images: list[tuple[str, str, str, str
     return root
 
 
-def _samples(store: Store) -> pd.DataFrame:
-    with store.reader() as con:
-        return con.execute("SELECT uid, filename, path, split, projection, patient, report FROM samples "
-                           "ORDER BY sample_id").df()
-
-
-def _values(store: Store) -> dict[str, dict[str, int | None]]:
-    with store.reader() as con:
-        rows = con.execute("SELECT s.filename, l.label, l.value FROM labels l JOIN samples s USING (sample_id)").fetchall()
-    out: dict[str, dict[str, int | None]] = {}
-    for filename, label, value in rows:
-        out.setdefault(filename, {})[label] = value
-    return out
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic sample in MIMIC-CXR-JPG's layout (read-only)."""
@@ -131,8 +117,8 @@ def test_mimic_sample_ingests_frontal_images_with_study_labels_reports_and_offic
     assert len(frontal) < len(metadata) and (metadata["ViewPosition"] == "").any()
     result = ingest(tmp_store, IngestConfig(path=sample, name="mimic"))
     assert result.format == IngestFormat.MIMIC_CXR and result.n_samples == len(frontal) and result.skipped == []
-    stored = _samples(tmp_store).set_index("filename")
-    values = _values(tmp_store)
+    stored = stored_samples(tmp_store).set_index("filename")
+    values = stored_values(tmp_store)
     by_study = labels.set_index("study_id")
     for _, row in frontal.iterrows():
         name = _image_name(row["subject_id"], row["study_id"], row["dicom_id"])
@@ -232,7 +218,7 @@ def test_mimic_patient_in_two_official_splits_keeps_the_given_split(tmp_store: S
     images = [row if row[0] != "d3" else ("d3", "10000001", "50000002", "AP", "test") for row in IMAGES]
     root = _tiny(tmp_path / "m", images=images)
     ingest(tmp_store, IngestConfig(path=root, name="mimic"))
-    stored = _samples(tmp_store).set_index("uid")
+    stored = stored_samples(tmp_store).set_index("uid")
     assert stored.loc["s50000001", "split"] == "train" and stored.loc["s50000002", "split"] == "test"
     assert stored.loc["s50000001", "patient"] == stored.loc["s50000002", "patient"] == "p10000001"
 
@@ -285,7 +271,7 @@ def test_mimic_without_split_file_splits_by_patient_and_unknown_split_is_a_bad_r
     assert all(r.split is None for r in loaded.rows) and loaded.options["official_split"] is False
     assert any(w.startswith(f"{SPLIT_CSV}(.gz) not found") for w in loaded.warnings)
     ingest(tmp_store, IngestConfig(path=root, name="mimic"))
-    stored = _samples(tmp_store)
+    stored = stored_samples(tmp_store)
     assert len(stored) == 8 and stored.groupby("patient")["split"].nunique().max() == 1
     other = _tiny(tmp_path / "o", images=[row if row[0] != "d4" else (*row[:4], "holdout") for row in IMAGES])
     problems = [str(p) for p in load(other, IngestConfig(path=other, name="x")).problems]
@@ -298,3 +284,16 @@ def test_mimic_ids_that_are_not_digits_are_bad_rows(tmp_path: Path) -> None:
     problems = [str(p) for p in load(root, IngestConfig(path=root, name="x")).problems]
     assert problems == [f"{METADATA_CSV}:4: subject_id '1000000x', study_id '50000002', dicom_id 'd3': each must be "
                         "given, the ids as digits"]
+
+
+def test_mimic_without_unzipped_reports_looks_up_no_report_per_study(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedstore.datasets.mimic as mimic
+
+    root = _tiny(tmp_path / "m")
+    for report in root.rglob("*.txt"):
+        report.unlink()
+    monkeypatch.setattr(mimic, "_read_reports", lambda *_: pytest.fail("reports looked up one by one"))
+    loaded = load(root, IngestConfig(path=root, name="m"))
+    assert loaded.rows and all(row.report == "" for row in loaded.rows)
+    assert any(w.startswith("no report files") for w in loaded.warnings), loaded.warnings

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embedstore.datasets import nih14
+from embedstore.datasets import nih14, sample_writing
 from embedstore.datasets.base import IngestConfig
 from embedstore.errors import InputError
 from embedstore.ingest import ingest
@@ -113,9 +113,9 @@ def test_sample_ingests_with_nih_labels_official_split_and_patients(sample_dir: 
 def test_sample_maps_chexpert_findings_through_the_label_set() -> None:
     labels = label_set("nih14")
     rng = np.random.default_rng(0)
-    assert nih14.counterparts_of(("Pleural Effusion", "Lung Opacity"), labels, rng) == ["Effusion", "Infiltration"]
-    assert nih14.counterparts_of(("Fracture", "Support Devices"), labels, rng) == ["No Finding"]
-    drawn = {tuple(nih14.counterparts_of(("Lung Lesion",), labels, rng)) for _ in range(40)}
+    assert sample_writing.counterparts_of(("Pleural Effusion", "Lung Opacity"), labels, rng) == ["Effusion", "Infiltration"]
+    assert sample_writing.counterparts_of(("Fracture", "Support Devices"), labels, rng) == ["No Finding"]
+    drawn = {tuple(sample_writing.counterparts_of(("Lung Lesion",), labels, rng)) for _ in range(40)}
     assert drawn == {("Mass",), ("Nodule",)}
 
 

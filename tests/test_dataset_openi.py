@@ -331,14 +331,14 @@ def test_metadata_views_missing_images_and_odd_image_ids(tmp_path: Path) -> None
     reports = {"1.xml": _xml("CXR1", ["F1", "L1", "U1", "N1"], ["normal"]),
                "2.xml": _xml("CXR2", ["../../etc/passwd", "M1"]), "3.xml": _xml("CXR1", ["D1"])}
     root = _folder(tmp_path, reports, ["F1", "L1", "U1", "N1", "D1"])
-    (root / openi.IMAGES_DIR / "N1.png").rename(root / "N1.png")  # any folder under the root is searched
+    (root / openi.IMAGES_DIR / "N1.png").rename(root / "N1.png")  # outside NLMCXR_png/: not searched
     metadata = tmp_path / "meta.csv.gz"
     with gzip.open(metadata, "wt") as handle:
         handle.write("imageid,Modality,,View Position\nF1,CR,,pa\nL1,CR,,LL\nU1,CR,,\nN1,CR,,AP\nD1,CR,,PA\n")
     loaded = openi.load(root, IngestConfig(path=root, name="o", metadata_csv=metadata))
     assert [(r.filename, r.projection) for r in loaded.rows] == [
         ("F1.png", "Frontal"), ("U1.png", None), ("N1.png", "Frontal"), ("M1.png", None), ("D1.png", "Frontal")]
-    assert loaded.rows[2].path == root / "N1.png"
+    assert loaded.rows[2].path == root / openi.IMAGES_DIR / "N1.png" and not loaded.rows[2].path.exists()
     assert loaded.rows[3].path == root / openi.IMAGES_DIR / "M1.png" and not loaded.rows[3].path.exists()
     problems = [str(p) for p in loaded.problems]
     assert problems[0].startswith("ecgen-radiology/2.xml:") and "'../../etc/passwd' is not a plain file name" in problems[0]

@@ -661,3 +661,55 @@ def test_hostile_dicoms_are_bad_rows_from_the_shell(tmp_store: Store, tmp_path: 
         assert line.startswith(f"m.csv:{row}: image {name} {reason}"), line
     assert lines[-1] == "embedstore: error: 3 bad row(s) in m.csv (listed above); fix them or skip them (--skip-bad)"
     assert _counts(tmp_store) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset layouts: an id or Path read from the dataset's own files never reaches outside its folder
+# ---------------------------------------------------------------------------------------------
+
+def _rewrite_first_value(path: Path, column: str, value: str) -> str:
+    """Put `value` into `column` of the first data row of a (gzipped) CSV; returns the old value."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as handle:  # type: ignore[operator]
+        rows = list(csv.reader(handle))
+    index = rows[0].index(column)
+    old, rows[1][index] = rows[1][index], value
+    with opener(path, "wt", newline="", encoding="utf-8") as handle:  # type: ignore[operator]
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+    return old
+
+
+@pytest.mark.parametrize(("layout", "csv_name", "column", "value", "reason"), [
+    ("chexpert", "train.csv", "Path", "CheXpert-v1.0-small/train/../../../outside/patient1/study1/view1_frontal.jpg",
+     "has a `..` part"),
+    ("chexpert", "train.csv", "Path", "/etc/patient1/study1/view1_frontal.jpg", "is absolute"),
+    ("mimic-cxr", "mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id", "../../../../outside", "is not a plain file name"),
+    ("vindr-cxr", "annotations/image_labels_train.csv", "image_id", "../../outside", "is not a plain file name"),
+])
+def test_a_layout_path_that_leaves_the_dataset_folder_is_a_bad_row(tmp_store: Store, tmp_path: Path, layout: str,
+                                                                    csv_name: str, column: str, value: str,
+                                                                    reason: str) -> None:
+    from embedstore.synthetic import SampleConfig, write_layout
+
+    folder = write_layout(layout, SampleConfig(out=tmp_path / "d", n=16, seed=2, size=64, workers=1))
+    _rewrite_first_value(folder / csv_name, column, value)
+    with pytest.raises(InputError) as raised:
+        ingest(tmp_store, IngestConfig(path=folder, name="x"))
+    assert any(reason in line for line in raised.value.details), raised.value.details
+    assert _counts(tmp_store) == (0, 0, 0)
+
+
+def test_vindr_with_both_spellings_of_a_label_column_is_refused_in_one_line(tmp_store: Store, tmp_path: Path) -> None:
+    from embedstore.synthetic import SampleConfig, write_layout
+
+    folder = write_layout("vindr-cxr", SampleConfig(out=tmp_path / "d", n=16, seed=2, size=64, workers=1))
+    train = folder / "annotations" / "image_labels_train.csv"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join([lines[0] + ",Other disease", *(line + ",0" for line in lines[1:])]) + "\n")
+    result = _cli("ingest", str(folder), "--name", "v", "--store", str(tmp_store.path))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"embedstore: error: {train}: columns 'Other disease' and 'Other diseases' are both present; they are one "
+        "label (the test file's and the train file's spelling)"]
+    assert _counts(tmp_store) == (0, 0, 0)

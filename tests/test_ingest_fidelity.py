@@ -21,6 +21,7 @@ from embedstore import queries
 from embedstore.errors import SchemaVersionError
 from embedstore.ingest import IngestConfig, ingest
 from embedstore.store import Store, append_rows
+from tests.stored import write_manifest
 
 LABELS = ["Cardiomegaly", "Edema", "No Finding"]
 N_UNIQUE = 40
@@ -31,15 +32,6 @@ def _png(path: Path, seed: int) -> None:
     """A tiny PNG whose bytes differ for every seed."""
     pixels = np.random.default_rng(seed).integers(0, 256, size=(8, 8), dtype=np.uint8)
     Image.fromarray(pixels, mode="L").save(path)
-
-
-def _write_manifest(folder: Path, rows: list[dict[str, str]], header: list[str]) -> Path:
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
 
 
 def _duplicates_dataset(folder: Path, split_of: dict[str, str] | None = None) -> Path:
@@ -68,7 +60,7 @@ def _duplicates_dataset(folder: Path, split_of: dict[str, str] | None = None) ->
     for uid, name in (("ca", "ca1.png"), ("cb", "cb1.png"), ("cb", "cb2.png"), ("cc", "cc1.png")):
         add(uid, name, 1)
     header = ["path", "uid", *(["split"] if split_of is not None else []), *LABELS]
-    return _write_manifest(folder, rows, header)
+    return write_manifest(folder, rows, header)
 
 
 def _samples(store: Store, name: str) -> dict[str, tuple[str, str]]:
@@ -190,7 +182,7 @@ def test_distinct_images_give_no_duplicate_warning(tmp_store: Store, tmp_path: P
     for i in range(12):
         _png(folder / f"u{i}.png", i)
         rows.append({"path": f"u{i}.png", "uid": f"u{i}", "Cardiomegaly": str(i % 2), "Edema": "0", "No Finding": ""})
-    result = ingest(tmp_store, IngestConfig(path=_write_manifest(folder, rows, ["path", "uid", *LABELS]), name="ok"))
+    result = ingest(tmp_store, IngestConfig(path=write_manifest(folder, rows, ["path", "uid", *LABELS]), name="ok"))
     assert not [w for w in result.warnings if "identical" in w]
     assert _checks(tmp_store, "ok")["identical_image_groups"] == 0
     assert _named(tmp_store, "duplicate_images", {"dataset": "ok"}) == []
@@ -223,7 +215,7 @@ def _labels_dataset(folder: Path) -> Path:
         _png(folder / f"r{i}.png", i)
         rows.append({"path": f"r{i}.png", "uid": f"r{i}", "split": split, "Cardiomegaly": cardio, "Edema": edema,
                      "No Finding": no_finding})
-    return _write_manifest(folder, rows, ["path", "uid", "split", *LABELS])
+    return write_manifest(folder, rows, ["path", "uid", "split", *LABELS])
 
 
 def _stored_labels(store: Store) -> dict[str, dict[str, tuple[int | None, bool]]]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from embedstore.errors import SchemaVersionError
 from embedstore.ingest import IngestConfig, ingest
 from embedstore.stats import dataset_stats
 from embedstore.store import Store
+from tests.stored import write_manifest
 
 LABELS = ("Cardiomegaly", "Edema", "No Finding")
 
@@ -29,13 +29,7 @@ def _write_manifest(folder: Path, rows: list[dict[str, str]]) -> Path:
         pixels = np.full((16, 16), i % 256, dtype=np.uint8)
         pixels[0, 0] = i // 256
         Image.fromarray(pixels).save(folder / row["path"])
-    header = list(rows[0])
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(folder, rows)
 
 
 def _patient_rows(n_patients: int, seed: int = 3) -> list[dict[str, str]]:
@@ -156,6 +150,8 @@ def _downgrade_to_v2(store: Store) -> None:
         con.execute("ALTER TABLE label_names DROP COLUMN chexpert")
         con.execute("ALTER TABLE datasets DROP COLUMN options")
         con.execute("ALTER TABLE labels ALTER COLUMN positive SET NOT NULL")
+        con.execute("CREATE OR REPLACE VIEW labels_wide AS SELECT dataset_id, sample_id, list(label ORDER BY label) "
+                    "FILTER (WHERE positive) AS positives FROM labels GROUP BY dataset_id, sample_id")  # no label_values
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     finally:
         con.close()
@@ -175,6 +171,7 @@ def test_store_upgrade_brings_a_version_2_store_to_the_current_schema(tmp_store:
     with opened.reader() as con:
         assert con.execute("SELECT options FROM datasets").fetchone()[0] == '{"label_set": "chexpert", "uncertain": "zeros"}'
         assert con.execute("SELECT chexpert FROM label_names WHERE label = 'Edema'").fetchone() == ("Edema",)
+        assert con.execute("SELECT count(label_values) FROM labels_wide").fetchone() == (len(before),)
     again = run_cli("store", "upgrade", "--store", str(tmp_store.path))
     assert again.returncode == 0 and "already at schema version" in again.stdout
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +105,23 @@ class IngestConfig:
             object.__setattr__(self, "split", parse(SplitMethod, self.split, "split"))
 
 
+#: An id a layout turns into a file name (a DICOM or image id): letters, digits, `_`, `.` and `-`,
+#: not starting with a dot, so that no id can reach outside the dataset's folder.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def outside_folder(relative: str) -> str | None:
+    """Why a path read from a dataset's own file may not be used (absolute, a `..` part, a NUL), or
+    None: a layout's paths stay inside its folder; only a manifest may name any file."""
+    if "\x00" in relative:
+        return "holds a NUL byte"
+    if relative.startswith(("/", "\\")) or Path(relative).is_absolute():
+        return "is absolute; a path in this layout is relative to the dataset's folder"
+    if ".." in Path(relative).parts:
+        return "has a `..` part; a path in this layout stays inside the dataset's folder"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading files
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +138,7 @@ def check_header(path: Path, columns: list[str]) -> None:
         first[name] = number
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
     """A text file for the csv module, gunzipped when its name ends in `.gz`."""
     if path.name.lower().endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
@@ -147,7 +167,7 @@ def read_table(path: Path, problems: list[Problem]) -> pl.DataFrame:
         if path.suffix.lower() == ".parquet":
             check_header(path, list(pq.read_schema(path).names))
             return pl.read_parquet(path)
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             reader = csv.reader(handle)
             columns = next(reader, [])
             check_header(path, columns)
@@ -213,3 +233,29 @@ def ordered_labels(names: Iterable[str]) -> list[str]:
     return known + [label for label in names if label not in CHEXPERT_LABELS]
 
 
+# ---------------------------------------------------------------------------------------------
+# Official splits without a val list
+# ---------------------------------------------------------------------------------------------
+
+#: One unit (patient, or image where there are none) of an official training list in VAL_SHARE goes
+#: to val when the official split is used and the dataset names no val set (NIH, VinDr).
+VAL_SHARE = 8
+
+
+def val_key(seed: int, unit: str) -> str:
+    """The order in which units are drawn into val: SHA-256 of `seed:unit` (same for any row order)."""
+    return hashlib.sha256(f"{seed}:{unit}".encode()).hexdigest()
+
+
+def draw_val(units: Iterable[str], seed: int, share: int = VAL_SHARE) -> set[str]:
+    """The units (patients, or images where there are none) of an official training list that go to
+    val: the ceil(n / share) whose `val_key` sorts first. Deterministic for a seed, independent of row
+    order, and whole units only, so a patient is never in both train and val."""
+    distinct = sorted(set(units))
+    count = math.ceil(len(distinct) / share)
+    return set(sorted(distinct, key=lambda unit: val_key(seed, unit))[:count])
+
+
+def uses_given_split(config: IngestConfig) -> bool:
+    """Whether the official split is wanted: no split method named, or `given`."""
+    return config.split in (None, SplitMethod.GIVEN)

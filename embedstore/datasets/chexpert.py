@@ -18,7 +18,6 @@ import gzip
 import io
 import re
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,13 @@ from embedstore.datasets.base import (
     find_file,
     keep_projection,
     malformed_rows,
+    outside_folder,
     parse_values,
     read_table,
     require_columns,
     text,
 )
+from embedstore.datasets.sample_writing import assign_patients, refuse_nonempty, render_all, write_csv
 from embedstore.errors import InputError
 from embedstore.label_sets import label_set
 from embedstore.labels import CHEXPERT_LABELS, NO_FINDING
@@ -113,8 +114,6 @@ def image_path(folder: Path, value: str) -> Path:
     """Where the image named by a Path value lies: relative to `folder` (the one holding the CSV)
     when the value starts with an image folder (train/, valid/, test/), else after dropping the
     first folder, which names the dataset folder itself."""
-    if value.startswith("/"):
-        return Path(value)
     first, _, rest = value.partition("/")
     return folder / (value if first in IMAGE_FOLDERS or not rest else rest)
 
@@ -149,7 +148,10 @@ def _read_file(csv_path: Path, split: str | None, folder: Path, config: IngestCo
         values = parse_values(name, line, dict(zip(CHEXPERT_LABELS, raw, strict=True)), CHEXPERT_LABELS,
                               loaded.problems)
         match = STUDY_PATTERN.search(value)
-        if match is None and value:
+        unsafe = outside_folder(value)
+        if unsafe:
+            loaded.problems.append(Problem(name, line, f"Path {value!r} {unsafe}"))
+        elif match is None and value:
             loaded.problems.append(Problem(name, line, f"Path {value!r} does not end in patient<N>/study<N>/<image>"))
         loaded.rows.append(SourceRow(
             file=name, row=line, uid=f"{match.group(1)}/{match.group(2)}" if match else value, filename=value,
@@ -192,23 +194,6 @@ def load(path: Path, config: IngestConfig) -> Loaded:
 # Synthetic sample in CheXpert's layout
 # ---------------------------------------------------------------------------------------------
 
-def refuse_nonempty(out: Path) -> None:
-    """A sample is written into an empty (or new) folder only."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: not an empty folder; choose an empty or new one", parameter="out")
-
-
-def group_patients(n_studies: int, seed: int) -> list[int]:
-    """The patient index of each study: consecutive studies grouped 1 to 4 per patient (about 1.9
-    on average), so that splitting by patient differs from splitting by study."""
-    rng = np.random.default_rng([seed, 14, 1])
-    patients: list[int] = []
-    while len(patients) < n_studies:
-        size = int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))
-        patients.extend([len(set(patients))] * size)
-    return patients[:n_studies]
-
-
 def study_numbers(studies: list[int], patient_of_study: dict[int, int]) -> dict[int, int]:
     """Each study's number within its patient (1, 2, ... in order of the studies)."""
     seen: dict[int, int] = {}
@@ -218,16 +203,6 @@ def study_numbers(studies: list[int], patient_of_study: dict[int, int]) -> dict[
         seen[patient] = seen.get(patient, 0) + 1
         numbers[uid] = seen[patient]
     return numbers
-
-
-def official_split(n_patients: int, seed: int) -> list[str]:
-    """train/val/test for each patient (70/15/15, each split one patient at least where there are three)."""
-    order = np.random.default_rng([seed, 14, 2]).permutation(n_patients)
-    n_val = n_test = max(1, round(0.15 * n_patients)) if n_patients >= 3 else 0
-    splits = [""] * n_patients
-    for rank, patient in enumerate(order):
-        splits[patient] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return splits
 
 
 DrawTask = tuple[str, ImageJob, int, SampleDomain, int]
@@ -243,45 +218,13 @@ def _draw(task: DrawTask) -> None:
     Image.fromarray(pixels).save(target, format="JPEG", quality=92)
 
 
-def _draw_chunk(tasks: list[DrawTask]) -> int:
-    for task in tasks:
-        _draw(task)
-    return len(tasks)
-
-
 def draw_views(targets: list[tuple[Path, ImageJob]], config: SampleConfig,
                progress: Callable[[int], None] | None) -> None:
     """Render every (file, job) as a JPEG, in `config.workers` processes (same bytes whatever the count)."""
     for target, _ in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
-    tasks: list[DrawTask] = [(str(target), job, config.seed, config.domain, config.size) for target, job in targets]
-    chunks = [tasks[i:i + 64] for i in range(0, len(tasks), 64)]
-    if config.workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(max_workers=config.workers) as pool:
-            for done in pool.map(_draw_chunk, chunks):
-                if progress:
-                    progress(done)
-        return
-    for chunk in chunks:
-        done = _draw_chunk(chunk)
-        if progress:
-            progress(done)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    """A CSV, gzipped (with a fixed header time, so the bytes depend on the content only) when the
-    name ends in `.gz`."""
-    if path.name.endswith(".gz"):
-        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped, \
-                io.TextIOWrapper(zipped, encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-        return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+    render_all([(str(target), job, config.seed, config.domain, config.size) for target, job in targets], _draw,
+               config.workers, progress)
 
 
 def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = None) -> Path:
@@ -292,10 +235,9 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     config.validate()
     refuse_nonempty(config.out)
     jobs = plan_dataset(config)
-    studies = list(dict.fromkeys(job.study.uid for job in jobs))
-    patient_of_study = dict(zip(studies, group_patients(len(studies), config.seed), strict=True))
-    n_patients = max(patient_of_study.values()) + 1
-    splits = official_split(n_patients, config.seed)
+    patient_of_study, splits = assign_patients((job.study.uid for job in jobs), config.seed)
+    n_patients = len(splits)
+    studies = list(patient_of_study)
     rank = {"train": 0, "val": 1, "test": 2}
     numbering = sorted(range(n_patients), key=lambda p: (rank[splits[p]], p))
     number = {patient: position + 1 for position, patient in enumerate(numbering)}

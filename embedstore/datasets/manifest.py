@@ -14,7 +14,6 @@ from embedstore.datasets.base import (
     ordered_labels,
     parse_values,
     read_table,
-    require_columns,
     text,
 )
 from embedstore.errors import InputError
@@ -29,7 +28,9 @@ def load_manifest(path: Path, config: IngestConfig) -> Loaded:
     problems: list[Problem] = []
     frame = read_table(path, problems)
     path_column = "path" if "path" in frame.columns else "filename"
-    require_columns(path, frame, [path_column], None)
+    if path_column not in frame.columns:
+        raise InputError(f"{path}: not a manifest (no path or filename column); to ingest a dataset as it "
+                         "ships (CheXpert, MIMIC-CXR, NIH, VinDr, OpenI), give its folder", parameter="format")
     list_labels = "labels" in frame.columns
     label_columns = [c for c in frame.columns if c not in MANIFEST_META]
     if list_labels and label_columns:

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from embedstore.datasets.base import (
+    PLAIN_NAME,
     IngestConfig,
     Loaded,
     Problem,
@@ -31,7 +32,8 @@ from embedstore.datasets.base import (
     read_table,
     require_columns,
 )
-from embedstore.datasets.chexpert import draw_views, group_patients, official_split, refuse_nonempty, write_csv
+from embedstore.datasets.chexpert import draw_views
+from embedstore.datasets.sample_writing import assign_patients, refuse_nonempty, write_csv
 from embedstore.errors import InputError
 from embedstore.label_sets import label_set
 from embedstore.labels import CHEXPERT_LABELS
@@ -196,6 +198,8 @@ def load(path: Path, config: IngestConfig) -> Loaded:
             here.append(f"dicom_id {dicom} has no row in {split_path.name}")
         elif split_path is not None and split not in SPLIT_NAMES:
             here.append(f"split {split!r} ({split_path.name} row {split_line}) is not one of {', '.join(SPLIT_NAMES)}")
+        if not PLAIN_NAME.fullmatch(dicom):
+            here.append(f"dicom_id {dicom!r} is not a plain file name (letters, digits, _ . -)")
         problems.extend(Problem(name, line, message) for message in here)
         folder = study_folder(subject, study)
         filename = f"{folder}/{dicom}.jpg"
@@ -216,10 +220,23 @@ def _read_reports(root: Path, folders: list[str]) -> list[tuple[str, str | None]
     return [_read_report(root / f"{folder}.txt") for folder in folders]
 
 
+#: How many studies are looked up before concluding the reports were not unzipped (MIMIC-CXR ships
+#: them all in one archive, so they are all there or none is).
+REPORT_PROBE = 256
+
+
+def _any_report(root: Path, folders: list[str]) -> bool:
+    return any((root / f"{folder}.txt").is_file() for folder in folders)
+
+
 def _attach_reports(loaded: Loaded, root: Path, report_of: dict[str, str]) -> None:
     """Read each study's report once (in threads, a few hundred files per task: it is one small file
     per study) and give it to its rows; an unreadable one is a problem of each of its rows."""
     folders = list(report_of)
+    if not _any_report(root, folders[:REPORT_PROBE]):
+        loaded.warnings.append(f"no report files ({IMAGE_ROOT}/pXX/p<subject>/s<study>.txt) found for the first "
+                               f"{min(REPORT_PROBE, len(folders))} stud(ies): reports not read, every report is empty")
+        return
     chunks = [folders[i:i + 512] for i in range(0, len(folders), 512)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = [result for chunk in pool.map(lambda chunk: _read_reports(root, chunk), chunks) for result in chunk]
@@ -265,10 +282,8 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     config.validate()
     refuse_nonempty(config.out)
     jobs = plan_dataset(config)
-    studies = list(dict.fromkeys(job.study.uid for job in jobs))
-    patient_of_study = dict(zip(studies, group_patients(len(studies), config.seed), strict=True))
-    n_patients = max(patient_of_study.values()) + 1
-    splits = official_split(n_patients, config.seed)
+    patient_of_study, splits = assign_patients((job.study.uid for job in jobs), config.seed)
+    n_patients, studies = len(splits), list(patient_of_study)
     rng = np.random.default_rng([config.seed, 14, 4])
     spacing = 9_999_999 // n_patients
     subject_ids = [str(10_000_000 + p * spacing + int(rng.integers(0, spacing))) for p in range(n_patients)]

@@ -10,28 +10,28 @@ only; val is drawn from train_val by patient (`draw_val`), so that no patient is
 from __future__ import annotations
 
 import csv
-import hashlib
-import math
 import os
 import re
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from embedstore.choices import SampleDomain, SplitMethod
+from embedstore.choices import SampleDomain
 from embedstore.datasets.base import (
     IngestConfig,
     Loaded,
     Problem,
     SourceRow,
-    _open_text,
+    draw_val,
     find_file,
     keep_projection,
+    open_text,
     text,
+    uses_given_split,
 )
+from embedstore.datasets.sample_writing import counterparts_of, refuse_nonempty, render_all
 from embedstore.errors import InputError
 from embedstore.label_sets import LabelSet, label_set
 from embedstore.synthetic import SampleConfig, plan_dataset, render_frontal
@@ -81,29 +81,10 @@ def image_index(root: Path) -> tuple[dict[str, Path], int]:
 def read_name_list(path: Path) -> list[str]:
     """One image name a line (blank lines skipped), as the official split lists are written."""
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             return [line.strip() for line in handle if line.strip()]
     except (OSError, EOFError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read the list ({str(error).splitlines()[0][:120]})") from None
-
-
-def val_key(seed: int, unit: str) -> str:
-    """The order in which units are drawn into val: SHA-256 of `seed:unit` (same for any row order)."""
-    return hashlib.sha256(f"{seed}:{unit}".encode()).hexdigest()
-
-
-def draw_val(units: Iterable[str], seed: int, share: int = VAL_SHARE) -> set[str]:
-    """The units (patients, or images where there are none) of an official training list that go to
-    val: the ceil(n / share) whose `val_key` sorts first. Deterministic for a seed, independent of row
-    order, and whole units only, so a patient is never in both train and val."""
-    distinct = sorted(set(units))
-    count = math.ceil(len(distinct) / share)
-    return set(sorted(distinct, key=lambda unit: val_key(seed, unit))[:count])
-
-
-def uses_given_split(config: IngestConfig) -> bool:
-    """Whether the official split is wanted: no split method named, or `given`."""
-    return config.split in (None, SplitMethod.GIVEN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +102,7 @@ def _read_data_entry(path: Path, problems: list[Problem]) -> tuple[list[str], li
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             reader = csv.reader(handle)
             header = next(reader, [])
             width = len(header)
@@ -302,25 +283,6 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
                      "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
 
 
-def counterparts_of(findings: Iterable[str], labels: LabelSet, rng: np.random.Generator) -> list[str]:
-    """A dataset's findings for a set of CheXpert findings, through its label set's mapping read backwards:
-    a CheXpert finding with several counterparts (NIH Lung Lesion: Mass, Nodule) becomes one of them
-    (seeded), one with none (NIH: Fracture, Support Devices, …) is dropped; the normal label when none
-    is left. Names come in the label set's order."""
-    by_chexpert: dict[str, list[str]] = {}
-    for label in labels.labels:
-        counterpart = labels.chexpert[label]
-        if counterpart is not None and label != labels.normal:
-            by_chexpert.setdefault(counterpart, []).append(label)
-    names = []
-    for finding in findings:
-        options = by_chexpert.get(finding, [])
-        if options:
-            names.append(options[int(rng.integers(len(options)))] if len(options) > 1 else options[0])
-    ordered = [label for label in labels.labels if label in names]
-    return ordered or [str(labels.normal)]
-
-
 #: One film to draw: target file, seed, domain, image index, findings, their sides, size.
 RenderTask = tuple[str, int, SampleDomain, int, tuple[str, ...], dict[str, int], int]
 
@@ -332,35 +294,13 @@ def _render_png(task: RenderTask) -> None:
     Image.fromarray(pixels).save(target, optimize=False)
 
 
-def require_empty(out: Path) -> None:
-    """A sample writer writes into a new or empty folder only."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: not an empty folder; choose a new or empty one", parameter="out")
-
-
-def render_all(tasks: list[RenderTask], workers: int, progress: Callable[[int], None] | None,
-               render: Callable[[RenderTask], None] = _render_png) -> None:
-    """Write every film with `render` (a module-level function), in worker processes when `workers` > 1
-    (each film is seeded on its own, so the files are the same whatever the number of workers)."""
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(render, tasks, chunksize=16):
-                if progress:
-                    progress(1)
-        return
-    for task in tasks:
-        render(task)
-        if progress:
-            progress(1)
-
-
 def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = None) -> Path:
     """The synthetic benchmark as ChestX-ray14 ships: PNGs named `<patient>_<follow-up>.png` under
     `images_001/images/` (10,000 a folder), `Data_Entry_2017.csv` in the 2017 format, and the
     official lists split by patient (about a fifth of the patients in test). Frontal films only;
     one to three synthetic studies make a patient, each film a follow-up. Returns the folder."""
     config.validate()
-    require_empty(config.out)
+    refuse_nonempty(config.out)
 
     labels = label_set(LABEL_SET)
     rng = np.random.default_rng([config.seed, 14])
@@ -397,7 +337,7 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
             tasks.append((str(folder / name), config.seed, config.domain, job.index, job.study.findings,
                           job.study.sides, config.size))
             (test_names if patient_index in test_patients else train_val_names).append(name)
-    render_all(tasks, config.workers, progress)
+    render_all(tasks, _render_png, config.workers, progress)
     with open(config.out / "Data_Entry_2017.csv", "w", newline="", encoding="utf-8") as handle:
         handle.write(DATA_ENTRY_HEADER + "\n")
         csv.writer(handle, lineterminator="\n").writerows(rows)

@@ -34,6 +34,7 @@ from xml.etree import ElementTree
 from xml.parsers import expat
 
 from embedstore.datasets.base import (
+    PLAIN_NAME,
     IngestConfig,
     Loaded,
     Problem,
@@ -59,7 +60,6 @@ MESH_TAGS = ("major", "minor")
 VIEW_POSITIONS = {"PA": "Frontal", "AP": "Frontal", "LL": "Lateral", "RL": "Lateral", "LATERAL": "Lateral",
                   "LARGE LATERAL": "Lateral"}
 METADATA_ID, METADATA_VIEW = "imageid", "View Position"
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _PLAIN_PART = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_. -]*")
 
 
@@ -331,7 +331,8 @@ def load(path: Path, config: IngestConfig) -> Loaded:
 
     views = read_views(config.metadata_csv, loaded.problems) if config.metadata_csv is not None else None
     label_rows = read_labels_by_uid(config.labels_csv, loaded.problems) if config.labels_csv is not None else None
-    images, repeated = _find_images(root)
+    # NLMCXR_png/ alone when it is there: the folder given may hold other datasets too
+    images, repeated = _find_images(root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root)
     if repeated:
         loaded.warnings.append(f"{repeated} PNG name(s) found in more than one folder under {root}; "
                                "the first in sorted order is used")
@@ -354,7 +355,7 @@ def load(path: Path, config: IngestConfig) -> Loaded:
             label_problems.append(f"uid {report.uid} is also the uid of {uid_file[report.uid]}")
         uid_file.setdefault(report.uid, name)
         for image_id, line in report.images:
-            if not _PLAIN_NAME.fullmatch(image_id):
+            if not PLAIN_NAME.fullmatch(image_id):
                 loaded.problems.append(Problem(name, line, f"parentImage id {image_id!r} is not a plain file name"))
                 continue
             projection, unknown = _view(image_id, views)

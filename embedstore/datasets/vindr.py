@@ -29,24 +29,21 @@ import numpy as np
 
 from embedstore.choices import ReaderPolicy
 from embedstore.datasets.base import (
+    PLAIN_NAME,
     IngestConfig,
     Loaded,
     Problem,
     SourceRow,
-    _open_text,
+    draw_val,
     find_file,
+    open_text,
     read_table,
     require_columns,
     text,
-)
-from embedstore.datasets.nih14 import (
-    RenderTask,
-    counterparts_of,
-    draw_val,
-    render_all,
-    require_empty,
     uses_given_split,
 )
+from embedstore.datasets.nih14 import RenderTask
+from embedstore.datasets.sample_writing import counterparts_of, refuse_nonempty, render_all
 from embedstore.errors import InputError
 from embedstore.label_sets import LabelSet, label_set
 from embedstore.synthetic import SampleConfig, plan_dataset, render_frontal
@@ -132,7 +129,7 @@ def _kaggle_file(root: Path) -> Path | None:
     if candidate is None:
         return None
     try:
-        with _open_text(candidate) as handle:
+        with open_text(candidate) as handle:
             header = next(csv.reader(handle), [])
     except (OSError, EOFError, UnicodeDecodeError, csv.Error):
         return None
@@ -144,6 +141,10 @@ def _read_label_table(path: Path, split_dir: str, labels: LabelSet, reads: dict[
     """One PhysioNet image_labels file into `reads` (image_id → readers' marks)."""
     problems: list[Problem] = []
     frame = read_table(path, problems)
+    both = [alias for alias, name in COLUMN_ALIASES.items() if alias in frame.columns and name in frame.columns]
+    if both:
+        raise InputError(f"{path}: columns {both[0]!r} and {COLUMN_ALIASES[both[0]]!r} are both present; they are "
+                         "one label (the test file's and the train file's spelling)")
     frame = frame.rename({c: COLUMN_ALIASES[c] for c in frame.columns if c in COLUMN_ALIASES})
     require_columns(path, frame, ["image_id", *labels.labels], ["image_id", "rad_id", *labels.labels])
     has_readers = "rad_id" in frame.columns
@@ -153,6 +154,7 @@ def _read_label_table(path: Path, split_dir: str, labels: LabelSet, reads: dict[
         image = reads.get(image_id)
         if image is None:
             image = reads[image_id] = ImageReads(path.name, line, split_dir)
+            _check_image_id(image, image_id)
         elif image.file != path.name:
             other = ImageReads(path.name, line, split_dir)
             other.problems.append(f"image {image_id} is also in {image.file} (row {image.row})")
@@ -179,6 +181,13 @@ def _read_label_table(path: Path, split_dir: str, labels: LabelSet, reads: dict[
         image.readers[reader] = marked
 
 
+def _check_image_id(image: ImageReads, image_id: str) -> None:
+    """An image id becomes a file name: one that could reach outside the folder is a bad row (and the
+    file is never opened: ingest reads no image of a row with a problem)."""
+    if not PLAIN_NAME.fullmatch(image_id):
+        image.problems.append(f"image_id {image_id!r} is not a plain file name (letters, digits, _ . -)")
+
+
 def _read_kaggle(path: Path, reads: dict[str, ImageReads]) -> None:
     """Kaggle's train.csv into `reads`: each reader's classes (boxes of one class count once)."""
     problems: list[Problem] = []
@@ -190,6 +199,7 @@ def _read_kaggle(path: Path, reads: dict[str, ImageReads]) -> None:
         image = reads.get(image_id)
         if image is None:
             image = reads[image_id] = ImageReads(path.name, line, "train")
+            _check_image_id(image, image_id)
         if line in malformed:
             image.problems.append(f"(row {line}) {malformed[line]}")
         reader, name = text(record["rad_id"]), text(record["class_name"])
@@ -335,7 +345,7 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     with one consensus row per image (the true findings; `Other disease` spelt as the release spells
     it). About a sixth of the images are test. Returns the folder."""
     config.validate()
-    require_empty(config.out)
+    refuse_nonempty(config.out)
     labels = label_set(LABEL_SET)
     rng = np.random.default_rng([config.seed, 18])
     jobs = [job for job in plan_dataset(config) if job.frontal]
@@ -361,7 +371,7 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
                 train_rows.append([image_id, READERS[int(reader)], *(int(label in marked) for label in labels.labels)])
         tasks.append((str(config.out / split_dir / f"{image_id}.dicom"), config.seed, config.domain, job.index,
                       job.study.findings, job.study.sides, config.size))
-    render_all(tasks, config.workers, progress, _render_dicom)
+    render_all(tasks, _render_dicom, config.workers, progress)
     test_header = [next((alias for alias, name in COLUMN_ALIASES.items() if name == label), label)
                    for label in labels.labels]
     for name, header, rows in ((TRAIN_LABELS, ["image_id", "rad_id", *labels.labels], train_rows),
