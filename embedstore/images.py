@@ -221,6 +221,20 @@ def verify_image(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
+def hash_verified(paths: Sequence[str]) -> list[tuple[str, str | None]]:
+    """For each path: (sha256 of its bytes, None) once `verify_image` accepts it, else ("", the
+    reason). Module-level and picklable, so that ingest can run it in worker processes."""
+    import hashlib
+
+    results: list[tuple[str, str | None]] = []
+    for path in paths:
+        try:
+            results.append((hashlib.sha256(verify_image(path)).hexdigest(), None))
+        except InputError as error:
+            results.append(("", str(error)))
+    return results
+
+
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(height, width) of an image file, from its header, with the same refusals as the decoder."""
     from embedstore import dicom

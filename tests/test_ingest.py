@@ -290,3 +290,15 @@ def test_wide_label_view_matches_long_form(tmp_store: Store, synthetic_dir: Path
         assert cardiomegaly == long_form[filename]["Cardiomegaly"]
         assert no_finding == long_form[filename]["No Finding"]  # raw, not the derived No Finding
         assert positives == sorted(derived[filename])
+
+
+def test_images_checked_in_worker_processes_give_the_same_dataset_and_bad_rows(
+        tmp_store: Store, synthetic_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedstore.ingest as ingest_module
+
+    (synthetic_copy / IMAGE_DIR / sorted((synthetic_copy / IMAGE_DIR).iterdir())[3].name).write_bytes(b"not an image")
+    serial = ingest(tmp_store, IngestConfig(path=synthetic_copy, name="serial", skip_bad=True))
+    monkeypatch.setattr(ingest_module, "PARALLEL_IMAGE_CHECKS", 1)
+    parallel = ingest(tmp_store, IngestConfig(path=synthetic_copy, name="parallel", skip_bad=True))
+    assert len(serial.skipped) == 1 and parallel.skipped == serial.skipped
+    assert parallel.manifest_sha256 == serial.manifest_sha256

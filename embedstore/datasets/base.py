@@ -115,9 +115,9 @@ def outside_folder(relative: str) -> str | None:
     None: a layout's paths stay inside its folder; only a manifest may name any file."""
     if "\x00" in relative:
         return "holds a NUL byte"
-    if relative.startswith(("/", "\\")) or Path(relative).is_absolute():
+    if relative.startswith(("/", "\\")):
         return "is absolute; a path in this layout is relative to the dataset's folder"
-    if ".." in Path(relative).parts:
+    if ".." in relative.replace("\\", "/").split("/"):
         return "has a `..` part; a path in this layout stays inside the dataset's folder"
     return None
 

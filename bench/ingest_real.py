@@ -15,7 +15,7 @@ image is opened with `Image.open(p).convert("RGB")`. embedstore does more (every
 every image hashed and decoded by the one decoder, splits by patient, one transaction), so the
 ratio says what that costs. Printed: rows, seconds, rows/s, ratio, and the positives per label.
 
-Usage: .venv/bin/python bench/datasets.py [--out DIR] [--chexpert-rows N]
+Usage: .venv/bin/python bench/ingest_real.py [--out DIR] [--chexpert-rows N]
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def _data(name: str) -> Path:
 
 
 def _tiny(index: int, fmt: str) -> bytes:
-    """A 16-px grey image unique to `index` (distinct bytes, so no identical-image groups)."""
-    pixels = np.full((16, 16), 128, dtype=np.uint8)
-    pixels[0, :4] = np.frombuffer(int(index).to_bytes(4, "little"), dtype=np.uint8)
+    """A 16-px grey image unique to `index` (distinct bytes, so no identical-image groups): each of its
+    four 8 × 8 blocks holds one byte of the index, which survives JPEG's quantisation."""
+    pixels = np.zeros((16, 16), dtype=np.uint8)
+    for block, value in enumerate(int(index).to_bytes(4, "little")):
+        row, column = divmod(block, 2)
+        pixels[8 * row:8 * row + 8, 8 * column:8 * column + 8] = value
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buffer.getvalue()
