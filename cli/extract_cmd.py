@@ -50,4 +50,7 @@ def extract(
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in
                        (("train", result.train_seconds), ("extract", result.extract_seconds)) if value is not None)
     reused = f"; embeddings reused from {result.embeddings_from}" if result.embeddings_from else ""
+    if result.rank_note:  # a rank other than 0 of a torchrun job
+        typer.echo(result.rank_note)
+        return
     typer.echo(f"{result.status}: run {result.run_id} ({result.n_samples} samples; {timing}{reused})")

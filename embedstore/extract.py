@@ -9,6 +9,7 @@ finishes is never shown as complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +28,7 @@ import pyarrow as pa
 
 from embedstore import __version__, queries
 from embedstore.choices import Device, Mode, PromptSet, Protocol, parse
+from embedstore.distributed import Ranks, agree, barrier, gather, joined, share
 from embedstore.embeddings import (
     commit_staged,
     insert_image_embeddings,
@@ -120,6 +123,8 @@ class ExtractResult:
     train_seconds: float | None
     extract_seconds: float | None
     embeddings_from: str | None
+    #: on a rank other than 0 of a torchrun job: what it did (rank 0 writes the run and reports it)
+    rank_note: str | None = None
 
 
 @dataclass
@@ -127,7 +132,8 @@ class RunContext:
     """Everything a mode needs: the store and writer, the model, the dataset's samples and targets."""
 
     store: Store
-    writer: StoreWriter
+    #: the writer lock, held by rank 0 only (None on the other ranks of a torchrun job)
+    writer: StoreWriter | None
     config: ExtractConfig
     run_id: str
     model: LoadedModel
@@ -141,6 +147,17 @@ class RunContext:
     progress: Callable[[int, str], Callable[[int], None]] | None
     #: False where a (sample, label) pair is left out (`--uncertain ignore`); all True otherwise
     known: np.ndarray | None = None
+    #: this process's place in a torchrun job (a single process: rank 0 of 1)
+    ranks: Ranks = field(default_factory=Ranks)
+    #: per rank: images encoded and seconds (a torchrun job's provenance)
+    rank_timings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def leader_writer(self) -> StoreWriter:
+        """The writer lock, which only rank 0 holds: every database write goes through it."""
+        if self.writer is None:
+            raise RuntimeError(f"rank {self.ranks.rank} tried to write the store; only rank 0 does")
+        return self.writer
 
     def fit_targets(self) -> np.ndarray:
         """The targets training reads: NaN at pairs left out (`training_targets`)."""
@@ -160,20 +177,24 @@ class StageOutput:
 
 
 def default_workers() -> int:
-    """Decoding processes beside the main one: all cores but one, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoding processes beside the main one: all cores but one, at most 8; under torchrun the cores
+    are shared by the node's ranks (LOCAL_WORLD_SIZE)."""
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, (os.cpu_count() or 2) // ranks_here - 1))
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for `auto`, `cpu` or `cuda` (`auto`: CUDA when there is one)."""
+def resolve_device(name: str, ranks: Ranks | None = None) -> torch.device:
+    """The torch device for `auto`, `cpu` or `cuda` (`auto`: CUDA when there is one); under torchrun
+    the GPU of this rank's LOCAL_RANK."""
     import torch
 
     device = parse(Device, name, "device")
     if device == Device.CUDA and not torch.cuda.is_available():
         raise InputError("device 'cuda': no CUDA device is available here; choose cpu or auto", parameter="device")
-    if device == Device.AUTO:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device.value)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == Device.AUTO else device.value
+    if kind == "cuda" and ranks is not None and ranks.distributed:
+        return torch.device("cuda", ranks.local_rank)
+    return torch.device(kind)
 
 
 def describe_device(device: torch.device) -> str:
@@ -278,7 +299,7 @@ def _commit_embeddings(ctx: RunContext, sample_ids: np.ndarray | None, vectors: 
     folder = staging_folder(ctx.store.path, ctx.run_id)
     files = staged_files(folder)
     try:
-        with ctx.writer.transaction(None if wait else CHUNK_COMMIT_WAIT_SECONDS) as con:
+        with ctx.leader_writer.transaction(None if wait else CHUNK_COMMIT_WAIT_SECONDS) as con:
             commit_staged(con, ctx.run_id, files)
             if sample_ids is not None and vectors is not None:
                 insert_image_embeddings(con, ctx.run_id, sample_ids, vectors)
@@ -306,6 +327,8 @@ def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
     import torch
 
     visual = visual if visual is not None else ctx.model.model.visual
+    if ctx.ranks.distributed:
+        return _encode_shards(ctx, visual)
     done = _done_ids(ctx)
     todo = [item for item in ctx.items if item.sample_id not in done]
     if not todo:
@@ -343,6 +366,69 @@ def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
     return time.perf_counter() - started
 
 
+def _staged_ids(folder: Path) -> set[int]:
+    """The sample ids of every chunk staged in `folder` (read from the files' `sample_id` column)."""
+    import pyarrow.parquet as pq
+
+    ids: set[int] = set()
+    for path in staged_files(folder):
+        column = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_numpy()
+        ids.update(int(i) for i in column)
+    return ids
+
+
+def shard_plan(items: list[ImageItem], chunk_size: int) -> list[list[ImageItem]]:
+    """The job's shards: the samples in sample-id order, in contiguous runs of `chunk_size`. Every rank
+    derives the same plan; shard k is rank (k mod world size)'s."""
+    ordered = sorted(items, key=lambda item: item.sample_id)
+    return [ordered[start:start + chunk_size] for start in range(0, len(ordered), chunk_size)]
+
+
+def _encode_shards(ctx: RunContext, visual: Any) -> float:
+    """A torchrun job's encoding: each rank encodes the samples of its shards that neither the run's
+    table nor a staged chunk holds yet, and stages each shard as a Parquet chunk (atomically: a chunk
+    that exists is done); after a barrier, rank 0 commits every staged chunk in one transaction (rows
+    the run has already are skipped). A killed job resumes shard by shard, with any world size, or in
+    one process (which commits the staged chunks first). Returns this rank's seconds."""
+    import torch
+
+    folder = staging_folder(ctx.store.path, ctx.run_id)
+    with ctx.store.reader() as con:
+        done = {int(r[0]) for r in con.execute("SELECT sample_id FROM image_embeddings WHERE run_id = ?",
+                                                [ctx.run_id]).fetchall()}
+    done |= _staged_ids(folder)
+    shards = shard_plan(ctx.items, ctx.config.chunk_size)
+    mine = [[item for item in shards[k] if item.sample_id not in done] for k in ctx.ranks.shards(len(shards))]
+    todo = [shard for shard in mine if shard]
+    everyone = sum(gather(ctx.ranks, sum(len(shard) for shard in todo)))
+    label = f"encoding images ({ctx.ranks.world_size} ranks, paced by rank 0)"
+    advance = ctx.progress(everyone, label) if ctx.progress and ctx.ranks.leader and everyone else None
+    started = time.perf_counter()
+    encoded = 0
+    if todo:
+        visual = prepare_encoder(visual, ctx.device)
+        autocast = encode_autocast(ctx.device, ctx.config.protocol)
+        with torch.no_grad():
+            for shard in todo:
+                ids, vectors = [], []
+                dataset = CachedImages(shard, ctx.cache, ctx.model.pixel_transform)
+                for sample_ids, images in batches(dataset, ctx.config.encode_batch_size, ctx.config.workers):
+                    features = encode_batch(visual, images, ctx.model.mean, ctx.model.std, ctx.device, autocast)
+                    ids.append(sample_ids.numpy().astype(np.int64))
+                    vectors.append(features.cpu().numpy())
+                    if advance:
+                        advance(len(sample_ids) * ctx.ranks.world_size)
+                stage_image_embeddings(folder, ctx.run_id, np.concatenate(ids), np.concatenate(vectors))
+                encoded += sum(len(i) for i in ids)
+    seconds = time.perf_counter() - started
+    ctx.rank_timings = gather(ctx.ranks, {"rank": ctx.ranks.rank, "images": encoded, "seconds": round(seconds, 3),
+                                          "device": describe_device(ctx.device)})
+    barrier(ctx.ranks)  # every shard is staged
+    if ctx.ranks.leader:
+        _commit_embeddings(ctx, None, None, wait=True)
+    return seconds
+
+
 def _run_embeddings(ctx: RunContext) -> np.ndarray:
     """The run's embeddings in the order of `ctx.items` (one per sample, checked)."""
     with ctx.store.reader() as con:
@@ -357,9 +443,11 @@ def _run_embeddings(ctx: RunContext) -> np.ndarray:
 # Modes
 # ---------------------------------------------------------------------------------------------
 
-def run_zero_shot(ctx: RunContext) -> StageOutput:
+def run_zero_shot(ctx: RunContext) -> StageOutput | None:
     """Encode images and prompts; score per protocol (raw dot product, or cosine × logit scale)."""
     seconds = encode_into_run(ctx)
+    if not ctx.ranks.leader:
+        return None
     image = _run_embeddings(ctx)
     prompts = build_prompts(str(ctx.config.prompt_set), ctx.labels)
     text = ctx.model.encode_text([p.text for p in prompts]).cpu().numpy()
@@ -394,7 +482,7 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
     source = _reusable_source(ctx)
     seconds = 0.0
     if source is not None:
-        with ctx.writer.transaction() as con:
+        with ctx.leader_writer.transaction() as con:
             queries.execute_all(con, "copy_embeddings", {"run_id": ctx.run_id, "source_run_id": source})
         log.info("lp: reusing the embeddings of run %s (no image is encoded)", source)
     else:
@@ -402,7 +490,7 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
     embeddings = _run_embeddings(ctx)
     fit = LP_RECIPES[ctx.config.protocol](*_fit_split(ctx, embeddings), ctx.config.epochs, ctx.config.batch_size,
                                           ctx.config.seed)
-    head_sha = ctx.writer.write_artefact(
+    head_sha = ctx.leader_writer.write_artefact(
         f"artefacts/{ctx.run_id}/head.npz", "head",
         lambda handle: np.savez(handle, **fit.head.state(), labels=np.array(ctx.labels)),
         run_id=ctx.run_id,
@@ -413,9 +501,12 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
 
 
 def _finetune_data(ctx: RunContext) -> Any:
+    """The ft recipes' batches. Under torchrun `--batch-size` stays global: each rank reads its share of
+    every global batch, in the single process's order (`heads.rank_batches`); a single process reads
+    the batches as it always has."""
     import torch
 
-    from embedstore.heads import FineTuneData
+    from embedstore.heads import FineTuneData, rank_batches
 
     index_of = {item.sample_id: i for i, item in enumerate(ctx.items)}
     targets = torch.from_numpy(ctx.fit_targets())
@@ -424,12 +515,24 @@ def _finetune_data(ctx: RunContext) -> Any:
     if not subsets["train"] or not subsets["val"]:
         raise InputError(f"dataset {ctx.config.data!r}: ft needs samples in both the train and val splits")
 
+    def shares(dataset: CachedImages, shuffle: bool, seed: int) -> Any:
+        """(sample_ids, images, stand_in) of this rank's share of every global batch."""
+        plan = rank_batches(len(dataset), ctx.config.batch_size, ctx.ranks, shuffle, seed)
+        loaded = batches(dataset, ctx.config.batch_size, ctx.config.workers, batch_sampler=[ids for ids, _ in plan])
+        for (_, stand_in), batch in zip(plan, loaded, strict=True):
+            yield *batch, stand_in
+
     def generate(subset: list[ImageItem], shuffle: bool, epoch: int) -> Any:
         dataset = CachedImages(subset, ctx.cache, ctx.model.pixel_transform)
-        for sample_ids, images in batches(dataset, ctx.config.batch_size, ctx.config.workers, shuffle=shuffle,
-                                          seed=ctx.config.seed + epoch):
-            rows = torch.tensor([index_of[int(s)] for s in sample_ids])
-            yield normalize(images, ctx.model.mean, ctx.model.std, ctx.device), targets[rows].to(ctx.device)
+        seed = ctx.config.seed + epoch
+        loaded = (shares(dataset, shuffle, seed) if ctx.ranks.distributed else
+                  ((*batch, False) for batch in batches(dataset, ctx.config.batch_size, ctx.config.workers,
+                                                         shuffle=shuffle, seed=seed)))
+        for sample_ids, images, stand_in in loaded:
+            batch_targets = targets[torch.tensor([index_of[int(s)] for s in sample_ids])]
+            if stand_in:  # a rank's empty share of a short last batch: a sample whose every target is left out
+                batch_targets = torch.full_like(batch_targets, float("nan"))
+            yield normalize(images, ctx.model.mean, ctx.model.std, ctx.device), batch_targets.to(ctx.device)
 
     return FineTuneData(
         train_batches=lambda epoch: generate(subsets["train"], True, epoch),
@@ -437,10 +540,11 @@ def _finetune_data(ctx: RunContext) -> Any:
         device=ctx.device,
         autocast_dtype=autocast_dtype(ft_train_precision(ctx.config.protocol, ctx.device.type)),
         batches_per_epoch=int(np.ceil(len(subsets["train"]) / ctx.config.batch_size)),
+        ranks=ctx.ranks,
     )
 
 
-def run_fine_tune(ctx: RunContext) -> StageOutput:
+def run_fine_tune(ctx: RunContext) -> StageOutput | None:
     """Fine-tune per protocol (or load the run's checkpoint when resuming), then encode every image
     with the fine-tuned encoder and score with its head."""
     import torch
@@ -470,15 +574,18 @@ def run_fine_tune(ctx: RunContext) -> StageOutput:
         state = {"visual": visual.state_dict(), "details": json.dumps(details, default=str),
                  "head": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in head.state().items()},
                  "train_seconds": float(train_seconds)}
-        details["checkpoint_sha256"] = ctx.writer.write_artefact(
-            relpath, "checkpoint", lambda handle: torch.save(state, handle), run_id=ctx.run_id)
+        if ctx.ranks.leader:  # every rank holds the same weights; rank 0 writes them
+            details["checkpoint_sha256"] = ctx.leader_writer.write_artefact(
+                relpath, "checkpoint", lambda handle: torch.save(state, handle), run_id=ctx.run_id)
     seconds = encode_into_run(ctx, visual)
+    if not ctx.ranks.leader:
+        return None
     embeddings = _run_embeddings(ctx)
     return StageOutput(embeddings, head.logits(embeddings), [], train_seconds, seconds, details)
 
 
 #: What each mode runs.
-MODES: dict[Mode, Callable[[RunContext], StageOutput]] = {
+MODES: dict[Mode, Callable[[RunContext], StageOutput | None]] = {
     Mode.ZS: run_zero_shot,
     Mode.LP: run_linear_probe,
     Mode.FT: run_fine_tune,
@@ -492,7 +599,7 @@ MODES: dict[Mode, Callable[[RunContext], StageOutput]] = {
 def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> None:
     embeddings = output.embeddings
     ids = np.array([item.sample_id for item in ctx.items], dtype=np.int64)
-    write_index(ctx.writer, ctx.run_id, ids, embeddings)
+    write_index(ctx.leader_writer, ctx.run_id, ids, embeddings)
     n, n_labels = output.scores.shape
     scores = pa.table({
         "run_id": pa.array([ctx.run_id] * (n * n_labels)),
@@ -502,10 +609,12 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
     })
     config = identity | {"labels": ctx.labels, "image_size": ctx.model.image_size,
                          "encode_batch_size": ctx.config.encode_batch_size} | output.details
+    if ctx.rank_timings:  # a torchrun job: its size and each rank's share
+        config["distributed"] = {"world_size": ctx.ranks.world_size, "ranks": ctx.rank_timings}
     if ctx.known is not None and not ctx.known.all():  # `--uncertain ignore`: pairs no loss saw
         config["targets_left_out"] = int((~ctx.known).sum())
     remove_staging(ctx.store.path, ctx.run_id)  # every staged chunk is committed (or lp copied its rows)
-    with ctx.writer.transaction() as con:
+    with ctx.leader_writer.transaction() as con:
         queries.execute_all(con, "clear_run_outputs", {"run_id": ctx.run_id})
         append_rows(con, "scores", scores)
         if output.text_rows:
@@ -526,44 +635,80 @@ def extract(store: Store, config: ExtractConfig,
     """Produce (or reuse, or resume) one complete run.
 
     The writer lock is taken first, before the dataset and the model are loaded, so a second
-    writer is refused at once rather than after the heavy work.
+    writer is refused at once rather than after the heavy work. Under torchrun (embedstore/distributed.py)
+    every rank runs this: rank 0 alone takes the lock and writes the database; the ranks check that
+    they agree on the run before any work, encode their shards, and (ft) train one DDP model.
     """
-    import torch
-
     config.validate()
-    device = resolve_device(config.device)
-    if config.mode == Mode.FT and config.protocol == Protocol.MULTILABEL and config.epochs < 2:
+    ranks = Ranks.from_environment()
+    device = resolve_device(config.device, ranks)
+    if config.mode == Mode.FT and config.protocol == Protocol.MULTILABEL and config.epochs < 2 and ranks.leader:
         log.warning("warning: ft with epochs=1 under the multilabel protocol trains only the warm-up epoch on the "
                     "head; the encoder is never unfrozen, so the run's embeddings equal the frozen encoder's (as zs). "
                     "Ask for 2 or more epochs to fine-tune the encoder.")
-    with store.writer(f"embedstore extract --mode {config.mode} --model {config.model} --data {config.data}") as writer:
-        data = _dataset(store, config.data)
-        dataset_id, items = data.dataset_id, data.items
-        model = load_model(config.model)
-        identity = _run_identity(config, model, dataset_id, data.manifest_sha256, device.type)
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
-        with writer.transaction() as con:
-            existing = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
-            if existing and existing[0] == "complete":
-                log.info("run %s is already complete: reusing it", run_id)
-                row = first_row(con, "SELECT train_seconds, extract_seconds, json_extract_string(config, "
-                                  "'$.embeddings_from') FROM runs WHERE run_id = ?", [run_id])
-                return ExtractResult(run_id, config.mode, config.protocol, "reused", len(items),
-                                     *(row or (None, None, None)))
-            if existing and not config.resume:
-                raise InputError(f"run {run_id} was started before and did not finish; ask to resume it to finish it",
-                                 parameter="resume")
-            if not existing:
-                queries.execute(con, "start_run", run_id=run_id, mode=config.mode, protocol=config.protocol,
-                                model_id=config.model, model_sha256=model.sha256, dataset_id=dataset_id,
-                                prompt_set=config.prompt_set, config=json.dumps(identity), started_at=_now(),
-                                device=describe_device(device), versions=json.dumps(library_versions()))
-        torch.manual_seed(config.seed)
-        ctx = RunContext(store, writer, config, run_id, model, dataset_id, items, data.splits, data.labels, data.targets,
-                         device, TensorCache(default_cache_path(), model.preprocess_key), progress, data.known)
-        output = MODES[config.mode](ctx)
-        _finish(ctx, output, identity)
+    if ranks.distributed and config.mode == Mode.FT and config.batch_size < ranks.world_size:
+        raise InputError(f"batch size {config.batch_size}: the global batch must hold one image per rank at least "
+                         f"({ranks.world_size} ranks)", parameter="batch_size")
+    if ranks.distributed and config.mode == Mode.LP:
+        if not ranks.leader:  # a head on cached vectors: one process does it
+            log.info("rank %d: lp fits a head on cached vectors in one process; rank 0 runs it", ranks.rank)
+            return ExtractResult("", config.mode, config.protocol, "left to rank 0", 0, None, None, None,
+                                 rank_note=f"rank {ranks.rank}: lp runs in one process; rank 0 fits and writes it")
+        ranks = Ranks()
+    command = f"embedstore extract --mode {config.mode} --model {config.model} --data {config.data}"
+    with joined(ranks, device.type), (store.writer(command) if ranks.leader else contextlib.nullcontext()) as writer:
+        return _extract(store, config, progress, ranks, device, writer)
+
+
+def _extract(store: Store, config: ExtractConfig, progress: Callable[[int, str], Callable[[int], None]] | None,
+             ranks: Ranks, device: Any, writer: StoreWriter | None) -> ExtractResult:
+    import torch
+
+    data = _dataset(store, config.data)
+    dataset_id, items = data.dataset_id, data.items
+    model = load_model(config.model)
+    identity = _run_identity(config, model, dataset_id, data.manifest_sha256, device.type)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
+    agree(ranks, {"run": run_id, "dataset manifest": data.manifest_sha256, "model weights": model.sha256,
+                  "embedstore version": __version__, "store": str(store.path.resolve())})
+    reused = share(ranks, _open_run(writer, config, run_id, identity, model, dataset_id, device)
+                   if writer is not None else None)
+    if reused is not None:
+        log.info("run %s is already complete: reusing it", run_id)
+        return ExtractResult(run_id, config.mode, config.protocol, "reused", len(items), *reused)
+    torch.manual_seed(config.seed)
+    ctx = RunContext(store, writer, config, run_id, model, dataset_id, items, data.splits, data.labels, data.targets,
+                     device, TensorCache(default_cache_path(), model.preprocess_key), progress if ranks.leader else None,
+                     data.known, ranks)
+    output = MODES[config.mode](ctx)
+    if output is None:  # a rank other than 0: its shards are staged, rank 0 commits and finishes the run
+        mine = next((t for t in ctx.rank_timings if t["rank"] == ranks.rank), {"images": 0})
+        return ExtractResult(run_id, config.mode, config.protocol, "staged", len(items), None, None, None,
+                             rank_note=f"rank {ranks.rank} of {ranks.world_size}: {mine['images']} images encoded "
+                                       f"into run {run_id}; rank 0 commits and completes it")
+    _finish(ctx, output, identity)
     log.info("run %s complete", run_id)
     return ExtractResult(run_id, config.mode, config.protocol, "complete", len(items), output.train_seconds,
                          output.extract_seconds, output.details.get("embeddings_from"))
+
+
+def _open_run(writer: StoreWriter, config: ExtractConfig, run_id: str, identity: dict[str, Any], model: LoadedModel,
+              dataset_id: str, device: Any) -> tuple[float | None, float | None, str | None] | None:
+    """Rank 0: start the run, or check that it may be resumed; a complete run's (train seconds,
+    extract seconds, embeddings source) to reuse, else None."""
+    with writer.transaction() as con:
+        existing = first_row(con, "SELECT status FROM runs WHERE run_id = ?", [run_id])
+        if existing and existing[0] == "complete":
+            row = first_row(con, "SELECT train_seconds, extract_seconds, json_extract_string(config, "
+                              "'$.embeddings_from') FROM runs WHERE run_id = ?", [run_id])
+            return (None, None, None) if row is None else (row[0], row[1], row[2])
+        if existing and not config.resume:
+            raise InputError(f"run {run_id} was started before and did not finish; ask to resume it to finish it",
+                             parameter="resume")
+        if not existing:
+            queries.execute(con, "start_run", run_id=run_id, mode=config.mode, protocol=config.protocol,
+                            model_id=config.model, model_sha256=model.sha256, dataset_id=dataset_id,
+                            prompt_set=config.prompt_set, config=json.dumps(identity), started_at=_now(),
+                            device=describe_device(device), versions=json.dumps(library_versions()))
+    return None

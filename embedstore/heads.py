@@ -20,6 +20,14 @@ optimizer and schedule; its head starts with a zero bias (a symmetric start; the
 it), and its val BCE is the exact per-element mean over the whole val set, under the training
 autocast. Both protocols stop early with the same patience and min_delta.
 
+Under `torchrun` (FineTuneData.ranks with several ranks) the recipes train one DistributedDataParallel
+model and give the single process's result up to float rounding: the batch size stays global, each
+rank reads its contiguous share of every global batch in the single process's order (`rank_batches`),
+its loss is its share's known-pair BCE sum over the global batch's known-pair count (all-reduced) times
+the world size, so DDP's gradient average is the gradient of the global batch's mean; val BCE sums are
+all-reduced per val batch, and rank 0's val BCE decides early stopping on every rank. (An encoder with
+BatchNorm normalises over each rank's share instead, and keeps rank 0's running statistics.)
+
 Targets are 1/0, and NaN for a (sample, label) pair left out (`--uncertain ignore`: the label's
 value was uncertain). Every loss gives such a pair weight 0 and averages over the known pairs only:
 a batch's BCE is the sum of its known pairs' BCE over their count (a batch with no known pair adds
@@ -32,16 +40,19 @@ pair is known these are exactly the plain means (the same calls, so results are 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedstore.choices import Protocol
+from embedstore.distributed import Ranks, reduce_sum, share
+from embedstore.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -270,13 +281,52 @@ LP_RECIPES: dict[Protocol, Callable[..., FitResult]] = {
 
 @dataclass
 class FineTuneData:
-    """What a fine-tuning recipe needs: batches of normalised images with their targets."""
+    """What a fine-tuning recipe needs: batches of normalised images with their targets.
+
+    Under several ranks each call yields this rank's share of every global batch (`rank_batches`),
+    one batch per global batch on every rank, and `batches_per_epoch` counts global batches."""
 
     train_batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
     val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
     device: torch.device
     autocast_dtype: torch.dtype | None
     batches_per_epoch: int
+    #: this process's place in a torchrun job (a single process: rank 0 of 1)
+    ranks: Ranks = field(default_factory=Ranks)
+
+
+def global_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> list[list[int]]:
+    """The indices of every batch a single process reads (`images.batches`), in order. A shuffling
+    DataLoader draws the same numbers from its seeded generator (its workers' base seed, then the
+    permutation) whatever its worker count, so an index-only loader here gives the same order."""
+    if not shuffle:
+        return [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader: Any = DataLoader(range(n), batch_size=batch_size, shuffle=True,  # type: ignore[arg-type]
+                             generator=torch.Generator().manual_seed(seed))
+    return [batch.tolist() for batch in loader]
+
+
+def rank_batches(n: int, batch_size: int, ranks: Ranks, shuffle: bool = False,
+                 seed: int = 0) -> list[tuple[list[int], bool]]:
+    """This rank's contiguous share of every global batch of `global_batches`, as (indices, stand_in).
+
+    Shares differ in size by at most one, the first ranks taking the extra samples. A rank whose share
+    of a short last batch is empty gets the batch's first sample as a stand-in (`stand_in` True): its
+    data leaves every target of it out (NaN), so the rank still steps with the others (DDP needs every
+    rank's backward) and adds nothing to any loss."""
+    if batch_size < ranks.world_size:
+        raise InputError(f"--batch-size {batch_size} is the global batch under torchrun: it needs at least one "
+                         f"sample per rank ({ranks.world_size} ranks)")
+    shares = []
+    for batch in global_batches(n, batch_size, shuffle, seed):
+        size, extra = divmod(len(batch), ranks.world_size)
+        start = ranks.rank * size + min(ranks.rank, extra)
+        mine = batch[start:start + size + (ranks.rank < extra)]
+        shares.append((mine, False) if mine else (batch[:1], True))
+    return shares
 
 
 def _autocast(data: FineTuneData) -> AbstractContextManager[Any]:
@@ -300,7 +350,9 @@ def _precision(data: FineTuneData) -> str:
 def _val_loss(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData, fp32: bool = False,
               batch_means: bool = False) -> float:
     """Val BCE: under the data's autocast unless `fp32`; the per-element mean over the whole val set,
-    or with `batch_means` the mean over val batches of each batch's mean (the study's)."""
+    or with `batch_means` the mean over val batches of each batch's mean (the study's). Under several
+    ranks every global val batch's known-pair sum and count are all-reduced, so every rank gets the
+    single process's value."""
     import contextlib
 
     import torch
@@ -308,28 +360,91 @@ def _val_loss(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData
     visual.eval()
     total, count = 0.0, 0
     batch_losses: list[float] = []
+    sums: list[float] = []
+    counts: list[float] = []
     with torch.no_grad(), contextlib.nullcontext() if fp32 else _autocast(data):
         for images, targets in data.val_batches():
             logits = head(visual(images).float())
             batch_total, batch_count = known_bce_sum(logits, targets)
+            if data.ranks.distributed:
+                sums.append(batch_total)
+                counts.append(batch_count)
+                continue
             total += batch_total
             count += batch_count
             if batch_count:
                 batch_losses.append(float(known_bce(logits, targets)))
+    if data.ranks.distributed:
+        reduced = reduce_sum(data.ranks, sums + counts)
+        sums, counts = reduced[:len(sums)], reduced[len(sums):]
+        total, count = sum(sums), int(sum(counts))
+        batch_losses = [part / known for part, known in zip(sums, counts, strict=True) if known]
     if batch_means:
         return sum(batch_losses) / max(len(batch_losses), 1)
     return total / max(count, 1)
 
 
+def _parallel(visual: torch.nn.Module, head: torch.nn.Module, data: FineTuneData) -> torch.nn.Module | None:
+    """Under several ranks, visual and head as one DistributedDataParallel model (None otherwise).
+    DDP registers the parameters that require grad when it is built: build it anew after changing
+    which do (the old one is dropped first, so its hooks no longer fire)."""
+    if not data.ranks.distributed:
+        return None
+    import torch
+
+    class Tower(torch.nn.Module):
+        """The recipes' forward pass, `head(visual(images).float())`, as one module."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual, self.head = visual, head
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.head(self.visual(images).float())
+
+    return torch.nn.parallel.DistributedDataParallel(Tower())
+
+
+def _rank_loss(logits: torch.Tensor, targets: torch.Tensor, ranks: Ranks) -> tuple[torch.Tensor, float, float]:
+    """(this rank's loss, the global batch's mean BCE, its size). The loss is this share's known-pair
+    BCE sum over the global batch's known-pair count, times the world size: DDP averages gradients
+    over the ranks, which then gives exactly the gradient of the global batch's known-pair mean."""
+    import torch.nn.functional as F
+
+    known = ~targets.isnan()
+    logits = logits.float()
+    part = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), weight=known.to(logits.dtype),
+                                              reduction="sum")
+    total, count, size = reduce_sum(ranks, [float(part.detach()), float(known.sum()), float(len(targets))])
+    return part * (ranks.world_size / max(count, 1.0)), total / max(count, 1.0), size
+
+
+def _sync_buffers(model: torch.nn.Module, ranks: Ranks) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: each rank's training steps update
+    its own from its share, so without this the ranks would validate, and keep, different weights."""
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def _train_epoch(visual: torch.nn.Module, head: torch.nn.Module, optimizer: torch.optim.Optimizer, data: FineTuneData,
                  epoch: int, step_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 scaler: torch.amp.GradScaler | None = None) -> float:
+                 scaler: torch.amp.GradScaler | None = None, model: torch.nn.Module | None = None) -> float:
+    """One epoch of steps; under several ranks through `model` (the recipe's `_parallel` model).
+    Returns the epoch's train BCE (batch means weighted by batch size), for the log."""
+    if data.ranks.distributed and model is None:
+        model = _parallel(visual, head, data)
     visual.train()
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     for images, targets in data.train_batches(epoch):
         with _autocast(data):
-            logits = head(visual(images).float())
-        loss = known_bce(logits, targets)
+            logits = head(visual(images).float()) if model is None else model(images)
+        if model is None:
+            loss = known_bce(logits, targets)
+            batch_loss, batch_size = float(loss.detach()), float(len(targets))
+        else:
+            loss, batch_loss, batch_size = _rank_loss(logits, targets, data.ranks)
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -340,8 +455,10 @@ def _train_epoch(visual: torch.nn.Module, head: torch.nn.Module, optimizer: torc
             optimizer.step()
         if step_schedule is not None:
             step_schedule.step()
-        total += float(loss.detach()) * len(targets)
-        count += len(targets)
+        total += batch_loss * batch_size
+        count += batch_size
+    if model is not None:
+        _sync_buffers(model, data.ranks)
     return total / max(count, 1)
 
 
@@ -350,12 +467,12 @@ def _states(visual: torch.nn.Module, head: torch.nn.Module) -> Callable[[], dict
 
 
 def _best_fit(visual: torch.nn.Module, head: torch.nn.Linear, stopper: EarlyStopping, started: float, last_epoch: int,
-              detail: dict[str, Any]) -> FitResult:
-    """Restore the best checkpoint (lowest val BCE) and describe the fit."""
+              detail: dict[str, Any], ranks: Ranks) -> FitResult:
+    """Restore the best checkpoint (lowest val BCE) and describe the fit (every rank: rank 0's time)."""
     visual.load_state_dict(stopper.best_state["visual"])
     head.load_state_dict(stopper.best_state["head"])
-    return FitResult(Head.from_module(head), time.perf_counter() - started, last_epoch + 1, stopper.best_epoch,
-                     stopper.best_loss, detail)
+    seconds = share(ranks, time.perf_counter() - started)
+    return FitResult(Head.from_module(head), seconds, last_epoch + 1, stopper.best_epoch, stopper.best_loss, detail)
 
 
 def finetune_study(visual: torch.nn.Module, dim: int, n_labels: int, data: FineTuneData, epochs: int,
@@ -368,6 +485,7 @@ def finetune_study(visual: torch.nn.Module, dim: int, n_labels: int, data: FineT
     started = time.perf_counter()
     torch.manual_seed(seed)
     head = _xavier_head(dim, n_labels, zero_bias=False).to(data.device)
+    model = _parallel(visual, head, data)
     scaler = torch.amp.GradScaler("cuda") if data.device.type == "cuda" else None
     stopper = EarlyStopping()
     rates: list[float] = []
@@ -376,15 +494,15 @@ def finetune_study(visual: torch.nn.Module, dim: int, n_labels: int, data: FineT
         optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=1e-5, weight_decay=1e-2)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         rates.append(float(optimizer.param_groups[0]["lr"]))
-        train_loss = _train_epoch(visual, head, optimizer, data, epoch, scaler=scaler)
+        train_loss = _train_epoch(visual, head, optimizer, data, epoch, scaler=scaler, model=model)
         schedule.step()
-        val_loss = _val_loss(visual, head, data, fp32=True, batch_means=True)
+        val_loss = share(data.ranks, _val_loss(visual, head, data, fp32=True, batch_means=True))
         log.info("ft (study) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
         if stopper.update(epoch, val_loss, _states(visual, head)):
             break
     detail = _study_detail(1e-5, epochs, rates, stopper, optimizer="AdamW rebuilt every epoch",
                            train_precision=_precision(data), val_precision="fp32")
-    return _best_fit(visual, head, stopper, started, epoch, detail)
+    return _best_fit(visual, head, stopper, started, epoch, detail, data.ranks)
 
 
 def finetune_multilabel(visual: torch.nn.Module, dim: int, n_labels: int, data: FineTuneData, epochs: int,
@@ -398,20 +516,25 @@ def finetune_multilabel(visual: torch.nn.Module, dim: int, n_labels: int, data: 
     head = _xavier_head(dim, n_labels).to(data.device)
     for parameter in visual.parameters():
         parameter.requires_grad_(False)
+    model = _parallel(visual, head, data)
     warmup = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-    _train_epoch(visual, head, warmup, data, 0)
+    _train_epoch(visual, head, warmup, data, 0, model=model)
     for parameter in visual.parameters():
         parameter.requires_grad_(True)
+    if model is not None:  # the encoder's parameters now train: DDP must register them
+        del model
+        gc.collect()
+        model = _parallel(visual, head, data)
     stopper = EarlyStopping()
-    stopper.update(0, _val_loss(visual, head, data), _states(visual, head))
+    stopper.update(0, share(data.ranks, _val_loss(visual, head, data)), _states(visual, head))
     optimizer = torch.optim.AdamW([{"params": visual.parameters(), "lr": 1e-5},
                                    {"params": head.parameters(), "lr": 1e-3}], weight_decay=1e-2)
     steps = max(1, (epochs - 1) * data.batches_per_epoch)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     epoch = 0
     for epoch in range(1, epochs):
-        train_loss = _train_epoch(visual, head, optimizer, data, epoch, step_schedule=schedule)
-        val_loss = _val_loss(visual, head, data)
+        train_loss = _train_epoch(visual, head, optimizer, data, epoch, step_schedule=schedule, model=model)
+        val_loss = share(data.ranks, _val_loss(visual, head, data))
         log.info("ft (multilabel) epoch %d: train BCE %.4f, val BCE %.4f", epoch + 1, train_loss, val_loss)
         if stopper.update(epoch, val_loss, _states(visual, head)):
             break
@@ -419,7 +542,7 @@ def finetune_multilabel(visual: torch.nn.Module, dim: int, n_labels: int, data: 
                      {"recipe": "multilabel", "warmup_epochs": 1, "lr_encoder": 1e-5, "lr_head": 1e-3,
                       "patience": stopper.patience, "min_delta": stopper.min_delta, "bias_init": "zero",
                       "val_bce_averaging": "per-element mean", "train_precision": _precision(data),
-                      "val_precision": _precision(data)})
+                      "val_precision": _precision(data)}, data.ranks)
 
 
 FT_RECIPES: dict[Protocol, Callable[..., FitResult]] = {

@@ -355,18 +355,26 @@ def _collate(items: list[Any]) -> Any:
 
 
 def batches(dataset: CachedImages, batch_size: int, workers: int, shuffle: bool = False,
-            seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(sample_ids, uint8 images) batches from a DataLoader with `workers` decoding processes.
+            seed: int = 0, batch_sampler: Sequence[Sequence[int]] | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(sample_ids, uint8 images) batches from a DataLoader with `workers` decoding processes: of
+    `batch_size` (shuffled with `seed`), or exactly the index lists of `batch_sampler` (one rank's
+    shares of a torchrun job's global batches).
 
     An image that cannot be decoded raises the decoder's one-line InputError here, in the caller's
     process, whichever worker met it."""
     import torch
     from torch.utils.data import DataLoader
 
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    loader: Any = DataLoader(_Guarded(dataset), batch_size=batch_size, shuffle=shuffle,  # type: ignore[arg-type]
-                             num_workers=workers, generator=generator, pin_memory=torch.cuda.is_available(),
-                             persistent_workers=False, collate_fn=_collate)
+    loader: Any
+    if batch_sampler is not None:
+        loader = DataLoader(_Guarded(dataset), batch_sampler=batch_sampler,  # type: ignore[arg-type]
+                            num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=_collate)
+    else:
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        loader = DataLoader(_Guarded(dataset), batch_size=batch_size, shuffle=shuffle,  # type: ignore[arg-type]
+                            num_workers=workers, generator=generator, pin_memory=torch.cuda.is_available(),
+                            persistent_workers=False, collate_fn=_collate)
     for batch in loader:
         if isinstance(batch, _Failed):
             raise InputError(batch.message, details=list(batch.details))

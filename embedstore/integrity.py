@@ -23,7 +23,7 @@ import numpy as np
 from embedstore import queries
 from embedstore.atomic import TEMPORARY_PATTERN, sha256_file
 from embedstore.errors import IntegrityError
-from embedstore.store import DB_NAME, MANAGED_FOLDERS, STORE_FILES, STORE_FOLDERS, Store
+from embedstore.store import DB_NAME, MANAGED_FOLDERS, STAGING_FOLDER, STORE_FILES, STORE_FOLDERS, Store
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,13 @@ def _missing_run_artefacts(complete_runs: list[tuple[str, str]], recorded: set[s
     return problems
 
 
+def _leftover_staging(store: Store, complete_runs: list[tuple[str, str]]) -> list[Problem]:
+    """A complete run whose staging folder is still there: its chunks were all committed (or the run
+    would not be complete), so the folder is debris of an interrupted clean-up, never data to keep."""
+    return [Problem(f"{STAGING_FOLDER}/{run_id}", f"staging folder left by run {run_id}, which is complete")
+            for run_id, _ in complete_runs if (store.path / STAGING_FOLDER / run_id).exists()]
+
+
 def _unrecorded_files(store: Store, recorded: set[str]) -> list[Problem]:
     """Files the manifest does not know in its folders, and temporary files of interrupted writes
     (unless a writer runs now: they may be its writes in progress)."""
@@ -189,6 +196,7 @@ def verify_store(store: Store) -> VerifyReport:
                 problems.extend(_check_index(store, relpath, run_id, table_name))
     recorded = {relpath for relpath, *_ in rows}
     problems += _missing_run_artefacts(complete_runs, recorded)
+    problems += _leftover_staging(store, complete_runs)
     problems += _unrecorded_files(store, recorded)
     return VerifyReport(len(rows), n_indices, tuple(problems))
 
