@@ -139,6 +139,8 @@ def configure_logging() -> None:
 def main() -> None:
     """Entry point: run the app and map every library error to a clean exit."""
     configure_logging()
+    if _left_to_rank_0(sys.argv[1:]):
+        sys.exit(0)
     try:
         code = app(standalone_mode=False, prog_name="embedstore")
     except EmbedstoreError as error:
@@ -165,6 +167,23 @@ def main() -> None:
     if code == INTERRUPTED_EXIT_CODE:  # typer turns Ctrl-C into a silent return of 130
         typer.echo(f"embedstore: interrupted{_resume_hint()}", err=True)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+#: The one command that runs on every rank of a torchrun job; every other one runs on rank 0 alone.
+DISTRIBUTED_COMMANDS = frozenset({"extract"})
+
+
+def _left_to_rank_0(argv: list[str]) -> bool:
+    """Under torchrun, a rank other than 0 of a command that stays single-process (analyses, charts,
+    report, SQL, ...: they read cached vectors) says so in one line and does nothing."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if world in ("", "1") or rank in ("", "0"):
+        return False
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    if command in DISTRIBUTED_COMMANDS:
+        return False
+    typer.echo(f"rank {rank} of {world}: `embedstore {command}` runs in one process; rank 0 runs it")
+    return True
 
 
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.

@@ -160,3 +160,24 @@ def test_ft_with_two_ranks_equals_one_process_with_the_same_global_batch(tmp_pat
     one, job = _ft_state(stores[0]), _ft_state(stores[1])
     for name in ("weight", "bias", "embeddings"):
         np.testing.assert_allclose(job[name], one[name], atol=1e-4, err_msg=name)
+
+
+def test_a_single_process_command_runs_on_rank_0_only(job: Store) -> None:
+    command = [sys.executable, "-m", "embedstore", "sql", "SELECT count(*) AS n FROM samples", "--store", str(job.path)]
+    rank_1 = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "RANK": "1", "WORLD_SIZE": "2"})
+    assert rank_1.returncode == 0 and rank_1.stdout.strip() == "rank 1 of 2: `embedstore sql` runs in one process; " \
+                                                                 "rank 0 runs it"
+    rank_0 = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "RANK": "0", "WORLD_SIZE": "2"})
+    assert rank_0.returncode == 0 and "120" in rank_0.stdout, rank_0.stderr
+
+
+def test_verify_reports_the_staging_folder_a_complete_run_left(job: Store, native_model: str) -> None:
+    assert _single(_zs(job, native_model)).returncode == 0
+    with job.reader() as con:
+        run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    (job.path / "staging" / run_id).mkdir(parents=True)
+    verified = _single(["store", "verify", "--store", str(job.path)])
+    assert verified.returncode == 5
+    assert f"MISMATCH staging/{run_id}: staging folder left by run {run_id}, which is complete" in verified.stderr
