@@ -177,10 +177,11 @@ def _left_to_rank_0(argv: list[str]) -> bool:
     """Under torchrun, a rank other than 0 of a command that stays single-process (analyses, charts,
     report, SQL, ...: they read cached vectors) says so in one line and does nothing."""
     rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    if world in ("", "1") or rank in ("", "0"):
-        return False
     command = next((arg for arg in argv if not arg.startswith("-")), "")
-    if command in DISTRIBUTED_COMMANDS:
+    if world in ("", "1") or command in DISTRIBUTED_COMMANDS:
+        return False
+    if rank in ("", "0"):  # rank 0 runs it as one process, with the node's cores to itself
+        os.environ.update(WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         return False
     typer.echo(f"rank {rank} of {world}: `embedstore {command}` runs in one process; rank 0 runs it")
     return True

@@ -36,6 +36,7 @@ def extract(
     from embedstore.locking import refuse_if_written
 
     refuse_if_written(store_path(store))  # before torch and the model are even imported
+    from embedstore.distributed import Ranks
     from embedstore.extract import ExtractConfig
     from embedstore.extract import extract as run_extract
     from embedstore.store import Store
@@ -46,7 +47,8 @@ def extract(
                            **({"workers": workers} if workers is not None else {}))
     config.validate()
     with ExitStack() as bars:
-        result = run_extract(Store.open(store_path(store)), config, progress=progress_factory(bars, "img"))
+        result = run_extract(Store.open(store_path(store)), config, progress=progress_factory(bars, "img"),
+                             ranks=Ranks.from_environment())  # one rank of a torchrun job, or one process
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in
                        (("train", result.train_seconds), ("extract", result.extract_seconds)) if value is not None)
     reused = f"; embeddings reused from {result.embeddings_from}" if result.embeddings_from else ""

@@ -77,13 +77,24 @@ def commit_staged(con: duckdb.DuckDBPyConnection, run_id: str, files: list[Path]
     rows = 0
     for path in files:
         table = pq.read_table(path)
-        con.register("_staged", table)
-        try:
-            queries.execute(con, "insert_staged_embeddings", run_id=run_id)
-        finally:
-            con.unregister("_staged")
+        insert_new_image_embeddings(con, run_id, table)
         rows += table.num_rows
     return rows
+
+
+def insert_new_image_embeddings(con: duckdb.DuckDBPyConnection, run_id: str, table: pa.Table) -> None:
+    """Append the rows of `table` (run_id, sample_id, embedding) that the run does not hold yet, inside
+    the caller's transaction: a row can never be added twice, whoever staged or encoded it."""
+    con.register("_staged", table)
+    try:
+        queries.execute(con, "insert_staged_embeddings", run_id=run_id)
+    finally:
+        con.unregister("_staged")
+
+
+def new_embedding_rows(run_id: str, sample_ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
+    """Freshly encoded rows in the staged chunks' layout, for `insert_new_image_embeddings`."""
+    return _embedding_batch(run_id, sample_ids, vectors)
 
 
 def remove_staging(store_path: Path, run_id: str) -> None:

@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from embedstore import __version__, queries
+from embedstore import __version__, errors, queries
 from embedstore.choices import Device, Mode, PromptSet, Protocol, parse
-from embedstore.distributed import Ranks, agree, barrier, gather, joined, share
+from embedstore.distributed import Ranks, agree, gather, joined, share
 from embedstore.embeddings import (
     commit_staged,
-    insert_image_embeddings,
+    insert_new_image_embeddings,
+    new_embedding_rows,
     read_image_embeddings,
     remove_staged,
     remove_staging,
@@ -39,7 +40,7 @@ from embedstore.embeddings import (
     staged_files,
     staging_folder,
 )
-from embedstore.errors import InputError, StoreBusyError
+from embedstore.errors import EmbedstoreError, InputError, StoreBusyError
 from embedstore.images import (
     CachedImages,
     ImageItem,
@@ -293,16 +294,18 @@ CHUNK_COMMIT_WAIT_SECONDS = 0.5
 
 
 def _commit_embeddings(ctx: RunContext, sample_ids: np.ndarray | None, vectors: np.ndarray | None,
-                       wait: bool) -> bool:
-    """Commit staged chunks, then these rows, in one transaction. Without `wait`, a database held
-    by a reader stages the rows as a Parquet file and returns False instead of blocking."""
+                       wait: bool, named: list[str] | None = None) -> bool:
+    """Commit staged chunks (those listed in the folder, and the `named` ones, which another node's
+    rank staged and a cached directory listing of a shared file system may not show yet), then
+    these rows, in one transaction; rows the run holds already are skipped. Without `wait`, a
+    database held by a reader stages the rows as a Parquet file and returns False instead of blocking."""
     folder = staging_folder(ctx.store.path, ctx.run_id)
-    files = staged_files(folder)
+    files = sorted({*staged_files(folder), *(folder / name for name in named or [])})
     try:
         with ctx.leader_writer.transaction(None if wait else CHUNK_COMMIT_WAIT_SECONDS) as con:
             commit_staged(con, ctx.run_id, files)
             if sample_ids is not None and vectors is not None:
-                insert_image_embeddings(con, ctx.run_id, sample_ids, vectors)
+                insert_new_image_embeddings(con, ctx.run_id, new_embedding_rows(ctx.run_id, sample_ids, vectors))
     except StoreBusyError:
         if sample_ids is None or vectors is None:
             return False
@@ -405,6 +408,7 @@ def _encode_shards(ctx: RunContext, visual: Any) -> float:
     advance = ctx.progress(everyone, label) if ctx.progress and ctx.ranks.leader and everyone else None
     started = time.perf_counter()
     encoded = 0
+    staged: list[str] = []
     if todo:
         visual = prepare_encoder(visual, ctx.device)
         autocast = encode_autocast(ctx.device, ctx.config.protocol)
@@ -418,14 +422,15 @@ def _encode_shards(ctx: RunContext, visual: Any) -> float:
                     vectors.append(features.cpu().numpy())
                     if advance:
                         advance(len(sample_ids) * ctx.ranks.world_size)
-                stage_image_embeddings(folder, ctx.run_id, np.concatenate(ids), np.concatenate(vectors))
+                staged.append(stage_image_embeddings(folder, ctx.run_id, np.concatenate(ids),
+                                                     np.concatenate(vectors)).name)
                 encoded += sum(len(i) for i in ids)
     seconds = time.perf_counter() - started
-    ctx.rank_timings = gather(ctx.ranks, {"rank": ctx.ranks.rank, "images": encoded, "seconds": round(seconds, 3),
-                                          "device": describe_device(ctx.device)})
-    barrier(ctx.ranks)  # every shard is staged
+    reports = gather(ctx.ranks, {"rank": ctx.ranks.rank, "images": encoded, "seconds": round(seconds, 3),
+                                 "device": describe_device(ctx.device), "chunks": staged})  # every shard is staged
+    ctx.rank_timings = [{key: value for key, value in report.items() if key != "chunks"} for report in reports]
     if ctx.ranks.leader:
-        _commit_embeddings(ctx, None, None, wait=True)
+        _commit_embeddings(ctx, None, None, wait=True, named=[name for report in reports for name in report["chunks"]])
     return seconds
 
 
@@ -630,17 +635,19 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
                         config=json.dumps(config, default=str), embedding_dim=int(embeddings.shape[1]))
 
 
-def extract(store: Store, config: ExtractConfig,
-            progress: Callable[[int, str], Callable[[int], None]] | None = None) -> ExtractResult:
+def extract(store: Store, config: ExtractConfig, progress: Callable[[int, str], Callable[[int], None]] | None = None,
+            ranks: Ranks | None = None) -> ExtractResult:
     """Produce (or reuse, or resume) one complete run.
 
     The writer lock is taken first, before the dataset and the model are loaded, so a second
-    writer is refused at once rather than after the heavy work. Under torchrun (embedstore/distributed.py)
-    every rank runs this: rank 0 alone takes the lock and writes the database; the ranks check that
-    they agree on the run before any work, encode their shards, and (ft) train one DDP model.
+    writer is refused at once rather than after the heavy work. As one rank of a torchrun job
+    (`ranks`: the CLI passes `Ranks.from_environment()`; a library call is one process) every rank
+    runs this: rank 0 alone takes the lock and writes the database, and what it meets (a busy store,
+    a run to resume) is raised on every rank; the ranks check that they agree on the run before any
+    work, encode their shards, and (ft) train one DDP model.
     """
     config.validate()
-    ranks = Ranks.from_environment()
+    ranks = ranks or Ranks()
     device = resolve_device(config.device, ranks)
     if config.mode == Mode.FT and config.protocol == Protocol.MULTILABEL and config.epochs < 2 and ranks.leader:
         log.warning("warning: ft with epochs=1 under the multilabel protocol trains only the warm-up epoch on the "
@@ -656,8 +663,34 @@ def extract(store: Store, config: ExtractConfig,
                                  rank_note=f"rank {ranks.rank}: lp runs in one process; rank 0 fits and writes it")
         ranks = Ranks()
     command = f"embedstore extract --mode {config.mode} --model {config.model} --data {config.data}"
-    with joined(ranks, device.type), (store.writer(command) if ranks.leader else contextlib.nullcontext()) as writer:
+    with joined(ranks, device.type), contextlib.ExitStack() as held:
+        writer = _on_rank_0(ranks, lambda: held.enter_context(store.writer(command)))
         return _extract(store, config, progress, ranks, device, writer)
+
+
+T = TypeVar("T")
+
+
+def _on_rank_0(ranks: Ranks, work: Callable[[], T]) -> T | None:
+    """Rank 0 does `work`; an embedstore error it meets is raised on every rank (the others would wait
+    for rank 0 in the next collective otherwise). Returns the result on rank 0, None elsewhere."""
+    failure: tuple[str, str, list[str], str | None] | None = None
+    result: T | None = None
+    if ranks.leader:
+        try:
+            result = work()
+        except EmbedstoreError as error:
+            if not ranks.distributed:
+                raise
+            failure = (type(error).__name__, str(error), error.details, getattr(error, "parameter", None))
+    failure = share(ranks, failure)
+    if failure is not None:
+        kind, message, details, parameter = failure
+        error_type: type[EmbedstoreError] = getattr(errors, kind, EmbedstoreError)
+        if issubclass(error_type, InputError):
+            raise error_type(message, details, parameter)
+        raise error_type(message, details)
+    return result
 
 
 def _extract(store: Store, config: ExtractConfig, progress: Callable[[int, str], Callable[[int], None]] | None,
@@ -671,9 +704,10 @@ def _extract(store: Store, config: ExtractConfig, progress: Callable[[int, str],
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     run_id = f"{config.mode}-{config.protocol}-{digest[:10]}"
     agree(ranks, {"run": run_id, "dataset manifest": data.manifest_sha256, "model weights": model.sha256,
-                  "embedstore version": __version__, "store": str(store.path.resolve())})
-    reused = share(ranks, _open_run(writer, config, run_id, identity, model, dataset_id, device)
-                   if writer is not None else None)
+                  "embedstore version": __version__, "store": str(store.path.resolve()),
+                  "chunk size": str(config.chunk_size)})
+    reused = share(ranks, _on_rank_0(ranks, lambda: _open_run(writer, config, run_id, identity, model, dataset_id,
+                                                              device) if writer is not None else None))
     if reused is not None:
         log.info("run %s is already complete: reusing it", run_id)
         return ExtractResult(run_id, config.mode, config.protocol, "reused", len(items), *reused)

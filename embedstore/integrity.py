@@ -133,10 +133,12 @@ def _missing_run_artefacts(complete_runs: list[tuple[str, str]], recorded: set[s
 
 
 def _leftover_staging(store: Store, complete_runs: list[tuple[str, str]]) -> list[Problem]:
-    """A complete run whose staging folder is still there: its chunks were all committed (or the run
-    would not be complete), so the folder is debris of an interrupted clean-up, never data to keep."""
+    """A complete run whose staging folder still holds files: its chunks were all committed (or the
+    run would not be complete), so they are debris of an interrupted clean-up, never data to keep (an
+    emptied folder is no problem)."""
     return [Problem(f"{STAGING_FOLDER}/{run_id}", f"staging folder left by run {run_id}, which is complete")
-            for run_id, _ in complete_runs if (store.path / STAGING_FOLDER / run_id).exists()]
+            for run_id, _ in complete_runs
+            if any(path.is_file() for path in (store.path / STAGING_FOLDER / run_id).rglob("*"))]
 
 
 def _unrecorded_files(store: Store, recorded: set[str]) -> list[Problem]:
