@@ -318,8 +318,8 @@ def rank_batches(n: int, batch_size: int, ranks: Ranks, shuffle: bool = False,
     data leaves every target of it out (NaN), so the rank still steps with the others (DDP needs every
     rank's backward) and adds nothing to any loss."""
     if batch_size < ranks.world_size:
-        raise InputError(f"--batch-size {batch_size} is the global batch under torchrun: it needs at least one "
-                         f"sample per rank ({ranks.world_size} ranks)")
+        raise InputError(f"batch size {batch_size}: the global batch must hold one image per rank at least "
+                         f"({ranks.world_size} ranks)", parameter="batch_size")
     shares = []
     for batch in global_batches(n, batch_size, shuffle, seed):
         size, extra = divmod(len(batch), ranks.world_size)
