@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -46,9 +47,12 @@ def extract(
                            resume=resume, chunk_size=chunk_size,
                            **({"workers": workers} if workers is not None else {}))
     config.validate()
+    ranks = Ranks.from_environment()  # one rank of a torchrun job, or one process
+    if not ranks.leader:  # rank 0 reports the job's progress; the others say only what goes wrong
+        logging.getLogger("embedstore").setLevel(logging.WARNING)
     with ExitStack() as bars:
         result = run_extract(Store.open(store_path(store)), config, progress=progress_factory(bars, "img"),
-                             ranks=Ranks.from_environment())  # one rank of a torchrun job, or one process
+                             ranks=ranks)
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in
                        (("train", result.train_seconds), ("extract", result.extract_seconds)) if value is not None)
     reused = f"; embeddings reused from {result.embeddings_from}" if result.embeddings_from else ""
