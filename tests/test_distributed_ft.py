@@ -57,8 +57,10 @@ def test_rank_shares_are_contiguous_and_cover_every_global_batch(n: int, batch: 
 
 
 def test_a_global_batch_smaller_than_the_ranks_is_refused() -> None:
-    with pytest.raises(InputError, match="at least one sample per rank"):
+    with pytest.raises(InputError, match=r"^batch size 2: the global batch must hold one image per rank at least "
+                                         r"\(3 ranks\)$") as raised:
         rank_batches(10, 2, Ranks(0, 3))
+    assert raised.value.parameter == "batch_size"
 
 
 def _context(tmp_path: Path, ranks: Ranks, n_train: int = 23, n_val: int = 13) -> Any:
