@@ -315,11 +315,15 @@ def _commit_embeddings(ctx: RunContext, sample_ids: np.ndarray | None, vectors: 
     return True
 
 
+def _committed_ids(ctx: RunContext) -> set[int]:
+    """The samples the run's table holds (a read: it shares the database with other readers, no wait)."""
+    with ctx.store.reader() as con:
+        return {int(row[0]) for row in queries.fetch(con, "index_ids", run_id=ctx.run_id)}
+
+
 def _done_ids(ctx: RunContext) -> set[int]:
     _commit_embeddings(ctx, None, None, wait=True)  # chunks staged before an interruption count as done
-    with ctx.store.reader() as con:  # reads share the database with other readers: no wait
-        rows = con.execute("SELECT sample_id FROM image_embeddings WHERE run_id = ?", [ctx.run_id]).fetchall()
-    return {int(r[0]) for r in rows}
+    return _committed_ids(ctx)
 
 
 def encode_into_run(ctx: RunContext, visual: Any = None) -> float:
@@ -396,10 +400,7 @@ def _encode_shards(ctx: RunContext, visual: Any) -> float:
     import torch
 
     folder = staging_folder(ctx.store.path, ctx.run_id)
-    with ctx.store.reader() as con:
-        done = {int(r[0]) for r in con.execute("SELECT sample_id FROM image_embeddings WHERE run_id = ?",
-                                                [ctx.run_id]).fetchall()}
-    done |= _staged_ids(folder)
+    done = _committed_ids(ctx) | _staged_ids(folder)
     shards = shard_plan(ctx.items, ctx.config.chunk_size)
     mine = [[item for item in shards[k] if item.sample_id not in done] for k in ctx.ranks.shards(len(shards))]
     todo = [shard for shard in mine if shard]

@@ -1,45 +1,21 @@
-"""The 14 CheXpert labels in the study's order, and the clinical domain of each."""
+"""The 14 CheXpert labels in the study's order and their domains, the localised findings, and the
+spellings a label value may have."""
 
 from __future__ import annotations
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-    "No Finding",
-)
+from embedstore.label_sets import label_set
+
+#: The study's 14 labels, their order and domains: the CheXpert label set's data file
+#: (embedstore/label_sets/chexpert.json), the one place they are written.
+CHEXPERT_LABELS: tuple[str, ...] = label_set("chexpert").labels
 
 NO_FINDING = "No Finding"
 
+#: The CheXpert labels of each clinical domain, in the study's order.
 DOMAINS: dict[str, tuple[str, ...]] = {
-    "Cardiovascular": ("Enlarged Cardiomediastinum", "Cardiomegaly"),
-    "Pulmonary": (
-        "Lung Opacity",
-        "Lung Lesion",
-        "Edema",
-        "Consolidation",
-        "Pneumonia",
-        "Atelectasis",
-        "Pneumothorax",
-        "Pleural Effusion",
-        "Pleural Other",
-    ),
-    "Skeletal": ("Fracture",),
-    "Device": ("Support Devices",),
-    "Normal": (NO_FINDING,),
+    domain: tuple(label for label in CHEXPERT_LABELS if label_set("chexpert").domain(label) == domain)
+    for domain in dict.fromkeys(label_set("chexpert").domain(label) for label in CHEXPERT_LABELS)
 }
-
-DOMAIN_OF: dict[str, str] = {label: domain for domain, members in DOMAINS.items() for label in members}
 
 #: Findings with a compact location on a frontal film (nodule, effusion, pneumothorax, devices,
 #: fracture, enlarged heart): the ones a saliency map can be checked against a box for. Diffuse

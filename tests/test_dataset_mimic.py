@@ -146,16 +146,6 @@ def test_mimic_detected_from_its_folder_and_from_files(sample: Path, tmp_path: P
     assert not detect(tmp_path) and not detect(sample / f"{METADATA_CSV}.gz")
 
 
-def test_mimic_sample_is_deterministic_and_refuses_a_nonempty_folder(tmp_path: Path) -> None:
-    first = write_sample(SampleConfig(out=tmp_path / "a", n=10, seed=2, size=64, workers=1))
-    second = write_sample(SampleConfig(out=tmp_path / "b", n=10, seed=2, size=64, workers=1))
-    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
-    with pytest.raises(InputError, match="not an empty folder"):
-        write_sample(SampleConfig(out=first, n=10, seed=2, size=64, workers=1))
-
-
 # ---------------------------------------------------------------------------------------------
 # Hand-written edge cases
 # ---------------------------------------------------------------------------------------------

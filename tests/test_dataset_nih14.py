@@ -256,14 +256,3 @@ def test_detect_takes_a_folder_with_a_data_entry_file(sample_dir: Path, tmp_path
     assert not nih14.detect(tmp_path)
 
 
-def test_sample_is_deterministic_and_refuses_a_non_empty_folder(tmp_path: Path) -> None:
-    def digest(folder: Path) -> dict[str, str]:
-        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*")) if p.is_file()}
-
-    first = nih14.write_sample(SampleConfig(out=tmp_path / "a", n=12, seed=9, size=64, workers=1))
-    second = nih14.write_sample(SampleConfig(out=tmp_path / "b", n=12, seed=9, size=64, workers=2))
-    assert digest(first) == digest(second)
-    with pytest.raises(InputError) as raised:
-        nih14.write_sample(SampleConfig(out=first, n=12, seed=9, size=64, workers=1))
-    assert raised.value.parameter == "out"

@@ -322,15 +322,3 @@ def test_detect_physionet_and_kaggle_folders_only(sample_dir: Path, tmp_path: Pa
     other.mkdir()
     (other / "train.csv").write_text("Path,Sex,Cardiomegaly\nx.jpg,M,1\n")
     assert not vindr.detect(other)
-
-
-def test_sample_is_deterministic(tmp_path: Path) -> None:
-    def digest(folder: Path) -> dict[str, str]:
-        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*")) if p.is_file()}
-
-    first = vindr.write_sample(SampleConfig(out=tmp_path / "a", n=12, seed=9, size=64, workers=1))
-    second = vindr.write_sample(SampleConfig(out=tmp_path / "b", n=12, seed=9, size=64, workers=1))
-    assert digest(first) == digest(second)
-    with pytest.raises(InputError):
-        vindr.write_sample(SampleConfig(out=first, n=12, seed=9, size=64, workers=1))

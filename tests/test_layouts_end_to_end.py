@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,3 +50,22 @@ def test_a_sample_layout_ingests_extracts_analyses_and_reports(layout: SampleLay
     report = write_report(tmp_store, tmp_path / "report.html", "d")
     page = (tmp_path / "report.html").read_text()
     assert report.path.exists() and "How labels were read" in page and str(tmp_path) not in page
+
+
+@pytest.mark.parametrize("layout", [layout for layout in SampleLayout if layout != SampleLayout.IUXRAY])
+def test_a_layout_writer_is_deterministic_and_refuses_a_non_empty_folder(layout: SampleLayout, tmp_path: Path) -> None:
+    """The same seed gives the same bytes whatever the number of worker processes (tests/test_synthetic.py
+    checks the IU-Xray writer)."""
+    from embedstore.errors import InputError
+    from embedstore.synthetic import SampleConfig, write_layout
+
+    def digest(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    first = write_layout(layout, SampleConfig(out=tmp_path / "a", n=12, seed=9, size=64, workers=1))
+    second = write_layout(layout, SampleConfig(out=tmp_path / "b", n=12, seed=9, size=64, workers=2))
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") and digest(first)
+    with pytest.raises(InputError, match="not an empty folder") as raised:
+        write_layout(layout, SampleConfig(out=tmp_path / "a", n=12, seed=9, size=64, workers=1))
+    assert raised.value.parameter == "out" and second.exists()
