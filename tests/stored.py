@@ -35,3 +35,13 @@ def write_manifest(folder: Path, rows: list[dict[str, str]], header: list[str] |
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+def stored_label_rows(store: Store, name: str) -> pd.DataFrame:
+    """One row per (sample, label) of dataset `name`: uid, filename, path, split, patient, projection,
+    label and the raw value."""
+    with store.reader() as con:
+        return con.execute(
+            "SELECT s.uid, s.filename, s.path, s.split, s.patient, s.projection, l.label, l.value FROM labels l "
+            "JOIN samples s USING (sample_id) JOIN datasets d ON d.dataset_id = s.dataset_id WHERE d.name = ?",
+            [name]).df()

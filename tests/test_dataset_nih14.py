@@ -24,6 +24,7 @@ from embedstore.ingest import ingest
 from embedstore.label_sets import label_set
 from embedstore.store import Store
 from embedstore.synthetic import SampleConfig
+from tests.stored import stored_label_rows
 
 #: The real v2020 label file, shipped inside torchxrayvision's wheel (found without importing torch).
 XRV_DATA = Path(str(importlib.util.find_spec("torchxrayvision").origin)).parent / "data"
@@ -48,14 +49,6 @@ def _entries(folder: Path, name: str = DATA_ENTRY) -> pd.DataFrame:
     return pd.read_csv(folder / name, usecols=["Image Index", "Finding Labels", "Patient ID"], dtype=str)
 
 
-def _stored(store: Store, name: str) -> pd.DataFrame:
-    with store.reader() as con:
-        return con.execute(
-            "SELECT s.uid, s.filename, s.split, s.patient, s.projection, l.label, l.value FROM labels l "
-            "JOIN samples s USING (sample_id) JOIN datasets d ON d.dataset_id = s.dataset_id WHERE d.name = ?",
-            [name]).df()
-
-
 def _expected_values(entries: pd.DataFrame) -> pd.DataFrame:
     """Image Index × label, 1 where `Finding Labels` lists the label (pandas' own split)."""
     return entries.set_index("Image Index")["Finding Labels"].str.get_dummies(sep="|")
@@ -74,7 +67,7 @@ def test_sample_ingests_with_nih_labels_official_split_and_patients(sample_dir: 
     result = ingest(tmp_store, IngestConfig(sample_dir, "nih"))
     assert result.format == "nih14"
     entries = _entries(sample_dir)
-    stored = _stored(tmp_store, "nih")
+    stored = stored_label_rows(tmp_store, "nih")
     samples = stored.drop_duplicates("uid").set_index("uid")
     assert len(samples) == len(entries) == result.n_samples
 
@@ -130,7 +123,7 @@ def test_gzipped_label_file_and_lists_read_the_same(sample_copy: Path, tmp_path:
     assert loaded.source.name == DATA_ENTRY + ".gz" and not loaded.problems
     store, _ = Store.init(tmp_path / "store")
     ingest(store, config)
-    stored = _stored(store, "nih")
+    stored = stored_label_rows(store, "nih")
     expected = _expected_values(pd.read_csv(sample_copy / (DATA_ENTRY + ".gz"), dtype=str))
     values = _stored_values(stored).loc[expected.index, expected.columns].astype(int)
     assert (values.to_numpy() == expected.to_numpy()).all()
@@ -177,7 +170,7 @@ def test_patient_in_both_official_lists_keeps_each_image_split(sample_copy: Path
     store, _ = Store.init(tmp_path / "store")
     result = ingest(store, IngestConfig(sample_copy, "nih"))
     assert any("1 patient(s) have images in both" in warning for warning in result.warnings)
-    samples = _stored(store, "nih").drop_duplicates("uid").set_index("uid")
+    samples = stored_label_rows(store, "nih").drop_duplicates("uid").set_index("uid")
     assert samples.loc[moved, "split"] == "test"
     assert set(samples.loc[images[:-1], "split"]) <= {"train", "val"}
     assert set(samples.loc[images, "patient"]) == {moved_patient}
@@ -217,7 +210,7 @@ def test_real_v2020_label_file_subset_labels_equal_pandas(tmp_path: Path, tmp_st
     subset = _real_subset(tmp_path / "nih", patients=25, seed=3)
     result = ingest(tmp_store, IngestConfig(tmp_path / "nih", "real"))
     assert result.format == "nih14" and result.n_samples == len(subset)
-    stored = _stored(tmp_store, "real")
+    stored = stored_label_rows(tmp_store, "real")
     expected = _expected_values(subset)
     values = _stored_values(stored)
     assert set(expected.columns) <= set(values.columns)

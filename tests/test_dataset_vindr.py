@@ -26,6 +26,7 @@ from embedstore.images import load_rgb
 from embedstore.ingest import ingest
 from embedstore.store import Store
 from embedstore.synthetic import SampleConfig, plan_dataset, render_frontal
+from tests.stored import stored_label_rows
 
 XRV_DATA = Path(str(importlib.util.find_spec("torchxrayvision").origin)).parent / "data"
 REAL_KAGGLE = XRV_DATA / "vinbigdata-train.csv.gz"
@@ -69,14 +70,6 @@ def _expected_physionet(folder: Path, policy: str) -> pd.DataFrame:
     return out[LABELS]
 
 
-def _stored(store: Store, name: str) -> pd.DataFrame:
-    with store.reader() as con:
-        return con.execute(
-            "SELECT s.uid, s.filename, s.path, s.split, s.patient, s.projection, l.label, l.value FROM labels l "
-            "JOIN samples s USING (sample_id) JOIN datasets d ON d.dataset_id = s.dataset_id WHERE d.name = ?",
-            [name]).df()
-
-
 def _values(stored: pd.DataFrame) -> pd.DataFrame:
     return stored.pivot(index="uid", columns="label", values="value")
 
@@ -91,7 +84,7 @@ def test_sample_ingests_with_majority_labels_vindr_names_and_official_split(samp
     result = ingest(tmp_store, IngestConfig(sample_dir, "vindr"))
     assert result.format == "vindr-cxr"
     expected = _expected_physionet(sample_dir, "majority")
-    stored = _stored(tmp_store, "vindr")
+    stored = stored_label_rows(tmp_store, "vindr")
     values = _values(stored)
     assert sorted(values.columns) == sorted(LABELS)
     assert (values.loc[expected.index, LABELS].astype(int).to_numpy() == expected.to_numpy()).all()
@@ -128,7 +121,7 @@ def test_sample_ingests_with_majority_labels_vindr_names_and_official_split(samp
 def test_reader_policy_decides_each_label(sample_dir: Path, tmp_store: Store, policy: str) -> None:
     ingest(tmp_store, IngestConfig(sample_dir, "vindr", readers=policy))
     expected = _expected_physionet(sample_dir, policy)
-    values = _values(_stored(tmp_store, "vindr"))
+    values = _values(stored_label_rows(tmp_store, "vindr"))
     assert (values.loc[expected.index, LABELS].astype(int).to_numpy() == expected.to_numpy()).all()
     assert not expected.equals(_expected_physionet(sample_dir, "majority")), "the policies differ on this sample"
     assert _options(tmp_store, "vindr")["readers"] == policy
@@ -140,7 +133,7 @@ def test_monochrome1_dicom_decodes_to_the_synthetic_film(sample_dir: Path, tmp_s
     import pydicom
 
     ingest(tmp_store, IngestConfig(sample_dir, "vindr"))
-    paths = _stored(tmp_store, "vindr").drop_duplicates("uid").set_index("uid")["path"]
+    paths = stored_label_rows(tmp_store, "vindr").drop_duplicates("uid").set_index("uid")["path"]
     config = SampleConfig(out=sample_dir, workers=1, **SAMPLE)
     checked = 0
     for job in plan_dataset(config):
@@ -275,7 +268,7 @@ def test_real_vinbigdata_subset_ingests_with_tiny_dicoms(tmp_path: Path, tmp_sto
     assert result.format == "vindr-cxr" and result.n_samples == 30
     assert all(result.split_counts[name] > 0 for name in ("train", "val", "test"))
     expected = _expected_kaggle(subset.replace("", np.nan), "majority")
-    values = _values(_stored(tmp_store, "vbd"))
+    values = _values(stored_label_rows(tmp_store, "vbd"))
     assert sorted(values.columns) == sorted(expected.columns)
     assert (values.loc[expected.index, expected.columns].astype(int).to_numpy() == expected.to_numpy()).all()
 
