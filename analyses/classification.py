@@ -50,6 +50,7 @@ from embedstore.analyses.common import (
     warn_few_resamples,
     with_intervals,
 )
+from embedstore.analyses.curves import RankedLabel
 from embedstore.analyses.rundata import RunData
 from embedstore.choices import Protocol
 from embedstore.heads import row_minmax
@@ -164,43 +165,6 @@ def thresholded(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, weights: np.ndar
         }
 
 
-def _groups(score: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-score if descending else score, kind="stable")
-    sorted_scores = score[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    return order, starts
-
-
-def weighted_auroc(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC (Mann–Whitney, ties count one half) per weighting; NaN where a class is absent."""
-    order, starts = _groups(score, descending=False)
-    w = weights[:, order]
-    t = truth[order].astype(np.float64)
-    pos = np.add.reduceat(w * t, starts, axis=1)
-    neg = np.add.reduceat(w * (1 - t), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-
-
-def weighted_average_precision(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average precision (scikit-learn's step-wise AUPRC) per weighting; NaN without positives."""
-    order, starts = _groups(score, descending=True)
-    w = weights[:, order]
-    t = truth[order].astype(np.float64)
-    tp = np.cumsum(np.add.reduceat(w * t, starts, axis=1), axis=1)
-    fp = np.cumsum(np.add.reduceat(w * (1 - t), starts, axis=1), axis=1)
-    n_pos = tp[:, -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = tp / n_pos
-    gained = np.diff(np.concatenate([np.zeros_like(recall[:, :1]), recall], axis=1), axis=1)
-    ap = (gained * precision).sum(axis=1)
-    return np.where(n_pos[:, 0] > 0, ap, np.nan)
-
-
 def tune_thresholds(scores: np.ndarray, targets: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
     """Per label, the val score that maximises F1 when predicting score >= threshold (highest such
     score on ties), over the label's known samples; +inf (predict nothing) for a label without a
@@ -212,7 +176,9 @@ def tune_thresholds(scores: np.ndarray, targets: np.ndarray, known: np.ndarray |
         column, truth = scores[rows, j], targets[rows, j]
         if truth.sum() == 0:
             continue
-        order, starts = _groups(column, descending=True)
+        order = np.argsort(-column, kind="stable")
+        ordered = column[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         t = truth[order].astype(np.float64)
         ends = np.r_[starts[1:], len(t)] - 1
         tp = np.cumsum(t)[ends]
@@ -222,12 +188,16 @@ def tune_thresholds(scores: np.ndarray, targets: np.ndarray, known: np.ndarray |
     return thresholds
 
 
-def _per_label_curve(metric: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], scores: np.ndarray,
-                     targets: np.ndarray, weights: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-    """`metric` per label column, each on the label's known samples (weights × the column's known mask)."""
+def ranked_labels(scores: np.ndarray, targets: np.ndarray, known: np.ndarray | None = None) -> list[RankedLabel]:
+    """Each label column sorted once over its known samples: AUROC and AP of every resample come from it."""
     known = all_known(targets, known)
-    return np.stack([metric(scores[:, j], targets[:, j], known_weights(weights, known[:, j]))
-                     for j in range(scores.shape[1])], axis=1)
+    return [RankedLabel.of(scores[:, j], targets[:, j], known[:, j]) for j in range(scores.shape[1])]
+
+
+def label_curves(ranked: list[RankedLabel], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AUROC, AP) as resamples × labels for each weighting of the samples."""
+    pairs = [label.curves(weights) for label in ranked]
+    return np.stack([p[0] for p in pairs], axis=1), np.stack([p[1] for p in pairs], axis=1)
 
 
 #: Figures that depend on the decision thresholds: refused on the split the thresholds were tuned on.
@@ -248,6 +218,15 @@ class Merged:
     predicted: np.ndarray
     known: np.ndarray
 
+    @property
+    def ranked(self) -> RankedLabel:
+        """The merged target sorted once (cached: every resample reuses it)."""
+        cached = self.__dict__.get("_ranked")
+        if cached is None:
+            cached = RankedLabel.of(self.score, self.truth, self.known)
+            object.__setattr__(self, "_ranked", cached)
+        return cached
+
     @classmethod
     def of(cls, columns: list[int], scores: np.ndarray, targets: np.ndarray, predicted: np.ndarray,
            known: np.ndarray | None = None) -> Merged:
@@ -262,9 +241,9 @@ class Merged:
     def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """AUROC, AUPRC and F1 of the merged target under each weighting, over the samples where it is known."""
         t, p = self.truth, self.predicted
+        auroc, auprc = self.ranked.curves(weights)
         weights = known_weights(weights, self.known)
-        return {"auroc": weighted_auroc(self.score, t, weights),
-                "auprc": weighted_average_precision(self.score, t, weights),
+        return {"auroc": auroc, "auprc": auprc,
                 "f1": _f1(weights @ (p * t), weights @ (p * (1 - t)), weights @ ((1 - p) * t))}
 
 
@@ -303,14 +282,14 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
     abnormal = Merged.of(list(range(len(labels))) if findings is None else findings, scores, targets, predicted, known)
     merged = {domain: Merged.of(columns, scores, targets, predicted, known) for domain, columns in domains.items()}
     defined = label_sets(targets, labels, known)
+    sorted_labels = ranked_labels(scores, targets, known)
     domain_auroc = {domain: np.intersect1d(columns, defined["auroc"]) for domain, columns in domains.items()}
 
     def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
         total = weights @ ranked
         result = thresholded(tp, fp, fn, weights, known)
         per_label_f1 = result.pop("per_label_f1")
-        auroc = _per_label_curve(weighted_auroc, scores, targets, weights, known)
-        auprc = _per_label_curve(weighted_average_precision, scores, targets, weights, known)
+        auroc, auprc = label_curves(sorted_labels, weights)
         binary = abnormal.figures(weights)
         with np.errstate(invalid="ignore", divide="ignore"):
             ranking = {name: np.where(total > 0, weights @ values / total, np.nan)

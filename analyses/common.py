@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.choices import Protocol, Resampling, Split
+from embedstore.choices import Protocol, Resampling, SearchDevice, Split
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class AnalysisOptions:
     #: positives) keeps its size in every resample.
     resampling: Resampling = Resampling.SIMPLE
     threshold: float = 0.5
+    #: Where neighbour search runs (embedstore/analyses/knn_search.py).
+    search_device: SearchDevice = SearchDevice.AUTO
     sweep: tuple[float, ...] = tuple(round(0.20 + 0.05 * i, 2) for i in range(15))
 
 
@@ -50,20 +52,27 @@ class MetricRow:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+#: Bootstrap weights are drawn in chunks of at most this many resamples × samples (memory stays bounded).
+WEIGHT_CHUNK_CELLS = 4_000_000
+
+
 def bootstrap_weights(n: int, resamples: int, seed: int, chunk: int = 200,
                       strata: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """Multiplicity of each sample in each resample (rows of a resamples × n matrix), in chunks so
-    that memory stays bounded for large splits. Seeded: the same seed gives the same resamples.
-    With `strata` (one stratum id per sample) each stratum is resampled within itself."""
+    """Multiplicity of each sample in each resample (rows of a resamples × n matrix), in chunks of at
+    most `chunk` resamples and WEIGHT_CHUNK_CELLS cells, so that memory stays bounded for large
+    splits. Seeded: the same seed and n give the same resamples in every analysis (simple resampling:
+    whatever the chunking). With `strata` (one stratum id per sample) each stratum is resampled within itself."""
     rng = np.random.default_rng(seed)
     members = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    chunk = max(1, min(chunk, WEIGHT_CHUNK_CELLS // max(n, 1)))
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
-        weights = np.zeros((size, n))
+        offsets = np.arange(size)[:, None] * n
+        counts = np.zeros(size * n, dtype=np.int64)
         for group in members:
             draws = group[rng.integers(0, len(group), size=(size, len(group)))]
-            np.add.at(weights, (np.repeat(np.arange(size), len(group)), draws.reshape(-1)), 1.0)
-        yield weights
+            counts += np.bincount((draws + offsets).reshape(-1), minlength=size * n)
+        yield counts.reshape(size, n).astype(np.float64)
 
 
 def rarest_label_strata(targets: np.ndarray) -> np.ndarray:

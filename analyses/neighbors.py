@@ -1,4 +1,5 @@
-"""Nearest-neighbour label agreement from the run's FAISS index (cosine), leave-one-out.
+"""Nearest-neighbour label agreement (cosine), leave-one-out; the search itself is
+embedstore/analyses/knn_search.py (exact, IVF with measured recall, or torch on a GPU).
 
 For each query sample, its k nearest neighbours among the samples of the same split ("within"), and
 among the train split ("test→train"): never itself, and under multilabel never another image of the
@@ -15,13 +16,14 @@ Jaccard of a query and a neighbour is over the labels known for both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import faiss
 import numpy as np
 
 from embedstore import queries
-from embedstore.analyses.classification import all_known, known_weights, label_sets, thresholded, weighted_auroc
+from embedstore.analyses import knn_search
+from embedstore.analyses.classification import all_known, label_curves, label_sets, ranked_labels, thresholded
 from embedstore.analyses.common import (
     AnalysisOptions,
     MetricRow,
@@ -30,72 +32,12 @@ from embedstore.analyses.common import (
     warn_few_resamples,
     with_intervals,
 )
+from embedstore.analyses.knn_search import SameUid
 from embedstore.analyses.rundata import RunData
 from embedstore.choices import Protocol
 from embedstore.errors import InputError
 from embedstore.store import Store, first_row
 from embedstore.vector_index import index_relpath, read_index
-
-#: Above this many query × pool pairs, exact search gives way to an IVF index over the pool (approximate;
-#: the figures' params say so). 45,000 test queries against 210,000 train vectors is 9.5e9 pairs.
-EXACT_PAIRS_LIMIT = 2e9
-
-
-def _unit32(x: np.ndarray) -> np.ndarray:
-    unit = np.ascontiguousarray(x, dtype=np.float32).copy()
-    faiss.normalize_L2(unit)
-    return unit
-
-
-def ivf_index(ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> tuple[faiss.Index, dict[str, object]]:
-    """An inverted-file cosine index over a large pool, trained on a seeded sample."""
-    unit = _unit32(vectors)
-    nlist = int(min(1024, max(16, np.sqrt(len(unit)) * 2)))
-    quantizer = faiss.IndexFlatIP(unit.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, unit.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(seed).choice(len(unit), min(len(unit), 40 * nlist), replace=False)
-    index.cp.niter = 10
-    index.train(unit[sample])
-    index.add_with_ids(unit, np.ascontiguousarray(ids, dtype=np.int64))
-    index.nprobe = 8
-    return index, {"search": f"IVF approximate (nlist {nlist}, nprobe 8)"}
-
-
-@dataclass(frozen=True)
-class SameUid:
-    """Which samples share a uid (one examination): a query's neighbours never come from its own uid,
-    whose frontal images are near-duplicates of each other."""
-
-    sample_ids: np.ndarray  # sorted, as in RunData
-    groups: np.ndarray  # integer group code per sample
-
-    @classmethod
-    def of(cls, sample_ids: np.ndarray, uids: np.ndarray) -> SameUid:
-        return cls(sample_ids, np.unique(uids, return_inverse=True)[1])
-
-    @property
-    def largest(self) -> int:
-        return int(np.bincount(self.groups).max()) if len(self.groups) else 1
-
-    def group_of(self, ids: np.ndarray) -> np.ndarray:
-        return self.groups[np.clip(np.searchsorted(self.sample_ids, ids), 0, len(self.sample_ids) - 1)]
-
-
-def search(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, allowed_ids: np.ndarray | None,
-           k: int, same_uid: SameUid | None = None) -> np.ndarray:
-    """Ids of the k nearest neighbours of each query (among `allowed_ids` when given; otherwise the
-    whole index), the query itself excluded — and, with `same_uid`, every image of its uid."""
-    unit = _unit32(queries)
-    params = None
-    if allowed_ids is not None:
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-        params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-    _, found = index.search(unit, k + (1 if same_uid is None else same_uid.largest), params=params)
-    keep = (found != query_ids[:, None]) & (found >= 0)
-    if same_uid is not None:
-        keep &= same_uid.group_of(found) != same_uid.group_of(query_ids)[:, None]
-    first_kept = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
 
 
 def agreement(query_targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarray,
@@ -134,11 +76,11 @@ def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarra
     if not known.all():
         tp, fp, fn = tp * known, fp * known, fn * known
     hits = votes * targets * known
+    ranked = ranked_labels(votes, targets, known)
 
     def compute(weights: np.ndarray) -> dict[str, np.ndarray]:
         total = weights.sum(axis=1)
-        auroc = np.stack([weighted_auroc(votes[:, j], targets[:, j], known_weights(weights, known[:, j]))
-                          for j in range(len(labels))], axis=1)
+        auroc = label_curves(ranked, weights)[0]
         positives = weights @ (targets * known)
         with np.errstate(invalid="ignore", divide="ignore"):
             precision_at_k = np.where(positives > 0, (weights @ hits) / positives, np.nan)
@@ -161,14 +103,13 @@ def figures(targets: np.ndarray, neighbour_targets: np.ndarray, valid: np.ndarra
 
 
 def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
-    """Within-split leave-one-out agreement, and the split's queries against the train index."""
-    index = read_index(run.index_path)
+    """Within-split leave-one-out agreement, and the split's queries against the train split."""
     mask = run.split(options.split)
     rows: list[MetricRow] = []
     targets = run.targets.astype(np.float64)
     known = run.known_pairs
     masked = not known.all()
-    pools = {"within": run.sample_ids[mask], f"{options.split}_to_train": run.sample_ids[run.split("train")]}
+    pools = {"within": options.split, f"{options.split}_to_train": "train"}
     same_uid = None
     excluded = "the query itself"
     if options.protocol == Protocol.MULTILABEL and run.uids is not None:
@@ -176,23 +117,21 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
         excluded = "the query and every image of the same uid"
     if options.split == "train":
         pools.pop("train_to_train")
-    for scope, pool in pools.items():
-        k = min(options.k, len(pool) - 1)
+    query_ids = run.sample_ids[mask]
+    for scope, pool_split in pools.items():
+        pool_size = int(run.split(pool_split).sum())
+        k = min(options.k, pool_size - 1)
         if k < 1:
             continue
-        exactness: dict[str, object] = {"search": "exact"}
-        pool_index, allowed = index, pool
-        if mask.sum() * len(pool) > EXACT_PAIRS_LIMIT:
-            in_pool = np.isin(run.sample_ids, pool)
-            pool_index, exactness = ivf_index(run.sample_ids[in_pool], run.embeddings[in_pool], options.seed)
-            allowed = None
-        neighbours = search(pool_index, run.embeddings[mask], run.sample_ids[mask], allowed, k, same_uid)
-        valid = neighbours >= 0
-        rows_of = np.searchsorted(run.sample_ids, np.where(valid, neighbours, run.sample_ids[0]))
+        found, searched = knn_search.neighbours(run.vectors(options.split), query_ids,
+                                                partial(run.vector_batches, pool_split), pool_size, k, same_uid,
+                                                options.seed, options.search_device)
+        valid = found >= 0
+        rows_of = np.searchsorted(run.sample_ids, np.where(valid, found, run.sample_ids[0]))
         neighbour_targets = targets[rows_of] * valid[:, :, None]
         rows += figures(targets[mask], neighbour_targets, valid, run.labels, options,
                         {"k": k, "scope": scope, "metric": "cosine", "leave_one_out": True, "excluded": excluded}
-                        | exactness | ({"left_out_pairs": int((~known[mask]).sum())} if masked else {}),
+                        | searched | ({"left_out_pairs": int((~known[mask]).sum())} if masked else {}),
                         known[mask] if masked else None, known[rows_of] if masked else None)
     rows = [MetricRow(f"{row.metric}:{row.params['scope']}", row.value, row.label, row.ci_low, row.ci_high,
                       row.n_resamples_skipped, row.params) for row in rows]

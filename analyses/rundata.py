@@ -10,21 +10,37 @@ one whose domain is `Normal`, and a label the store does not name is `Other`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from embedstore import queries
-from embedstore.embeddings import read_image_embeddings
-from embedstore.errors import InputError
+from embedstore.embeddings import split_embedding_batches
+from embedstore.errors import InputError, IntegrityError
 from embedstore.label_sets import OTHER_DOMAIN, known_domain
 from embedstore.store import Store
-from embedstore.vector_index import index_relpath
 
 #: The domain of a label set's normal label ("nothing found"), as label_names stores it.
 NORMAL_DOMAIN = "Normal"
+
+#: Embedding rows per batch when a split is streamed from the store (64 MiB of float32 at 512-d).
+VECTOR_BATCH_ROWS = 32_768
+
+
+@dataclass(frozen=True)
+class StoredEmbeddings:
+    """A complete run's image embeddings left in the store and read split by split, in batches: a
+    run of a million vectors is never held whole (docs/analyze.md, "Large runs")."""
+
+    store: Store
+    run_id: str
+
+    def batches(self, split: str, rows: int = VECTOR_BATCH_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sample_ids, float32 vectors) of the split's samples, in no particular order."""
+        with self.store.reader() as con:
+            yield from split_embedding_batches(con, self.run_id, split, rows)
 
 
 @dataclass
@@ -43,15 +59,16 @@ class RunData:
     sample_ids: np.ndarray
     splits: np.ndarray
     labels: list[str]
-    embeddings: np.ndarray
+    #: the image embeddings: a matrix (samples × dim, float32, a run built in memory) or left in the store
+    embeddings: np.ndarray | StoredEmbeddings
     scores: np.ndarray
     targets: np.ndarray
-    index_path: Path
     uids: np.ndarray | None = None
     #: False where a (sample, label) pair is left out; None: every pair known (set to all True)
     known: np.ndarray | None = None
     #: label -> clinical domain as the store names it; None: the shipped label sets' (a run built in memory)
     label_domains: dict[str, str] | None = None
+    _split_vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         """Every pair known unless told otherwise; domains from the shipped label sets unless the store gave them."""
@@ -75,6 +92,41 @@ class RunData:
         if not mask.any():
             raise InputError(f"split {name!r}: run {self.run_id} has no samples in it")
         return mask
+
+    def vectors(self, split: str) -> np.ndarray:
+        """Embeddings of the split's samples in sample order (float32 from the store, read once per split)."""
+        mask = self.split(split)
+        if isinstance(self.embeddings, np.ndarray):
+            return self.embeddings[mask]
+        if split not in self._split_vectors:
+            ids = self.sample_ids[mask]
+            matrix: np.ndarray | None = None
+            filled = 0
+            for batch_ids, batch in self.embeddings.batches(split):
+                if matrix is None:
+                    matrix = np.empty((len(ids), batch.shape[1]), dtype=np.float32)
+                rows = np.searchsorted(ids, batch_ids)
+                if rows.max(initial=0) >= len(ids) or not np.array_equal(ids[rows], batch_ids):
+                    raise IntegrityError(f"run {self.run_id}: an embedding of split {split} belongs to no sample "
+                                         "of the run; run `embedstore store verify`")
+                matrix[rows] = batch
+                filled += len(batch_ids)
+            if matrix is None or filled != len(ids):
+                raise IntegrityError(f"run {self.run_id}: split {split} has {len(ids)} samples but {filled} "
+                                     "embeddings; run `embedstore store verify`")
+            self._split_vectors[split] = matrix
+        return self._split_vectors[split]
+
+    def vector_batches(self, split: str, rows: int = VECTOR_BATCH_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sample_ids, float32 vectors) batches of the split, streamed: for building an index over a
+        split that need not be held as a matrix beside it."""
+        if isinstance(self.embeddings, np.ndarray) or split in self._split_vectors:
+            ids, matrix = self.sample_ids[self.split(split)], self.vectors(split)
+            for start in range(0, len(ids), rows):
+                yield ids[start:start + rows], matrix[start:start + rows]
+        else:
+            self.split(split)
+            yield from self.embeddings.batches(split, rows)
 
     @property
     def domains(self) -> dict[str, list[int]]:
@@ -105,7 +157,7 @@ def load_run(store: Store, run_id: str) -> RunData:
          _) = overview
         if status != "complete":
             raise InputError(f"run {run_id}: the run is {status}, not complete; resume its extraction to finish it")
-        ids, embeddings = read_image_embeddings(con, run_id)
+        ids = np.asarray(queries.fetch_numpy(con, "run_sample_ids", run_id=run_id)["sample_id"], dtype=np.int64)
         labels: list[str] = list(json.loads(config)["labels"])
         rows = queries.fetch_numpy(con, "run_scores", run_id=run_id, labels=labels)
         left_out = queries.fetch_numpy(con, "run_left_out", run_id=run_id, labels=labels)
@@ -127,8 +179,7 @@ def load_run(store: Store, run_id: str) -> RunData:
     splits[rows_of] = split_rows["split"]
     uids[rows_of] = split_rows["uid"]
     return RunData(run_id, mode, protocol, prompt_set, model_id, dataset, train_s, extract_s, config, ids,
-                   splits.astype(str), labels, embeddings, scores, targets, store.resolve(index_relpath(run_id)),
-                   uids.astype(str), known, {label: domains.get(label, OTHER_DOMAIN) for label in labels})
+                   splits.astype(str), labels, StoredEmbeddings(store, run_id), scores, targets, uids.astype(str), known, {label: domains.get(label, OTHER_DOMAIN) for label in labels})
 
 
 def dataset_runs(store: Store, dataset: str) -> list[str]:

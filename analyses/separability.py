@@ -40,33 +40,37 @@ if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def class_geometry(embeddings: np.ndarray, membership: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
     """inter, intra and ratio for each weighting of the samples (weights: resamples × samples).
 
     `membership` is samples × classes (one-hot for the study, multi-hot for multilabel); a class
     needs a member in the resample to count; with fewer than two classes, inter and ratio are NaN.
+    Each class is handled on its own members only, so a weighting costs O(members × dim), not
+    O(samples × classes × dim).
     """
-    x = embeddings.astype(np.float64)
+    x = np.asarray(embeddings, dtype=np.float64)
     mass = weights @ membership
     present = mass > 0
-    sums = (weights[:, :, None] * membership[None, :, :]).transpose(0, 2, 1) @ x
-    centroids = sums / np.where(present, mass, 1)[:, :, None]
-    samples, classes = np.nonzero(membership)
-    if len(weights) == 1:
-        # The reported figure: from the differences themselves, exact even for a class of one.
-        distance = np.linalg.norm(x[samples][None, :, :] - centroids[:, classes, :], axis=2)
-    else:
-        # Resamples: the |x|² − 2x·c + |c|² expansion through BLAS (error ~1e-8, far below an interval's width).
-        cross = x @ centroids.transpose(0, 2, 1)
-        squared = (x**2).sum(1)[samples][None, :] - 2 * cross[:, samples, classes] + (centroids**2).sum(2)[:, classes]
-        distance = np.sqrt(np.maximum(squared, 0))
-    by_class = np.zeros((len(samples), membership.shape[1]))
-    by_class[np.arange(len(samples)), classes] = 1.0
-    member_distance = ((weights[:, samples] * distance) @ by_class) / np.where(present, mass, 1)
+    safe_mass = np.where(present, mass, 1)
+    n_classes = membership.shape[1]
+    centroids = np.zeros((len(weights), n_classes, x.shape[1]))
+    member_distance = np.zeros((len(weights), n_classes))
+    squared_norms = (x**2).sum(axis=1)
+    for c in range(n_classes):
+        members = np.flatnonzero(membership[:, c])
+        if len(members) == 0:
+            continue
+        own, member_weights = x[members], weights[:, members] * membership[members, c]
+        centroid = (member_weights @ own) / safe_mass[:, c, None]
+        centroids[:, c] = centroid
+        if len(weights) == 1:
+            # The reported figure: from the differences themselves, exact even for a class of one.
+            distance = np.linalg.norm(own[None, :, :] - centroid[:, None, :], axis=2)
+        else:
+            # Resamples: the |x|² − 2x·c + |c|² expansion through BLAS (error ~1e-8, far below an interval's width).
+            squared = squared_norms[members][None, :] - 2 * centroid @ own.T + (centroid**2).sum(1)[:, None]
+            distance = np.sqrt(np.maximum(squared, 0))
+        member_distance[:, c] = (member_weights * distance).sum(axis=1) / safe_mass[:, c]
     n_present = present.sum(axis=1)
     intra = np.where(n_present > 0, (member_distance * present).sum(1) / np.maximum(n_present, 1), np.nan)
     if len(weights) == 1:
@@ -172,20 +176,21 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
             mask = mask & ~no_class
     known = run.known_pairs[mask]
     targets = (run.targets[mask] * known).astype(np.float64)
+    in_split = mask[run.split(options.split)]
+    vectors = run.vectors(options.split)
+    x = (vectors if in_split.all() else vectors[in_split]).astype(np.float64)
     if options.protocol == Protocol.STUDY:
-        x = run.embeddings[mask].astype(np.float64)
         classes = argmax_labels(targets)
         membership = np.eye(targets.shape[1])[classes]
         params: dict[str, object] = {"embeddings": "raw", "labels": "argmax (first positive)"} | left_out
     else:
-        x = _unit(run.embeddings[mask].astype(np.float64))
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         membership = targets
         params = {"embeddings": "L2-normalised", "labels": "multi-label (every positive label)"}
     point = class_geometry(x, membership, np.ones((1, len(x))))
     resampled: dict[str, list[np.ndarray]] = {name: [] for name in point}
-    chunk = max(1, min(100, int(5e7 // max(1, len(x) * membership.shape[1]))))
     strata = resampling_strata(targets, options)
-    for weights in bootstrap_weights(len(x), options.bootstrap, options.seed, chunk=chunk, strata=strata):
+    for weights in bootstrap_weights(len(x), options.bootstrap, options.seed, strata=strata):
         for name, values in class_geometry(x, membership, weights).items():
             resampled[name].append(values)
     rows = _rows(point, resampled, params | ({"resampling": options.resampling} if options.bootstrap > 0 else {}))

@@ -12,7 +12,7 @@ from embedstore import queries
 from embedstore.analyses import classification, neighbors, separability
 from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
 from embedstore.analyses.rundata import RunData, dataset_runs, load_run
-from embedstore.choices import Protocol, ProtocolChoice, Resampling, Split, parse
+from embedstore.choices import Protocol, ProtocolChoice, Resampling, SearchDevice, Split, parse
 from embedstore.errors import InputError
 from embedstore.store import Store, append_rows, resolve_dataset
 
@@ -38,12 +38,14 @@ class AnalyzeConfig:
     seed: int = 42
     k: int = 10
     resampling: Resampling = Resampling.SIMPLE
+    search_device: SearchDevice = SearchDevice.AUTO
 
     def __post_init__(self) -> None:
         """Plain strings are accepted from Python; a value outside its choices is an InputError."""
         object.__setattr__(self, "protocol", parse(ProtocolChoice, self.protocol, "protocol"))
         object.__setattr__(self, "split", parse(Split, self.split, "split"))
         object.__setattr__(self, "resampling", parse(Resampling, self.resampling, "resampling"))
+        object.__setattr__(self, "search_device", parse(SearchDevice, self.search_device, "search_device"))
 
     def protocols(self) -> tuple[Protocol, ...]:
         return tuple(Protocol) if self.protocol is ProtocolChoice.BOTH else (Protocol(self.protocol),)
@@ -100,7 +102,7 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
     for protocol in protocols:
         chosen = runs if config.runs else [run for run in runs if run.protocol == protocol]
         options = AnalysisOptions(protocol=protocol, split=config.split, bootstrap=config.bootstrap, seed=config.seed,
-                                  k=config.k, resampling=config.resampling)
+                                  k=config.k, resampling=config.resampling, search_device=config.search_device)
         analyses += [RunAnalysis(run, protocol, analyze_run(run, options)) for run in chosen]
     if not analyses:
         raise InputError("no complete runs match; extract some with `embedstore extract`")

@@ -31,40 +31,58 @@ from embedstore.synthetic import IUXRAY_COUNTS, IUXRAY_FRONTAL
 from embedstore.vector_index import write_index
 
 
+#: Rows written per transaction chunk when building the synthetic store (bounds the builder's memory).
+BUILD_CHUNK = 100_000
+
+#: The synthetic embeddings' intrinsic dimension: image embeddings of a trained encoder lie near a
+#: low-dimensional manifold (isotropic 512-d noise is the worst case for any approximate index).
+LATENT_DIM = 32
+
+
 def synthetic_run(store: Store, n: int, dim: int = 512, seed: int = 0) -> str:
+    """Write a complete synthetic lp run of `n` samples (IU-Xray label prevalence, 70/15/15 split): a
+    32-d latent per sample (label directions + noise) lifted to `dim` by a fixed random matrix, plus
+    small isotropic noise; scores = target + noise. Written in chunks; returns the run id."""
     rng = np.random.default_rng(seed)
     labels = list(CHEXPERT_LABELS)
     prevalence = np.array([IUXRAY_COUNTS[label] / IUXRAY_FRONTAL for label in labels])
-    targets = (rng.random((n, len(labels))) < prevalence).astype(np.int8)
-    targets[targets[:, :-1].sum(1) > 0, -1] = 0
-    targets[targets.sum(1) == 0, -1] = 1
-    directions = rng.normal(size=(len(labels), dim)).astype(np.float32)
-    embeddings = rng.normal(size=(n, dim)).astype(np.float32) + targets.astype(np.float32) @ directions * 0.5
-    scores = targets * 1.0 + rng.normal(size=targets.shape)
-    ids = np.arange(1, n + 1, dtype=np.int64)
-    splits = rng.choice(["train", "val", "test"], size=n, p=[0.7, 0.15, 0.15])
+    directions = rng.normal(size=(len(labels), LATENT_DIM))
+    lift = rng.normal(size=(LATENT_DIM, dim)) / np.sqrt(LATENT_DIM)
     run_id = f"bench-{n}"
     with store.writer("bench") as writer:
         with writer.transaction() as con:
-            con.execute("INSERT INTO datasets VALUES ('d', 'bench', 'manifest', 'synthetic', 'x', ?, 'given', NULL, "
-                        "'[]', '{}', ?)", [n, datetime.now()])
-            append_rows(con, "samples", pa.table({
-                "dataset_id": pa.array(["d"] * n), "sample_id": pa.array(ids), "uid": pa.array(ids.astype(str)),
-                "filename": pa.array(ids.astype(str)), "path": pa.array(ids.astype(str)), "split": pa.array(splits),
-                "report": pa.array([""] * n), "projection": pa.array(["Frontal"] * n),
-                "image_sha256": pa.array([""] * n)}))
-            append_rows(con, "labels", pa.table({
-                "dataset_id": pa.array(["d"] * n * len(labels)), "sample_id": pa.array(np.repeat(ids, len(labels))),
-                "label": pa.array(labels * n), "value": pa.array(targets.reshape(-1), pa.int8()),
-                "positive": pa.array(targets.reshape(-1) == 1)}))
+            con.execute("INSERT INTO datasets (dataset_id, name, format, source, manifest_sha256, n_samples, "
+                        "split_method, skipped, checks, created_at, options) VALUES ('d', 'bench', 'manifest', "
+                        "'synthetic', 'x', ?, 'given', '[]', '{}', ?, '{}')", [n, datetime.now()])
             con.execute("INSERT INTO runs (run_id, mode, protocol, model_id, dataset_id, config, status, train_seconds)"
                         " VALUES (?, 'lp', 'multilabel', 'synthetic', 'd', ?, 'complete', 1.0)",
                         [run_id, json.dumps({"labels": labels})])
-            insert_image_embeddings(con, run_id, ids, embeddings)
-            append_rows(con, "scores", pa.table({
-                "run_id": pa.array([run_id] * n * len(labels)), "sample_id": pa.array(np.repeat(ids, len(labels))),
-                "label": pa.array(labels * n), "logit": pa.array(scores.reshape(-1))}))
-        write_index(writer, run_id, ids, embeddings)
+        for start in range(0, n, BUILD_CHUNK):
+            size = min(BUILD_CHUNK, n - start)
+            targets = (rng.random((size, len(labels))) < prevalence).astype(np.int8)
+            targets[targets[:, :-1].sum(1) > 0, -1] = 0
+            targets[targets.sum(1) == 0, -1] = 1
+            latent = rng.normal(size=(size, LATENT_DIM)) + targets @ directions
+            embeddings = (latent @ lift + 0.1 * rng.normal(size=(size, dim))).astype(np.float32)
+            scores = targets * 1.0 + rng.normal(size=targets.shape)
+            ids = np.arange(start + 1, start + size + 1, dtype=np.int64)
+            splits = rng.choice(["train", "val", "test"], size=size, p=[0.7, 0.15, 0.15])
+            pairs = size * len(labels)
+            with writer.transaction() as con:
+                append_rows(con, "samples", pa.table({
+                    "dataset_id": pa.array(["d"] * size), "sample_id": pa.array(ids), "uid": pa.array(ids.astype(str)),
+                    "filename": pa.array(ids.astype(str)), "path": pa.array(ids.astype(str)),
+                    "split": pa.array(splits), "report": pa.array([""] * size),
+                    "projection": pa.array(["Frontal"] * size), "image_sha256": pa.array([""] * size),
+                    "patient": pa.nulls(size, pa.string())}))
+                append_rows(con, "labels", pa.table({
+                    "dataset_id": pa.array(["d"] * pairs), "sample_id": pa.array(np.repeat(ids, len(labels))),
+                    "label": pa.array(labels * size), "value": pa.array(targets.reshape(-1), pa.int8()),
+                    "positive": pa.array(targets.reshape(-1) == 1)}))
+                insert_image_embeddings(con, run_id, ids, embeddings)
+                append_rows(con, "scores", pa.table({
+                    "run_id": pa.array([run_id] * pairs), "sample_id": pa.array(np.repeat(ids, len(labels))),
+                    "label": pa.array(labels * size), "logit": pa.array(scores.reshape(-1))}))
     return run_id
 
 

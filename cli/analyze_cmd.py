@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from embedstore.choices import ProtocolChoice, Resampling, Split, TableFormat
+from embedstore.choices import ProtocolChoice, Resampling, SearchDevice, Split, TableFormat
 from embedstore.cli.options import StoreOption, store_path
 from embedstore.errors import InputError
 
@@ -22,6 +22,10 @@ def analyze(
     resampling: Resampling = typer.Option(Resampling.SIMPLE, "--resampling",
                                           help="Bootstrap: simple, or stratified by each sample's rarest positive "
                                                "label (keeps rare labels' positives in every resample)."),
+    search_device: SearchDevice = typer.Option(SearchDevice.AUTO, "--search-device",
+                                               help="Neighbour search: auto (a CUDA device if torch sees one, "
+                                                    "else the CPU), cpu, cuda, or torch-cpu (the GPU code on the "
+                                                    "CPU, for checking)."),
     fmt: TableFormat = typer.Option(TableFormat.TABLE, "--format",
                                     help="Output: aligned tables, Markdown, CSV, or every figure as JSON records."),
     store: Path | None = StoreOption,
@@ -35,7 +39,7 @@ def analyze(
     from embedstore.store import Store
 
     config = AnalyzeConfig(data=data, runs=tuple(runs), protocol=protocol, split=split, bootstrap=bootstrap,
-                           seed=seed, k=k, resampling=resampling)
+                           seed=seed, k=k, resampling=resampling, search_device=search_device)
     analyses = run_analyze(Store.open(store_path(store)), config)
     if fmt == TableFormat.JSON:
         print_json(metrics_records(analyses))

@@ -114,6 +114,17 @@ class Resampling(StrEnum):
     STRATIFIED = "stratified"
 
 
+class SearchDevice(StrEnum):
+    """Where neighbour search runs: `auto` uses a CUDA device when torch sees one (exact matrix product
+    + top-k), else FAISS on the CPU (exact, or IVF with measured recall on large splits); `torch-cpu`
+    runs the GPU path's code on the CPU (exact; for checking it where no GPU is)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    TORCH_CPU = "torch-cpu"
+
+
 class SplitMethod(StrEnum):
     """How ingest assigns train/val/test."""
 

@@ -6,6 +6,7 @@ Rows a writer cannot commit yet (a reader holds the database) are staged as Parq
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -115,12 +116,27 @@ def remove_staged(files: list[Path]) -> None:
             pass
 
 
+def vector_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A `FLOAT[]` column of equal-length vectors as a float32 (n, d) matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    rows = len(column)
+    if rows == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    flat = cast(pa.ListArray, column).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(rows, -1)
+
+
+def split_embedding_batches(con: duckdb.DuckDBPyConnection, run_id: str, split: str,
+                            rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(sample_ids, float32 matrix) batches of one run's embeddings in one split, streamed in no
+    particular order: a large run is never read whole."""
+    for batch in queries.fetch_batches(con, "split_embeddings", rows, run_id=run_id, split=split):
+        yield batch.column(0).to_numpy().astype(np.int64), vector_matrix(batch.column(1))
+
+
 def read_image_embeddings(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(sample_ids, matrix) of one run, ordered by sample id; matrix is float32 (n, d)."""
     table = queries.fetch_arrow(con, "run_embeddings", run_id=run_id)
     ids = table.column("sample_id").to_numpy().astype(np.int64)
-    if len(ids) == 0:
-        return ids, np.zeros((0, 0), dtype=np.float32)
-    column = cast(pa.ListArray, table.column("embedding").combine_chunks())
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return ids, flat.reshape(len(ids), -1)
+    return ids, vector_matrix(table.column("embedding"))

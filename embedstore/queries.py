@@ -12,7 +12,7 @@ Parameters are bound by DuckDB (`$dataset`), never pasted into the text.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -139,6 +139,12 @@ def fetch_numpy(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> dic
 def fetch_arrow(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pa.Table:
     """The named query's result as a pyarrow Table."""
     return con.sql(load(name).text, params=params).to_arrow_table() if params else con.sql(load(name).text).to_arrow_table()
+
+
+def fetch_batches(con: duckdb.DuckDBPyConnection, name: str, rows: int, **params: Any) -> Iterator[pa.RecordBatch]:
+    """The named query's result as Arrow record batches of up to `rows` rows, streamed (never whole)."""
+    reader = con.sql(load(name).text, params=params).to_arrow_reader(rows)
+    yield from reader
 
 
 def execute_all(con: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from embedstore.analyses import classification, neighbors, separability
+from embedstore.analyses import classification, curves, knn_search, neighbors, separability
 from embedstore.analyses.common import AnalysisOptions
 from embedstore.analyses.rundata import RunData, load_run
 from embedstore.analyses.study import AnalyzeConfig, analyze
@@ -32,7 +32,7 @@ from embedstore.extract import ExtractConfig, extract
 from embedstore.labels import CHEXPERT_LABELS
 from embedstore.rendering.tables import study_table
 from embedstore.store import Store
-from embedstore.vector_index import build_index
+from embedstore.choices import SearchDevice
 
 TOL = 1e-9
 
@@ -76,8 +76,8 @@ def test_classification_metrics_equal_sklearn(data: tuple[np.ndarray, np.ndarray
         assert abs(confusion["precision"][j] - report[str(j)]["precision"]) < TOL
         assert abs(confusion["recall"][j] - report[str(j)]["recall"]) < TOL
         column, truth = scores[:, j], targets[:, j]
-        auroc = classification.weighted_auroc(column, truth, np.ones((1, n)))[0]
-        ap = classification.weighted_average_precision(column, truth, np.ones((1, n)))[0]
+        auroc = curves.weighted_auroc(column, truth, np.ones((1, n)))[0]
+        ap = curves.weighted_average_precision(column, truth, np.ones((1, n)))[0]
         if 0 < truth.sum() < n:
             assert abs(auroc - roc_auc_score(truth, column)) < TOL
         else:
@@ -97,7 +97,7 @@ def test_weighted_metrics_equal_sklearn_on_the_resampled_rows(data: tuple[np.nda
     weights = np.bincount(draws, minlength=n)[None, :].astype(float)
     resampled_scores, resampled_targets = scores[draws], targets[draws]
     for j in range(scores.shape[1]):
-        got = classification.weighted_auroc(scores[:, j], targets[:, j], weights)[0]
+        got = curves.weighted_auroc(scores[:, j], targets[:, j], weights)[0]
         truth = resampled_targets[:, j]
         if 0 < truth.sum() < n:
             assert abs(got - roc_auc_score(truth, resampled_scores[:, j])) < TOL
@@ -119,10 +119,10 @@ def test_row_minmax_and_threshold_tuning() -> None:
 
 
 def _run_data(embeddings: np.ndarray, scores: np.ndarray, targets: np.ndarray, splits: np.ndarray,
-              labels: list[str], index_path: Path | None = None) -> RunData:
+              labels: list[str]) -> RunData:
     ids = np.arange(1, len(embeddings) + 1, dtype=np.int64)
     return RunData("r", "zs", "study", "names", "m", "d", None, None, {}, ids, splits, labels, embeddings, scores,
-                   targets, index_path or Path("/nonexistent"))
+                   targets)
 
 
 def _study_reference(x: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -192,13 +192,13 @@ def test_leave_one_out_never_counts_a_sample_as_its_own_neighbour() -> None:
     x = rng.normal(size=(40, 8)).astype(np.float32)
     x[20:] = x[:20]  # every vector has an exact duplicate under another id
     ids = np.arange(100, 140, dtype=np.int64)
-    index = build_index(ids, x)
-    found = neighbors.search(index, x, ids, ids, k=3)
-    assert not (found == ids[:, None]).any()
-    twin = np.where(ids < 120, ids + 20, ids - 20)
-    assert (found[:, 0] == twin).all()
-    restricted = neighbors.search(index, x, ids, ids[:10], k=3)
-    assert np.isin(restricted, ids[:10]).all()
+    for device in (SearchDevice.CPU, SearchDevice.TORCH_CPU):
+        found, _ = knn_search.neighbours(x, ids, lambda: iter([(ids, x)]), len(ids), 3, device=device)
+        assert not (found == ids[:, None]).any()
+        twin = np.where(ids < 120, ids + 20, ids - 20)
+        assert (found[:, 0] == twin).all()
+        restricted, _ = knn_search.neighbours(x, ids, lambda: iter([(ids[:10], x[:10])]), 10, 3, device=device)
+        assert np.isin(restricted, ids[:10]).all()
 
 
 def test_bootstrap_is_seeded_and_never_nan() -> None:
@@ -259,7 +259,7 @@ def test_study_protocol_on_stored_runs_matches_the_reference(analysed_store: Sto
     for analysis in analyses:
         run = load_run(analysed_store, analysis.run.run_id)
         test = run.splits == "test"
-        reference = _study_reference(run.embeddings[test].astype(np.float64), run.targets[test], run.scores[test])
+        reference = _study_reference(run.vectors("test").astype(np.float64), run.targets[test], run.scores[test])
         for metric, expected in reference.items():
             assert abs(analysis.figure(metric).value - expected) < 1e-9, (run.mode, metric)
 

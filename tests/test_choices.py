@@ -240,7 +240,7 @@ def test_the_study_probe_accuracy_carries_its_fit_in_params(monkeypatch: pytest.
     x, classes = _separable()
     targets = np.eye(3, dtype=np.int8)[classes]
     run = RunData("r", "zs", "study", None, "m", "d", None, None, {}, np.arange(len(x)), np.array(["test"] * len(x)),
-                  ["A", "B", "C"], x.astype(np.float32), np.zeros(targets.shape), targets, Path("unused"))
+                  ["A", "B", "C"], x.astype(np.float32), np.zeros(targets.shape), targets)
     from sklearn.exceptions import ConvergenceWarning
 
     monkeypatch.setattr(separability, "PROBE_MAX_ITER", 2)

@@ -40,7 +40,7 @@ def _analysis(mode: str, rows: list[MetricRow], protocol: str = "study", n: int 
               prompt_set: str | None = None, run_id: str | None = None) -> RunAnalysis:
     run = RunData(run_id or f"run-{mode}-{prompt_set}", mode, protocol, prompt_set, "m", "d", None, None, {},
                   np.arange(n), np.array(["test"] * n), list(labels), np.zeros((n, 2)), np.zeros((n, len(labels))),
-                  np.zeros((n, len(labels))), Path("index"))
+                  np.zeros((n, len(labels))))
     return RunAnalysis(run, protocol, rows)
 
 

@@ -18,14 +18,14 @@ from embedstore.analyses.study import RunAnalysis
 from embedstore.heads import row_minmax
 from embedstore.labels import CHEXPERT_LABELS, DOMAINS
 from embedstore.rendering.tables import MACRO_AUROC_HEADER, TIME_COLUMN, detail_tables, study_table
-from embedstore.vector_index import build_index
+from embedstore.analyses.knn_search import SameUid, neighbours
 
 
 def _run(embeddings: np.ndarray, scores: np.ndarray, targets: np.ndarray, splits: np.ndarray, labels: list[str],
          uids: np.ndarray | None = None, mode: str = "zs", protocol: str = "study") -> RunData:
     ids = np.arange(1, len(embeddings) + 1, dtype=np.int64)
     return RunData("r", mode, protocol, "names", "m", "d", 30.0, None, {}, ids, splits, labels, embeddings, scores,
-                   targets, Path("/nonexistent"), uids)
+                   targets, uids)
 
 
 def _notebook_minmax(scores: np.ndarray) -> np.ndarray:
@@ -153,7 +153,7 @@ def test_stratified_resampling_keeps_each_stratum_size() -> None:
             assert np.allclose(weights[:, strata == stratum].sum(axis=1), (strata == stratum).sum())
 
 
-def test_multilabel_neighbours_exclude_other_images_of_the_same_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multilabel_neighbours_exclude_other_images_of_the_same_uid() -> None:
     rng = np.random.default_rng(5)
     studies = 20
     base = rng.normal(size=(studies, 8))
@@ -163,10 +163,8 @@ def test_multilabel_neighbours_exclude_other_images_of_the_same_uid(monkeypatch:
     targets[np.arange(2 * studies), np.repeat(np.arange(studies) % 3, 2)] = 1
     splits = np.array(["test"] * studies + ["train"] * studies)
     run = _run(x, rng.normal(size=(2 * studies, 3)), targets, splits, ["A", "B", "C"], uids=uids, protocol="multilabel")
-    index = build_index(run.sample_ids, x.astype(np.float32))
-    monkeypatch.setattr(neighbors, "read_index", lambda path: index)
-    same = neighbors.SameUid.of(run.sample_ids, uids)
-    found = neighbors.search(index, x, run.sample_ids, run.sample_ids, 3, same)
+    same = SameUid.of(run.sample_ids, uids)
+    found, _ = neighbours(x, run.sample_ids, lambda: iter([(run.sample_ids, x)]), len(x), 3, same)
     found_uid = uids[np.searchsorted(run.sample_ids, found)]
     assert (found >= 0).all() and not (found_uid == uids[:, None]).any()
     rows = neighbors.compute(run, AnalysisOptions(protocol="multilabel", bootstrap=0, k=1))

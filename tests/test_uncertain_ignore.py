@@ -33,7 +33,6 @@ from embedstore.analyses.study import AnalyzeConfig, analyze
 from embedstore.extract import ExtractConfig, extract, training_targets
 from embedstore.ingest import IngestConfig, ingest
 from embedstore.store import Store
-from embedstore.vector_index import build_index
 
 TOL = 1e-9
 LABELS = ["A", "B", "C", "N"]
@@ -135,9 +134,7 @@ def test_classification_figures_equal_sklearn_on_the_known_pairs() -> None:
 def test_bootstrap_resamples_weigh_each_label_on_its_known_samples() -> None:
     scores, targets, known, raw = _masked(n=50, seed=4)
     for weights in bootstrap_weights(len(scores), 20, seed=1):
-        auroc = classification._per_label_curve(classification.weighted_auroc, scores, targets, weights, known)
-        auprc = classification._per_label_curve(classification.weighted_average_precision, scores, targets, weights,
-                                                known)
+        auroc, auprc = classification.label_curves(classification.ranked_labels(scores, targets, known), weights)
         for w, row_auroc, row_auprc in zip(weights, auroc, auprc, strict=True):
             for j in range(len(LABELS)):
                 rows = known[:, j] & (w > 0)
@@ -169,18 +166,17 @@ def _knn_run(seed: int = 3) -> tuple[RunData, np.ndarray]:
     x = np.random.default_rng(seed).normal(size=(30, 6)) + raw[:, :3] @ np.ones((3, 6))
     ids = np.arange(1, 31, dtype=np.int64)
     run = RunData("r", "lp", "study", None, "m", "d", None, None, {}, ids, np.array(["train"] * 30), LABELS,
-                  x.astype(np.float32), scores, targets, Path("unused"), None, known, DOMAINS)
+                  x.astype(np.float32), scores, targets, None, known, DOMAINS)
     return run, raw
 
 
-def test_knn_agreement_leaves_out_unknown_votes_and_unknown_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_knn_agreement_leaves_out_unknown_votes_and_unknown_queries() -> None:
     run, raw = _knn_run()
     known, k = run.known_pairs, 4
-    index = build_index(run.sample_ids, run.embeddings)
-    monkeypatch.setattr(neighbors, "read_index", lambda path: index)
     got = _rows([r for r in neighbors.compute(run, AnalysisOptions(protocol="study", split="train", bootstrap=0, k=k))
                  if r.metric.endswith(":within")])
-    unit = run.embeddings / np.linalg.norm(run.embeddings, axis=1, keepdims=True)
+    x = run.vectors("train")
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
     nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
@@ -215,7 +211,7 @@ def test_knn_agreement_leaves_out_unknown_votes_and_unknown_queries(monkeypatch:
 def test_separability_counts_only_known_members() -> None:
     run, raw = _knn_run(seed=5)
     known = run.known_pairs
-    x = run.embeddings.astype(np.float64)
+    x = run.vectors("train").astype(np.float64)
     got = _rows(separability.compute(run, AnalysisOptions(protocol="multilabel", split="train", bootstrap=0)))
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     centroids, spreads = [], []

@@ -208,7 +208,7 @@ def projection_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     for run_id in run_ids:
         run = load_run(store, run_id)
         test = np.flatnonzero(run.splits == "test")[: options.max_points]
-        x = run.embeddings[test].astype(np.float64)
+        x = run.vectors("test")[: options.max_points].astype(np.float64)
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         with store.reader() as con:
             prompts = queries.fetch(con, "run_prompts", run_id=run_id)

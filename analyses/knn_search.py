@@ -1,0 +1,238 @@
+"""Nearest neighbours (cosine) of one split's samples within a pool split, for neighbour agreement.
+
+Three ways, one result: the ids of each query's k nearest pool samples, never itself and, with
+`SameUid`, never another image of its uid (near-duplicates of one examination).
+
+- **exact** (CPU, FAISS flat inner product): while queries × pool stays under EXACT_PAIRS_LIMIT;
+- **IVF** (CPU, FAISS inverted file, approximate): above it. The pool is streamed into the index in
+  batches, never held as a matrix beside it. Its recall@k against exact search is measured on a
+  seeded sample of RECALL_QUERIES queries and `nprobe` doubled until the recall reaches RECALL_GOAL
+  (or NPROBE_CAP_SHARE of the lists are probed: the figures' params then say the goal was missed);
+  nlist, nprobe and the recall are recorded in every figure's params;
+- **torch** (exact matrix product + top-k on a CUDA device when one is present): the pool streamed
+  to the device, queries in blocks; the same neighbours as exact FAISS (cosine to 1e-6).
+
+Among neighbours at exactly the same similarity the lower sample id comes first, so the result does
+not depend on the order the store returns the pool in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embedstore.choices import SearchDevice
+from embedstore.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Above this many query × pool pairs, exact CPU search gives way to IVF (about 3 s of exact search on 2 cores).
+EXACT_PAIRS_LIMIT = 2.5e8
+
+#: Recall@k that IVF must reach on the sampled queries, and how many queries are sampled to measure it.
+RECALL_GOAL = 0.95
+RECALL_QUERIES = 1000
+
+#: IVF starts at this nprobe and doubles up to this share of its lists before giving up on the goal.
+FIRST_NPROBE = 8
+NPROBE_CAP_SHARE = 1 / 8
+
+#: Similarity cells per block of the torch search (queries × pool; 1 GiB of float32).
+TORCH_BLOCK_CELLS = 2**28
+
+Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class SameUid:
+    """Which samples share a uid (one examination): a query's neighbours never come from its own uid,
+    whose frontal images are near-duplicates of each other."""
+
+    sample_ids: np.ndarray  # sorted, as in RunData
+    groups: np.ndarray  # integer group code per sample
+
+    @classmethod
+    def of(cls, sample_ids: np.ndarray, uids: np.ndarray) -> SameUid:
+        return cls(sample_ids, np.unique(uids, return_inverse=True)[1])
+
+    @property
+    def largest(self) -> int:
+        return int(np.bincount(self.groups).max()) if len(self.groups) else 1
+
+    def group_of(self, ids: np.ndarray) -> np.ndarray:
+        return self.groups[np.clip(np.searchsorted(self.sample_ids, ids), 0, len(self.sample_ids) - 1)]
+
+
+def unit32(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as a new contiguous float32 array (inner product = cosine)."""
+    unit = np.array(x, dtype=np.float32, order="C", copy=True)
+    faiss.normalize_L2(unit)
+    return unit
+
+
+def _depth(k: int, same_uid: SameUid | None) -> int:
+    """How many candidates to fetch so that k remain after the query and its uid are dropped."""
+    return k + (1 if same_uid is None else same_uid.largest)
+
+
+def _ordered(similarity: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Candidates by similarity, the lower id first among exact ties (-1: none)."""
+    order = np.lexsort((np.where(found < 0, np.iinfo(np.int64).max, found), -similarity), axis=1)
+    return np.take_along_axis(found, order, axis=1)
+
+
+def keep_neighbours(found: np.ndarray, query_ids: np.ndarray, k: int, same_uid: SameUid | None) -> np.ndarray:
+    """The first k candidates that are neither the query nor (with `same_uid`) of its uid; -1 pads."""
+    keep = (found != query_ids[:, None]) & (found >= 0)
+    if same_uid is not None:
+        keep &= same_uid.group_of(found) != same_uid.group_of(query_ids)[:, None]
+    first_kept = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
+
+
+def _faiss_search(index: faiss.Index, unit_queries: np.ndarray, depth: int) -> np.ndarray:
+    similarity, found = index.search(unit_queries, depth)
+    return _ordered(similarity, found)
+
+
+def flat_index(batches: Batches) -> faiss.Index:
+    """An exact inner-product index over the pool, keyed by sample id."""
+    index: faiss.Index | None = None
+    for ids, vectors in batches():
+        if index is None:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+        index.add_with_ids(unit32(vectors), np.ascontiguousarray(ids, dtype=np.int64))
+    if index is None:
+        raise ValueError("empty pool")
+    return index
+
+
+def exact_candidates(unit_queries: np.ndarray, batches: Batches, depth: int) -> np.ndarray:
+    """Exact top-`depth` pool ids of each query, the pool streamed batch by batch (never held whole)."""
+    best_similarity = np.full((len(unit_queries), 0), -np.inf, dtype=np.float32)
+    best = np.full((len(unit_queries), 0), -1, dtype=np.int64)
+    for ids, vectors in batches():
+        similarity, rows = faiss.knn(unit_queries, unit32(vectors), min(depth, len(ids)),
+                                     metric=faiss.METRIC_INNER_PRODUCT)
+        found = np.where(rows >= 0, np.asarray(ids, dtype=np.int64)[np.maximum(rows, 0)], -1)
+        best_similarity = np.concatenate([best_similarity, similarity], axis=1)
+        best = np.concatenate([best, found], axis=1)
+        order = np.lexsort((best, -best_similarity), axis=1)[:, :depth]
+        best_similarity = np.take_along_axis(best_similarity, order, axis=1)
+        best = np.take_along_axis(best, order, axis=1)
+    return best
+
+
+def ivf_index(batches: Batches, pool_size: int, seed: int) -> tuple[faiss.Index, int]:
+    """An IVF-flat inner-product index over the pool, trained on a seeded sample (two streamed passes)."""
+    nlist = int(np.clip(2 * np.sqrt(pool_size), 16, 1024))
+    wanted = np.sort(np.random.default_rng(seed).choice(pool_size, min(pool_size, 40 * nlist), replace=False))
+    sample, seen = [], 0
+    for _, vectors in batches():
+        chosen = wanted[(wanted >= seen) & (wanted < seen + len(vectors))] - seen
+        sample.append(unit32(vectors[chosen]))
+        seen += len(vectors)
+    training = np.concatenate(sample)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(training.shape[1]), training.shape[1], nlist,
+                               faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    index.cp.seed = seed
+    index.train(training)
+    for ids, vectors in batches():
+        index.add_with_ids(unit32(vectors), np.ascontiguousarray(ids, dtype=np.int64))
+    return index, nlist
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each query's exact neighbours that the approximate search found."""
+    shares = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, int((e >= 0).sum())) for a, e in zip(approximate, exact,
+                                                                                                     strict=True)]
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def _tuned_ivf(unit_queries: np.ndarray, query_ids: np.ndarray, batches: Batches, pool_size: int, k: int,
+               same_uid: SameUid | None, seed: int) -> tuple[faiss.Index, dict[str, Any]]:
+    """An IVF index whose nprobe reaches RECALL_GOAL on a seeded query sample, and what it measured."""
+    index, nlist = ivf_index(batches, pool_size, seed)
+    depth = _depth(k, same_uid)
+    sampled = np.sort(np.random.default_rng(seed).choice(len(unit_queries), min(len(unit_queries), RECALL_QUERIES),
+                                                         replace=False))
+    exact = keep_neighbours(exact_candidates(unit_queries[sampled], batches, depth), query_ids[sampled], k, same_uid)
+    cap = max(FIRST_NPROBE, int(nlist * NPROBE_CAP_SHARE))
+    nprobe = FIRST_NPROBE
+    while True:
+        index.nprobe = nprobe
+        approximate = keep_neighbours(_faiss_search(index, unit_queries[sampled], depth), query_ids[sampled], k,
+                                      same_uid)
+        recall = recall_at_k(approximate, exact)
+        if recall >= RECALL_GOAL or nprobe >= cap:
+            break
+        nprobe = min(cap, nprobe * 2)
+    met = recall >= RECALL_GOAL
+    if not met:
+        log.warning("warning: approximate neighbour search reaches recall@%d %.3f (goal %.2f) at nprobe %d of %d "
+                    "lists; the neighbour figures' params say so", k, recall, RECALL_GOAL, nprobe, nlist)
+    return index, {"search": f"IVF approximate (nlist {nlist}, nprobe {nprobe})", "nlist": nlist, "nprobe": nprobe,
+                   "recall_at_k": round(recall, 4), "recall_queries": len(sampled), "recall_goal": RECALL_GOAL,
+                   "recall_goal_met": met}
+
+
+def _torch_candidates(unit_queries: np.ndarray, batches: Batches, depth: int, device: str) -> np.ndarray:
+    """Exact top-`depth` pool ids by matrix product + top-k in torch on `device`."""
+    import torch
+
+    ids_parts, vector_parts = [], []
+    for ids, vectors in batches():
+        ids_parts.append(np.asarray(ids, dtype=np.int64))
+        vector_parts.append(torch.from_numpy(unit32(vectors)).to(device))
+    pool = torch.cat(vector_parts)
+    pool_ids = torch.from_numpy(np.concatenate(ids_parts)).to(device)
+    depth = min(depth, len(pool))
+    block = max(1, TORCH_BLOCK_CELLS // max(1, len(pool)))
+    found = np.empty((len(unit_queries), depth), dtype=np.int64)
+    similarity = np.empty((len(unit_queries), depth), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(unit_queries), block):
+            queries = torch.from_numpy(unit_queries[start:start + block]).to(device)
+            values, rows = torch.topk(queries @ pool.T, depth, dim=1)
+            similarity[start:start + block] = values.cpu().numpy()
+            found[start:start + block] = pool_ids[rows].cpu().numpy()
+    return _ordered(similarity, found)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (torch is imported only where an NVIDIA device node exists)."""
+    from pathlib import Path
+
+    if not Path("/dev/nvidiactl").exists():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def neighbours(queries: np.ndarray, query_ids: np.ndarray, pool: Batches, pool_size: int, k: int,
+               same_uid: SameUid | None = None, seed: int = 0,
+               device: SearchDevice = SearchDevice.AUTO) -> tuple[np.ndarray, dict[str, Any]]:
+    """Ids (queries × k, -1 where fewer exist) of each query's k nearest pool samples, and how they
+    were searched (params for the figures)."""
+    unit_queries = unit32(queries)
+    depth = _depth(k, same_uid)
+    if device == SearchDevice.CUDA and not cuda_available():
+        raise InputError("search_device cuda: torch sees no CUDA device here; use auto or cpu",
+                         parameter="search_device")
+    use_torch = device == SearchDevice.CUDA or (device == SearchDevice.AUTO and cuda_available())
+    if use_torch or device == SearchDevice.TORCH_CPU:
+        where = "cpu" if device == SearchDevice.TORCH_CPU else "cuda"
+        found = _torch_candidates(unit_queries, pool, depth, where)
+        return keep_neighbours(found, query_ids, k, same_uid), {"search": f"exact (torch, {where})"}
+    if len(queries) * pool_size <= EXACT_PAIRS_LIMIT:
+        found = _faiss_search(flat_index(pool), unit_queries, depth)
+        return keep_neighbours(found, query_ids, k, same_uid), {"search": "exact"}
+    index, params = _tuned_ivf(unit_queries, query_ids, pool, pool_size, k, same_uid, seed)
+    return keep_neighbours(_faiss_search(index, unit_queries, depth), query_ids, k, same_uid), params
