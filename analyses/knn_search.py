@@ -3,12 +3,15 @@
 Three ways, one result: the ids of each query's k nearest pool samples, never itself and, with
 `SameUid`, never another image of its uid (near-duplicates of one examination).
 
-- **exact** (CPU, FAISS flat inner product): while queries × pool stays under EXACT_PAIRS_LIMIT;
-- **IVF** (CPU, FAISS inverted file, approximate): above it. The pool is streamed into the index in
+- **exact** (CPU, FAISS's BLAS inner-product search against the pool streamed batch by batch): while
+  queries × pool stays under EXACT_PAIRS_LIMIT;
+- **IVF** (CPU, FAISS inverted file over 4-bit product-quantised codes scanned by SIMD, candidates
+  re-ranked by exact inner product; approximate): above it. The pool is streamed into the index in
   batches, never held as a matrix beside it. Its recall@k against exact search is measured on a
-  seeded sample of RECALL_QUERIES queries and `nprobe` doubled until the recall reaches RECALL_GOAL
-  (or NPROBE_CAP_SHARE of the lists are probed: the figures' params then say the goal was missed);
-  nlist, nprobe and the recall are recorded in every figure's params;
+  seeded sample of RECALL_QUERIES queries, and `nprobe` and the re-ranked candidates doubled until
+  the recall reaches RECALL_GOAL (or NPROBE_CAP_SHARE of the lists are probed and MAX_REFINE times
+  the candidates re-ranked: the figures' params then say the goal was missed); nlist, nprobe, the
+  refine factor and the recall are recorded in every figure's params;
 - **torch** (exact matrix product + top-k on a CUDA device when one is present): the pool streamed
   to the device, queries in blocks; the same neighbours as exact FAISS (cosine to 1e-6).
 
@@ -32,15 +35,22 @@ from embedstore.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Above this many query × pool pairs, exact CPU search gives way to IVF (about 3 s of exact search on 2 cores).
-EXACT_PAIRS_LIMIT = 2.5e8
+EXACT_PAIRS_LIMIT = 1e9
 
 #: Recall@k that IVF must reach on the sampled queries, and how many queries are sampled to measure it.
 RECALL_GOAL = 0.95
 RECALL_QUERIES = 1000
 
 #: IVF starts at this nprobe and doubles up to this share of its lists before giving up on the goal.
-FIRST_NPROBE = 8
-NPROBE_CAP_SHARE = 1 / 8
+FIRST_NPROBE = 16
+NPROBE_CAP_SHARE = 1 / 4
+
+#: The most inverted lists an IVF index gets (2·sqrt(pool) below that); how many times the k asked for
+#: it fetches by product-quantised distance before re-ranking them exactly (doubled with nprobe, up to
+#: MAX_REFINE).
+MAX_NLIST = 2048
+FIRST_REFINE = 10
+MAX_REFINE = 160
 
 #: Similarity cells per block of the torch search (queries × pool; 1 GiB of float32).
 TORCH_BLOCK_CELLS = 2**28
@@ -95,23 +105,6 @@ def keep_neighbours(found: np.ndarray, query_ids: np.ndarray, k: int, same_uid: 
     return np.take_along_axis(np.where(keep, found, -1), first_kept, axis=1)
 
 
-def _faiss_search(index: faiss.Index, unit_queries: np.ndarray, depth: int) -> np.ndarray:
-    similarity, found = index.search(unit_queries, depth)
-    return _ordered(similarity, found)
-
-
-def flat_index(batches: Batches) -> faiss.Index:
-    """An exact inner-product index over the pool, keyed by sample id."""
-    index: faiss.Index | None = None
-    for ids, vectors in batches():
-        if index is None:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-        index.add_with_ids(unit32(vectors), np.ascontiguousarray(ids, dtype=np.int64))
-    if index is None:
-        raise ValueError("empty pool")
-    return index
-
-
 def exact_candidates(unit_queries: np.ndarray, batches: Batches, depth: int) -> np.ndarray:
     """Exact top-`depth` pool ids of each query, the pool streamed batch by batch (never held whole)."""
     best_similarity = np.full((len(unit_queries), 0), -np.inf, dtype=np.float32)
@@ -128,9 +121,28 @@ def exact_candidates(unit_queries: np.ndarray, batches: Batches, depth: int) -> 
     return best
 
 
-def ivf_index(batches: Batches, pool_size: int, seed: int) -> tuple[faiss.Index, int]:
-    """An IVF-flat inner-product index over the pool, trained on a seeded sample (two streamed passes)."""
-    nlist = int(np.clip(2 * np.sqrt(pool_size), 16, 1024))
+@dataclass
+class IvfIndex:
+    """FAISS's IVF with 4-bit product-quantised codes scanned by SIMD ("fast scan"), whose candidates
+    (a refine factor × the depth asked for) are re-ranked by exact inner product: the pool's rows in the
+    order they were added, and their sample ids."""
+
+    index: faiss.Index
+    ids: np.ndarray
+    nlist: int
+    pq: str
+
+    def search(self, unit_queries: np.ndarray, depth: int, nprobe: int, refine: int) -> np.ndarray:
+        parameters = faiss.IndexRefineSearchParameters(  # type: ignore[attr-defined]
+            k_factor=refine, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[attr-defined]
+        similarity, rows = self.index.search(unit_queries, depth, params=parameters)
+        return _ordered(similarity, np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1))
+
+
+def ivf_index(batches: Batches, pool_size: int, seed: int) -> IvfIndex:
+    """An IVF-PQ fast-scan index with exact re-ranking over the pool, trained on a seeded sample (two
+    streamed passes over the pool; the index keeps the pool's vectors once, for the re-ranking)."""
+    nlist = int(np.clip(2 * np.sqrt(pool_size), 16, MAX_NLIST))
     wanted = np.sort(np.random.default_rng(seed).choice(pool_size, min(pool_size, 40 * nlist), replace=False))
     sample, seen = [], 0
     for _, vectors in batches():
@@ -138,14 +150,20 @@ def ivf_index(batches: Batches, pool_size: int, seed: int) -> tuple[faiss.Index,
         sample.append(unit32(vectors[chosen]))
         seen += len(vectors)
     training = np.concatenate(sample)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(training.shape[1]), training.shape[1], nlist,
-                               faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = 10
-    index.cp.seed = seed
+    dim = training.shape[1]
+    codes = next(m for m in (dim // 4, dim // 2, dim) if m > 0 and dim % m == 0)
+    pq = f"IVF{nlist},PQ{codes}x4fs"
+    base = faiss.index_factory(dim, pq, faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(base).cp.seed = seed  # type: ignore[attr-defined]
+    faiss.extract_index_ivf(base).cp.niter = 10  # type: ignore[attr-defined]
+    faiss.extract_index_ivf(base).cp.min_points_per_centroid = 1  # type: ignore[attr-defined]  # small pools: no warning
+    index = faiss.IndexRefineFlat(base)
     index.train(training)
-    for ids, vectors in batches():
-        index.add_with_ids(unit32(vectors), np.ascontiguousarray(ids, dtype=np.int64))
-    return index, nlist
+    ids = []
+    for batch_ids, vectors in batches():
+        index.add(unit32(vectors))
+        ids.append(np.asarray(batch_ids, dtype=np.int64))
+    return IvfIndex(index, np.concatenate(ids), nlist, pq)
 
 
 def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
@@ -156,30 +174,32 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
 
 
 def _tuned_ivf(unit_queries: np.ndarray, query_ids: np.ndarray, batches: Batches, pool_size: int, k: int,
-               same_uid: SameUid | None, seed: int) -> tuple[faiss.Index, dict[str, Any]]:
-    """An IVF index whose nprobe reaches RECALL_GOAL on a seeded query sample, and what it measured."""
-    index, nlist = ivf_index(batches, pool_size, seed)
+               same_uid: SameUid | None, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Neighbours from an IVF index whose nprobe reaches RECALL_GOAL on a seeded query sample, and what
+    it measured."""
+    ivf = ivf_index(batches, pool_size, seed)
     depth = _depth(k, same_uid)
     sampled = np.sort(np.random.default_rng(seed).choice(len(unit_queries), min(len(unit_queries), RECALL_QUERIES),
                                                          replace=False))
     exact = keep_neighbours(exact_candidates(unit_queries[sampled], batches, depth), query_ids[sampled], k, same_uid)
-    cap = max(FIRST_NPROBE, int(nlist * NPROBE_CAP_SHARE))
-    nprobe = FIRST_NPROBE
+    cap = max(FIRST_NPROBE, int(ivf.nlist * NPROBE_CAP_SHARE))
+    nprobe, refine = FIRST_NPROBE, FIRST_REFINE
     while True:
-        index.nprobe = nprobe
-        approximate = keep_neighbours(_faiss_search(index, unit_queries[sampled], depth), query_ids[sampled], k,
-                                      same_uid)
+        approximate = keep_neighbours(ivf.search(unit_queries[sampled], depth, nprobe, refine), query_ids[sampled],
+                                      k, same_uid)
         recall = recall_at_k(approximate, exact)
-        if recall >= RECALL_GOAL or nprobe >= cap:
+        if recall >= RECALL_GOAL or (nprobe >= cap and refine >= MAX_REFINE):
             break
-        nprobe = min(cap, nprobe * 2)
+        nprobe, refine = min(cap, nprobe * 2), min(MAX_REFINE, refine * 2)
     met = recall >= RECALL_GOAL
     if not met:
         log.warning("warning: approximate neighbour search reaches recall@%d %.3f (goal %.2f) at nprobe %d of %d "
-                    "lists; the neighbour figures' params say so", k, recall, RECALL_GOAL, nprobe, nlist)
-    return index, {"search": f"IVF approximate (nlist {nlist}, nprobe {nprobe})", "nlist": nlist, "nprobe": nprobe,
-                   "recall_at_k": round(recall, 4), "recall_queries": len(sampled), "recall_goal": RECALL_GOAL,
-                   "recall_goal_met": met}
+                    "lists; the neighbour figures' params say so", k, recall, RECALL_GOAL, nprobe, ivf.nlist)
+    found = keep_neighbours(ivf.search(unit_queries, depth, nprobe, refine), query_ids, k, same_uid)
+    return found, {"search": f"IVF approximate ({ivf.pq}, nprobe {nprobe}, exact re-ranking of "
+                             f"{refine}x the candidates)", "nlist": ivf.nlist, "nprobe": nprobe,
+                   "refine_factor": refine, "recall_at_k": round(recall, 4), "recall_queries": len(sampled),
+                   "recall_goal": RECALL_GOAL, "recall_goal_met": met}
 
 
 def _torch_candidates(unit_queries: np.ndarray, batches: Batches, depth: int, device: str) -> np.ndarray:
@@ -232,7 +252,6 @@ def neighbours(queries: np.ndarray, query_ids: np.ndarray, pool: Batches, pool_s
         found = _torch_candidates(unit_queries, pool, depth, where)
         return keep_neighbours(found, query_ids, k, same_uid), {"search": f"exact (torch, {where})"}
     if len(queries) * pool_size <= EXACT_PAIRS_LIMIT:
-        found = _faiss_search(flat_index(pool), unit_queries, depth)
+        found = exact_candidates(unit_queries, pool, depth)
         return keep_neighbours(found, query_ids, k, same_uid), {"search": "exact"}
-    index, params = _tuned_ivf(unit_queries, query_ids, pool, pool_size, k, same_uid, seed)
-    return keep_neighbours(_faiss_search(index, unit_queries, depth), query_ids, k, same_uid), params
+    return _tuned_ivf(unit_queries, query_ids, pool, pool_size, k, same_uid, seed)
