@@ -16,7 +16,8 @@ Three ways, one result: the ids of each query's k nearest pool samples, never it
   to the device, queries in blocks; the same neighbours as exact FAISS (cosine to 1e-6).
 
 Among neighbours at exactly the same similarity the lower sample id comes first, so the result does
-not depend on the order the store returns the pool in.
+not depend on the order the store returns the pool in. FAISS is imported only by the CPU paths (the
+torch path runs where only torch is installed, as on a bare GPU machine).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from embedstore.choices import SearchDevice
 from embedstore.errors import InputError
+
+if TYPE_CHECKING:
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ NPROBE_CAP_SHARE = 1 / 4
 MAX_NLIST = 2048
 FIRST_REFINE = 10
 MAX_REFINE = 160
+
+#: Candidates (queries × refine factor × depth) per block of an IVF search: bounds FAISS's buffers.
+QUERY_BLOCK_CANDIDATES = 4_000_000
 
 #: Similarity cells per block of the torch search (queries × pool; 1 GiB of float32).
 TORCH_BLOCK_CELLS = 2**28
@@ -81,7 +87,7 @@ class SameUid:
 def unit32(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, as a new contiguous float32 array (inner product = cosine)."""
     unit = np.array(x, dtype=np.float32, order="C", copy=True)
-    faiss.normalize_L2(unit)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), np.float32(1e-30))
     return unit
 
 
@@ -107,6 +113,8 @@ def keep_neighbours(found: np.ndarray, query_ids: np.ndarray, k: int, same_uid: 
 
 def exact_candidates(unit_queries: np.ndarray, batches: Batches, depth: int) -> np.ndarray:
     """Exact top-`depth` pool ids of each query, the pool streamed batch by batch (never held whole)."""
+    import faiss
+
     best_similarity = np.full((len(unit_queries), 0), -np.inf, dtype=np.float32)
     best = np.full((len(unit_queries), 0), -1, dtype=np.int64)
     for ids, vectors in batches():
@@ -133,15 +141,23 @@ class IvfIndex:
     pq: str
 
     def search(self, unit_queries: np.ndarray, depth: int, nprobe: int, refine: int) -> np.ndarray:
+        import faiss
+
         parameters = faiss.IndexRefineSearchParameters(  # type: ignore[attr-defined]
             k_factor=refine, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[attr-defined]
-        similarity, rows = self.index.search(unit_queries, depth, params=parameters)
-        return _ordered(similarity, np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1))
+        found = np.empty((len(unit_queries), depth), dtype=np.int64)
+        block = max(1, QUERY_BLOCK_CANDIDATES // (refine * depth))  # FAISS holds every query's candidates at once
+        for start in range(0, len(unit_queries), block):
+            similarity, rows = self.index.search(unit_queries[start:start + block], depth, params=parameters)
+            found[start:start + block] = _ordered(similarity, np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1))
+        return found
 
 
 def ivf_index(batches: Batches, pool_size: int, seed: int) -> IvfIndex:
     """An IVF-PQ fast-scan index with exact re-ranking over the pool, trained on a seeded sample (two
     streamed passes over the pool; the index keeps the pool's vectors once, for the re-ranking)."""
+    import faiss
+
     nlist = int(np.clip(2 * np.sqrt(pool_size), 16, MAX_NLIST))
     wanted = np.sort(np.random.default_rng(seed).choice(pool_size, min(pool_size, 40 * nlist), replace=False))
     sample, seen = [], 0
@@ -159,6 +175,9 @@ def ivf_index(batches: Batches, pool_size: int, seed: int) -> IvfIndex:
     faiss.extract_index_ivf(base).cp.min_points_per_centroid = 1  # type: ignore[attr-defined]  # small pools: no warning
     index = faiss.IndexRefineFlat(base)
     index.train(training)
+    exact_rows = faiss.downcast_index(index.refine_index).codes  # type: ignore[attr-defined]
+    exact_rows.resize(pool_size * dim * 4)  # its full size at once: growing batch by batch would copy it
+    exact_rows.resize(0)
     ids = []
     for batch_ids, vectors in batches():
         index.add(unit32(vectors))

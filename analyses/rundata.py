@@ -28,6 +28,12 @@ NORMAL_DOMAIN = "Normal"
 #: Embedding rows per batch when a split is streamed from the store (64 MiB of float32 at 512-d).
 VECTOR_BATCH_ROWS = 32_768
 
+#: DuckDB's buffer memory while analyses read a run: scans of a large run evict, never accumulate.
+READ_MEMORY_LIMIT = "256MB"
+
+#: Score and target rows per streamed batch.
+PAIR_BATCH_ROWS = 1_000_000
+
 
 @dataclass(frozen=True)
 class StoredEmbeddings:
@@ -39,7 +45,7 @@ class StoredEmbeddings:
 
     def batches(self, split: str, rows: int = VECTOR_BATCH_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(sample_ids, float32 vectors) of the split's samples, in no particular order."""
-        with self.store.reader() as con:
+        with self.store.reader(settings={"memory_limit": READ_MEMORY_LIMIT}) as con:
             yield from split_embedding_batches(con, self.run_id, split, rows)
 
 
@@ -147,9 +153,16 @@ class RunData:
         return next((label for label in self.labels if self.domain_of(label) == NORMAL_DOMAIN), None)
 
 
+def _positions(ids: np.ndarray, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each sample id in the sorted `ids`, and whether it is one of them."""
+    rows = np.clip(np.searchsorted(ids, sample_ids), 0, max(len(ids) - 1, 0))
+    return rows, (ids[rows] == sample_ids) if len(ids) else np.zeros(len(sample_ids), dtype=bool)
+
+
 def load_run(store: Store, run_id: str) -> RunData:
-    """Read one complete run (embeddings, scores, targets) from the store."""
-    with store.reader() as con:
+    """Read one complete run (scores, targets, splits) from the store; its embeddings stay there and
+    are read split by split (`RunData.vectors`). Score and target rows are streamed in batches."""
+    with store.reader(settings={"memory_limit": READ_MEMORY_LIMIT}) as con:
         overview = queries.fetch_one(con, "run_overview", run_id=run_id)
         if overview is None:
             raise InputError(f"run {run_id}: no such run in {store.path}")
@@ -159,27 +172,31 @@ def load_run(store: Store, run_id: str) -> RunData:
             raise InputError(f"run {run_id}: the run is {status}, not complete; resume its extraction to finish it")
         ids = np.asarray(queries.fetch_numpy(con, "run_sample_ids", run_id=run_id)["sample_id"], dtype=np.int64)
         labels: list[str] = list(json.loads(config)["labels"])
-        rows = queries.fetch_numpy(con, "run_scores", run_id=run_id, labels=labels)
-        left_out = queries.fetch_numpy(con, "run_left_out", run_id=run_id, labels=labels)
+        scores = np.zeros((len(ids), len(labels)))
+        for batch in queries.fetch_batches(con, "run_logits", PAIR_BATCH_ROWS, run_id=run_id, labels=labels):
+            rows, _ = _positions(ids, batch.column(0).to_numpy().astype(np.int64))
+            scores[rows, batch.column(1).to_numpy().astype(np.int64)] = batch.column(2).to_numpy()
+        targets = np.zeros((len(ids), len(labels)), dtype=np.int8)
+        known = np.ones((len(ids), len(labels)), dtype=bool)
+        for batch in queries.fetch_batches(con, "run_targets", PAIR_BATCH_ROWS, run_id=run_id, labels=labels):
+            rows, present = _positions(ids, batch.column(0).to_numpy().astype(np.int64))
+            columns = batch.column(1).to_numpy().astype(np.int64)
+            positive = batch.column(2)
+            left_out = positive.is_null().to_numpy(zero_copy_only=False)
+            targets[rows[present], columns[present]] = positive.fill_null(False).to_numpy(
+                zero_copy_only=False)[present]
+            known[rows[present & left_out], columns[present & left_out]] = False
         split_rows = queries.fetch_numpy(con, "run_splits", run_id=run_id)
         domains = dict(queries.fetch(con, "label_domains", labels=labels))
     config = json.loads(config)
-    scores = np.zeros((len(ids), len(labels)))
-    targets = np.zeros((len(ids), len(labels)), dtype=np.int8)
-    row_index = np.searchsorted(ids, np.asarray(rows["sample_id"], dtype=np.int64))
-    col_index = np.asarray(rows["label_column"], dtype=np.int64)
-    scores[row_index, col_index] = rows["logit"]
-    targets[row_index, col_index] = np.asarray(rows["truth"], dtype=np.int8)
-    known = np.ones((len(ids), len(labels)), dtype=bool)
-    known[np.searchsorted(ids, np.asarray(left_out["sample_id"], dtype=np.int64)),
-          np.asarray(left_out["label_column"], dtype=np.int64)] = False
     splits = np.empty(len(ids), dtype=object)
     uids = np.empty(len(ids), dtype=object)
-    rows_of = np.searchsorted(ids, np.asarray(split_rows["sample_id"], dtype=np.int64))
-    splits[rows_of] = split_rows["split"]
-    uids[rows_of] = split_rows["uid"]
+    rows_of, present = _positions(ids, np.asarray(split_rows["sample_id"], dtype=np.int64))
+    splits[rows_of[present]] = np.asarray(split_rows["split"])[present]
+    uids[rows_of[present]] = np.asarray(split_rows["uid"])[present]
     return RunData(run_id, mode, protocol, prompt_set, model_id, dataset, train_s, extract_s, config, ids,
-                   splits.astype(str), labels, StoredEmbeddings(store, run_id), scores, targets, uids.astype(str), known, {label: domains.get(label, OTHER_DOMAIN) for label in labels})
+                   splits.astype(str), labels, StoredEmbeddings(store, run_id), scores, targets, uids.astype(str),
+                   known, {label: domains.get(label, OTHER_DOMAIN) for label in labels})
 
 
 def dataset_runs(store: Store, dataset: str) -> list[str]:

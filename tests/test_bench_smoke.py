@@ -1,5 +1,6 @@
 """The GPU benchmark's script runs end to end on a CPU at tiny sizes (`bench/gpu.py --smoke`), so it
-cannot rot between the rare sessions that have a GPU: every section finishes without an error."""
+cannot rot between the rare sessions that have a GPU: every section finishes without an error, and
+the folder it writes holds `gpu.json` and `gpu.md` (the goals and a table of every figure)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,59 @@ def _errors(value: Any, where: str = "") -> list[str]:
 
 
 def test_gpu_benchmark_smoke_runs_every_section_on_a_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "gpu.json"
+    out = tmp_path / "bench-out"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--out", str(out)],
-                            capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report = json.loads((out / "gpu.json").read_text())
+    sections = report["sections"]
     assert report["env"]["smoke"] is True
-    assert set(report["sections"]) >= {"study_encode", "batched", "cache", "decode", "lp", "ft", "text", "estimate"}
-    assert _errors(report["sections"]) == []
+    assert set(sections) >= {"setup", "biomedclip", "ft", "knn", "study", "study_encode", "batched", "cache", "decode",
+                             "lp", "text", "estimate"}
+    assert _errors(sections) == []
+    assert not [name for name, section in sections.items() if "skipped" in section]
+    # (a) the BiomedCLIP-shaped model's layout, from the tensor cache and from PNG at both batch sizes
+    assert sections["setup"]["biomedclip"]["shape"]["timm_model"] == "test_vit"
+    assert {"cache_bs4", "cache_bs8", "png_bs4", "png_bs8"} <= set(sections["biomedclip"])
+    assert all(sections["biomedclip"][key]["images"] == 12 for key in ("cache_bs4", "png_bs8"))
+    # (b) seconds per epoch of 3,818 images at the study's batch and the large one
+    assert all(sections["ft"][key]["epoch_3818_train_seconds"] > 0
+               for key in ("study_fp32", "study_recipe", "study_recipe_large", "multilabel", "multilabel_large"))
+    # (c) both paths find the same neighbours
+    knn = sections["knn"]
+    assert knn["gpu_search"]["search"] == "exact (torch, cpu)" and knn["cpu_search"]["search"] == "exact"
+    assert knn["identical_sets_share"] == 1.0 and knn["check_max_cosine_difference"] <= 1e-6
+    # (d) the whole study ran through its report
+    study = sections["study"]
+    assert study["report_written"] is True and study["study_seconds"] > 0
+    assert {"ingest", "extract zs study", "extract lp study", "extract ft study", "analyze", "gradcam validate study",
+            "gradcam maps", "charts", "report"} <= set(study["steps"])
+    table = (out / "gpu.md").read_text()
+    assert "SMOKE RUN" in table and "| goal | measured | verdict |" in table
+    assert "| section | figure | value | note |" in table and "| study | whole study, ingest → report" in table
+    assert table.count("\n| ") >= len(report["table"]) + 3
+
+
+def test_mapped_subpackages_import_from_the_repo_root_alone() -> None:
+    """As on a bare GPU machine (PYTHONPATH=<repo root>, nothing installed), `map_source_packages`
+    registers analyses/ and sql/ as `embedstore.analyses` and `embedstore.sql`."""
+    code = f"""
+import importlib.util, sys
+sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "_EditableFinder"]  # no install
+sys.path.insert(0, {str(REPO)!r})
+spec = importlib.util.spec_from_file_location("gpu_bench", {str(REPO / "bench" / "gpu.py")!r})
+bench = sys.modules["gpu_bench"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+assert importlib.util.find_spec("embedstore.analyses") is None
+print(bench.map_source_packages("embedstore.analyses", "embedstore.sql"))
+from embedstore.analyses.knn_search import neighbours
+from embedstore import queries
+print(len(queries.all_queries()), neighbours.__module__, bench.map_source_packages("embedstore.analyses"))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    registered, found = result.stdout.strip().splitlines()
+    assert registered == "['embedstore.analyses', 'embedstore.sql']"
+    count, module, again = found.split(" ", 2)
+    assert int(count) > 10 and module == "embedstore.analyses.knn_search" and again == "[]"
