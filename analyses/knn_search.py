@@ -6,7 +6,7 @@ Three ways, one result: the ids of each query's k nearest pool samples, never it
 - **exact** (CPU, FAISS's BLAS inner-product search against the pool streamed batch by batch): while
   queries × pool stays under EXACT_PAIRS_LIMIT;
 - **IVF** (CPU, FAISS inverted file over 4-bit product-quantised codes scanned by SIMD, candidates
-  re-ranked by exact inner product; approximate): above it. The pool is streamed into the index in
+  re-ranked by inner product with float16 copies of the vectors; approximate): above it. The pool is streamed into the index in
   batches, never held as a matrix beside it. Its recall@k against exact search is measured on a
   seeded sample of RECALL_QUERIES queries, and `nprobe` and the re-ranked candidates doubled until
   the recall reaches RECALL_GOAL (or NPROBE_CAP_SHARE of the lists are probed and MAX_REFINE times
@@ -15,8 +15,11 @@ Three ways, one result: the ids of each query's k nearest pool samples, never it
 - **torch** (exact matrix product + top-k on a CUDA device when one is present): the pool streamed
   to the device, queries in blocks; the same neighbours as exact FAISS (cosine to 1e-6).
 
-Among neighbours at exactly the same similarity the lower sample id comes first, so the result does
-not depend on the order the store returns the pool in. FAISS is imported only by the CPU paths (the
+Among neighbours at exactly the same similarity the lower sample id comes first, so exact results do
+not depend on the order the store streams the pool in; IVF trains on rows chosen by a seeded hash of
+their sample ids (the same rows whatever the order), and only its choice among candidates at exactly
+equal quantised distance follows the stream order (the store's scan order, the same on every read
+of one store). FAISS is imported only by the CPU paths (the
 torch path runs where only torch is installed, as on a bare GPU machine).
 """
 
@@ -132,8 +135,8 @@ def exact_candidates(unit_queries: np.ndarray, batches: Batches, depth: int) -> 
 @dataclass
 class IvfIndex:
     """FAISS's IVF with 4-bit product-quantised codes scanned by SIMD ("fast scan"), whose candidates
-    (a refine factor × the depth asked for) are re-ranked by exact inner product: the pool's rows in the
-    order they were added, and their sample ids."""
+    (a refine factor × the depth asked for) are re-ranked by inner product with the vectors kept in
+    float16 (half the memory of float32): the pool's rows in the order they were added, and their sample ids."""
 
     index: faiss.Index
     ids: np.ndarray
@@ -153,19 +156,29 @@ class IvfIndex:
         return found
 
 
+def _seeded_share(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random number in [0, 1) per sample id (a 64-bit multiplicative hash): which rows
+    train the index does not depend on the order the store streams the pool in."""
+    with np.errstate(over="ignore"):  # the hash wraps modulo 2**64 by design
+        mixed = (ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+        mixed ^= mixed >> np.uint64(31)
+        mixed *= np.uint64(0x94D049BB133111EB)
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
 def ivf_index(batches: Batches, pool_size: int, seed: int) -> IvfIndex:
-    """An IVF-PQ fast-scan index with exact re-ranking over the pool, trained on a seeded sample (two
-    streamed passes over the pool; the index keeps the pool's vectors once, for the re-ranking)."""
+    """An IVF-PQ fast-scan index with float16 re-ranking over the pool, trained on a seeded sample (two
+    streamed passes over the pool; the index keeps the pool's vectors once, in float16, for the re-ranking)."""
     import faiss
 
     nlist = int(np.clip(2 * np.sqrt(pool_size), 16, MAX_NLIST))
-    wanted = np.sort(np.random.default_rng(seed).choice(pool_size, min(pool_size, 40 * nlist), replace=False))
-    sample, seen = [], 0
-    for _, vectors in batches():
-        chosen = wanted[(wanted >= seen) & (wanted < seen + len(vectors))] - seen
+    share = min(1.0, 40 * nlist / max(pool_size, 1))
+    sample, sample_ids = [], []
+    for ids, vectors in batches():
+        chosen = _seeded_share(np.asarray(ids, dtype=np.int64), seed) < share
         sample.append(unit32(vectors[chosen]))
-        seen += len(vectors)
-    training = np.concatenate(sample)
+        sample_ids.append(np.asarray(ids, dtype=np.int64)[chosen])
+    training = np.concatenate(sample)[np.argsort(np.concatenate(sample_ids), kind="stable")]
     dim = training.shape[1]
     codes = next(m for m in (dim // 4, dim // 2, dim) if m > 0 and dim % m == 0)
     pq = f"IVF{nlist},PQ{codes}x4fs"
@@ -173,11 +186,11 @@ def ivf_index(batches: Batches, pool_size: int, seed: int) -> IvfIndex:
     faiss.extract_index_ivf(base).cp.seed = seed  # type: ignore[attr-defined]
     faiss.extract_index_ivf(base).cp.niter = 10  # type: ignore[attr-defined]
     faiss.extract_index_ivf(base).cp.min_points_per_centroid = 1  # type: ignore[attr-defined]  # small pools: no warning
-    index = faiss.IndexRefineFlat(base)
+    rerank = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    rerank.codes.resize(pool_size * dim * 2)  # its full size at once: growing batch by batch would copy it
+    rerank.codes.resize(0)
+    index = faiss.IndexRefine(base, rerank)
     index.train(training)
-    exact_rows = faiss.downcast_index(index.refine_index).codes  # type: ignore[attr-defined]
-    exact_rows.resize(pool_size * dim * 4)  # its full size at once: growing batch by batch would copy it
-    exact_rows.resize(0)
     ids = []
     for batch_ids, vectors in batches():
         index.add(unit32(vectors))
@@ -215,7 +228,7 @@ def _tuned_ivf(unit_queries: np.ndarray, query_ids: np.ndarray, batches: Batches
         log.warning("warning: approximate neighbour search reaches recall@%d %.3f (goal %.2f) at nprobe %d of %d "
                     "lists; the neighbour figures' params say so", k, recall, RECALL_GOAL, nprobe, ivf.nlist)
     found = keep_neighbours(ivf.search(unit_queries, depth, nprobe, refine), query_ids, k, same_uid)
-    return found, {"search": f"IVF approximate ({ivf.pq}, nprobe {nprobe}, exact re-ranking of "
+    return found, {"search": f"IVF approximate ({ivf.pq}, nprobe {nprobe}, float16 re-ranking of "
                              f"{refine}x the candidates)", "nlist": ivf.nlist, "nprobe": nprobe,
                    "refine_factor": refine, "recall_at_k": round(recall, 4), "recall_queries": len(sampled),
                    "recall_goal": RECALL_GOAL, "recall_goal_met": met}

@@ -25,8 +25,8 @@ from embedstore.store import Store
 #: The domain of a label set's normal label ("nothing found"), as label_names stores it.
 NORMAL_DOMAIN = "Normal"
 
-#: Embedding rows per batch when a split is streamed from the store (64 MiB of float32 at 512-d).
-VECTOR_BATCH_ROWS = 32_768
+#: Embedding rows per batch when a split is streamed from the store (32 MiB of float32 at 512-d).
+VECTOR_BATCH_ROWS = 16_384
 
 #: DuckDB's buffer memory while analyses read a run: scans of a large run evict, never accumulate.
 READ_MEMORY_LIMIT = "256MB"

@@ -65,7 +65,7 @@ def class_geometry(embeddings: np.ndarray, membership: np.ndarray, weights: np.n
         centroids[:, c] = centroid
         if len(weights) == 1:
             # The reported figure: from the differences themselves, exact even for a class of one.
-            distance = np.linalg.norm(own[None, :, :] - centroid[:, None, :], axis=2)
+            distance = _distances(own, np.arange(len(own)), centroid[0])[None, :]
         else:
             # Resamples: the |x|² − 2x·c + |c|² expansion through BLAS (error ~1e-8, far below an interval's width).
             squared = squared_norms[members][None, :] - 2 * centroid @ own.T + (centroid**2).sum(1)[:, None]
@@ -103,6 +103,10 @@ def fisher_ratio(x: np.ndarray, classes: np.ndarray) -> float:
         between += len(members) * float(((centre - mean) ** 2).sum())
         within += float(((members - centre) ** 2).sum())
     return between / within if within > 0 else float("nan")
+
+
+#: Rows per block when distances are taken from the differences themselves (bounds the temporary).
+DISTANCE_BLOCK = 16_384
 
 
 #: Above this many samples the notebook's quadratic figures (in-sample probe, 5-NN, exact silhouette)
@@ -207,6 +211,13 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     return rows
 
 
+def _distances(x: np.ndarray, rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """‖x_i − centre‖ for the given rows, from the differences themselves, DISTANCE_BLOCK rows at a time
+    (bounded memory on a large split)."""
+    return np.concatenate([np.linalg.norm(x[rows[start:start + DISTANCE_BLOCK]] - centre, axis=1)
+                           for start in range(0, len(rows), DISTANCE_BLOCK)] or [np.zeros(0)])
+
+
 def _one_vs_rest(x: np.ndarray, targets: np.ndarray, labels: list[str], params: dict[str, object],
                  known: np.ndarray | None = None) -> list[MetricRow]:
     """Per label: ‖centroid(positives) − centroid(negatives)‖ / mean of the two groups' spreads, over
@@ -217,9 +228,9 @@ def _one_vs_rest(x: np.ndarray, targets: np.ndarray, labels: list[str], params: 
         negative = ~positive if known is None else ~positive & known[:, j]
         if not negative.any() or not positive.any():
             continue
-        groups = [x[positive], x[negative]]
-        centres = [g.mean(axis=0) for g in groups]
-        spread = np.mean([np.linalg.norm(g - c, axis=1).mean() for g, c in zip(groups, centres, strict=True)])
+        groups = [np.flatnonzero(positive), np.flatnonzero(negative)]
+        centres = [group.astype(np.float64) @ x / group.sum() for group in (positive, negative)]
+        spread = np.mean([_distances(x, group, centre).mean() for group, centre in zip(groups, centres, strict=True)])
         rows.append(MetricRow("one_vs_rest_separation", float(np.linalg.norm(centres[0] - centres[1]) / spread),
                               label, params=params))
     return rows

@@ -4,12 +4,16 @@ the folder it writes holds `gpu.json` and `gpu.md` (the goals and a table of eve
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +85,21 @@ print(len(queries.all_queries()), neighbours.__module__, bench.map_source_packag
     assert registered == "['embedstore.analyses', 'embedstore.sql']"
     count, module, again = found.split(" ", 2)
     assert int(count) > 10 and module == "embedstore.analyses.knn_search" and again == "[]"
+
+
+def test_the_study_section_records_a_skip_when_the_store_dependencies_are_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a bare GPU machine without the store's wheels, `study` is a skipped row naming them, not a failure."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench" / "gpu.py")
+    assert spec is not None and spec.loader is not None
+    gpu = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_bench", gpu)
+    spec.loader.exec_module(gpu)
+    monkeypatch.setattr(gpu, "STUDY_PACKAGES", {"json": "in-the-stdlib", "no_such_module_here": "no-such-wheel"})
+    bench = gpu.Bench(argparse.Namespace(out=tmp_path, smoke=True, max_seconds=60.0), gpu.SMOKE, torch.device("cpu"))
+    gpu.run_section(bench, "study", gpu.study)
+    note = "skipped: needs no-such-wheel (carry their wheels)"
+    assert bench.report["sections"]["study"]["skipped"] == note and bench.failures == []
+    assert f"| study | whole study end to end | skipped | {note} |" in (tmp_path / "gpu.md").read_text()

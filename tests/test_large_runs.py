@@ -103,8 +103,8 @@ def _brute_force(queries: np.ndarray, query_ids: np.ndarray, pool: np.ndarray, p
     return pool_ids[np.argsort(-similarity, axis=1, kind="stable")[:, :k]]
 
 
-def _batches(ids: np.ndarray, x: np.ndarray, size: int = 700) -> knn_search.Batches:
-    order = np.random.default_rng(0).permutation(len(ids))  # the store returns a pool in no particular order
+def _batches(ids: np.ndarray, x: np.ndarray, size: int = 700, order_seed: int = 0) -> knn_search.Batches:
+    order = np.random.default_rng(order_seed).permutation(len(ids))  # the store streams a pool in no set order
     return lambda: ((ids[order[s:s + size]], x[order[s:s + size]]) for s in range(0, len(ids), size))
 
 
@@ -123,6 +123,19 @@ def test_ivf_search_records_a_recall_that_equals_brute_force(monkeypatch: pytest
     assert params["nlist"] == int(2 * np.sqrt(3000)) and params["nprobe"] >= knn_search.FIRST_NPROBE
     assert params["recall_queries"] == 400 and "IVF" in params["search"]
     assert not (found == query_ids[:, None]).any()
+
+
+def test_ivf_search_is_reproducible_and_trains_on_the_same_rows_whatever_the_stream_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _clustered(2500, 16, seed=6)
+    ids = np.arange(2500, dtype=np.int64) + 7
+    monkeypatch.setattr(knn_search, "EXACT_PAIRS_LIMIT", 0)
+    first = knn_search.neighbours(x[:300], ids[:300], _batches(ids, x, order_seed=1), len(ids), 5, seed=2)
+    again = knn_search.neighbours(x[:300], ids[:300], _batches(ids, x, order_seed=1), len(ids), 5, seed=2)
+    assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+    chosen = [np.sort(batch_ids[knn_search._seeded_share(batch_ids, 2) < 0.3]) for order in (1, 2)
+              for batch_ids in [np.concatenate([b for b, _ in _batches(ids, x, order_seed=order)()])]]
+    assert np.array_equal(chosen[0], chosen[1]) and 0.25 < len(chosen[0]) / len(ids) < 0.35
 
 
 def test_ivf_search_raises_nprobe_and_says_when_the_goal_is_missed(monkeypatch: pytest.MonkeyPatch,
