@@ -34,7 +34,6 @@ Where every pair is known every figure is computed exactly as before, to the bit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb

@@ -6,8 +6,8 @@ Three ways, one result: the ids of each query's k nearest pool samples, never it
 - **exact** (CPU, FAISS's BLAS inner-product search against the pool streamed batch by batch): while
   queries × pool stays under EXACT_PAIRS_LIMIT;
 - **IVF** (CPU, FAISS inverted file over 4-bit product-quantised codes scanned by SIMD, candidates
-  re-ranked by inner product with float16 copies of the vectors; approximate): above it. The pool is streamed into the index in
-  batches, never held as a matrix beside it. Its recall@k against exact search is measured on a
+  re-ranked by inner product with float16 copies of the vectors; approximate): above it. The pool
+  is streamed into the index in batches, never held as a matrix beside it. Its recall@k against exact search is measured on a
   seeded sample of RECALL_QUERIES queries, and `nprobe` and the re-ranked candidates doubled until
   the recall reaches RECALL_GOAL (or NPROBE_CAP_SHARE of the lists are probed and MAX_REFINE times
   the candidates re-ranked: the figures' params then say the goal was missed); nlist, nprobe, the
@@ -146,8 +146,8 @@ class IvfIndex:
     def search(self, unit_queries: np.ndarray, depth: int, nprobe: int, refine: int) -> np.ndarray:
         import faiss
 
-        parameters = faiss.IndexRefineSearchParameters(  # type: ignore[attr-defined]
-            k_factor=refine, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[attr-defined]
+        parameters = faiss.IndexRefineSearchParameters(  # type: ignore[call-arg]
+            k_factor=refine, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))  # type: ignore[call-arg]
         found = np.empty((len(unit_queries), depth), dtype=np.int64)
         block = max(1, QUERY_BLOCK_CANDIDATES // (refine * depth))  # FAISS holds every query's candidates at once
         for start in range(0, len(unit_queries), block):
@@ -183,19 +183,19 @@ def ivf_index(batches: Batches, pool_size: int, seed: int) -> IvfIndex:
     codes = next(m for m in (dim // 4, dim // 2, dim) if m > 0 and dim % m == 0)
     pq = f"IVF{nlist},PQ{codes}x4fs"
     base = faiss.index_factory(dim, pq, faiss.METRIC_INNER_PRODUCT)
-    faiss.extract_index_ivf(base).cp.seed = seed  # type: ignore[attr-defined]
-    faiss.extract_index_ivf(base).cp.niter = 10  # type: ignore[attr-defined]
-    faiss.extract_index_ivf(base).cp.min_points_per_centroid = 1  # type: ignore[attr-defined]  # small pools: no warning
+    clustering = faiss.extract_index_ivf(base).cp
+    clustering.seed, clustering.niter = seed, 10
+    clustering.min_points_per_centroid = 1  # small pools: no warning
     rerank = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     rerank.codes.resize(pool_size * dim * 2)  # its full size at once: growing batch by batch would copy it
     rerank.codes.resize(0)
     index = faiss.IndexRefine(base, rerank)
     index.train(training)
-    ids = []
+    added: list[np.ndarray] = []
     for batch_ids, vectors in batches():
         index.add(unit32(vectors))
-        ids.append(np.asarray(batch_ids, dtype=np.int64))
-    return IvfIndex(index, np.concatenate(ids), nlist, pq)
+        added.append(np.asarray(batch_ids, dtype=np.int64))
+    return IvfIndex(index, np.concatenate(added), nlist, pq)
 
 
 def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:

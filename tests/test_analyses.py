@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,16 +22,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from embedstore.analyses import classification, curves, knn_search, neighbors, separability
+from embedstore.analyses import classification, curves, knn_search, separability
 from embedstore.analyses.common import AnalysisOptions
 from embedstore.analyses.rundata import RunData, load_run
 from embedstore.analyses.study import AnalyzeConfig, analyze
+from embedstore.choices import SearchDevice
 from embedstore.errors import InputError
 from embedstore.extract import ExtractConfig, extract
 from embedstore.labels import CHEXPERT_LABELS
 from embedstore.rendering.tables import study_table
 from embedstore.store import Store
-from embedstore.choices import SearchDevice
 
 TOL = 1e-9
 

@@ -4,7 +4,6 @@ exactly what it averaged (both protocols). Every test here failed before the fix
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +12,12 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from embedstore.analyses import classification, neighbors, separability
 from embedstore.analyses.common import AnalysisOptions, bootstrap_weights, rarest_label_strata
+from embedstore.analyses.knn_search import SameUid, neighbours
 from embedstore.analyses.rundata import RunData
 from embedstore.analyses.study import RunAnalysis
 from embedstore.heads import row_minmax
 from embedstore.labels import CHEXPERT_LABELS, DOMAINS
 from embedstore.rendering.tables import MACRO_AUROC_HEADER, TIME_COLUMN, detail_tables, study_table
-from embedstore.analyses.knn_search import SameUid, neighbours
 
 
 def _run(embeddings: np.ndarray, scores: np.ndarray, targets: np.ndarray, splits: np.ndarray, labels: list[str],
