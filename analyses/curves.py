@@ -73,12 +73,3 @@ class RankedLabel:
         return (np.where((n_positive > 0) & (n_negative > 0), auroc, np.nan),
                 np.where(n_positive > 0, average_precision, np.nan))
 
-
-def weighted_auroc(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC (Mann–Whitney, ties count one half) per weighting; NaN where a class is absent."""
-    return RankedLabel.of(score, truth).curves(weights)[0]
-
-
-def weighted_average_precision(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average precision (scikit-learn's step-wise AUPRC) per weighting; NaN without positives."""
-    return RankedLabel.of(score, truth).curves(weights)[1]

@@ -15,8 +15,9 @@ Three ways, one result: the ids of each query's k nearest pool samples, never it
 - **torch** (exact matrix product + top-k on a CUDA device when one is present): the pool streamed
   to the device, queries in blocks; the same neighbours as exact FAISS (cosine to 1e-6).
 
-Among neighbours at exactly the same similarity the lower sample id comes first, so exact results do
-not depend on the order the store streams the pool in; IVF trains on rows chosen by a seeded hash of
+Among neighbours at exactly the same similarity the lower sample id comes first (on the torch path as
+long as fewer than TIE_MARGIN of them tie at the cut), so exact results do not depend on the order the
+store streams the pool in or on the device; IVF trains on rows chosen by a seeded hash of
 their sample ids (the same rows whatever the order), and only its choice among candidates at exactly
 equal quantised distance follows the stream order (the store's scan order, the same on every read
 of one store). FAISS is imported only by the CPU paths (the
@@ -61,8 +62,10 @@ MAX_REFINE = 160
 #: Candidates (queries × refine factor × depth) per block of an IVF search: bounds FAISS's buffers.
 QUERY_BLOCK_CANDIDATES = 4_000_000
 
-#: Similarity cells per block of the torch search (queries × pool; 1 GiB of float32).
+#: Similarity cells per block of the torch search (queries × pool; 1 GiB of float32), and how many
+#: candidates beyond the depth it fetches so that neighbours tied at the cut are ordered by id.
 TORCH_BLOCK_CELLS = 2**28
+TIE_MARGIN = 16
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
@@ -121,9 +124,11 @@ def exact_candidates(unit_queries: np.ndarray, batches: Batches, depth: int) -> 
     best_similarity = np.full((len(unit_queries), 0), -np.inf, dtype=np.float32)
     best = np.full((len(unit_queries), 0), -1, dtype=np.int64)
     for ids, vectors in batches():
-        similarity, rows = faiss.knn(unit_queries, unit32(vectors), min(depth, len(ids)),
+        by_id = np.argsort(ids, kind="stable")  # FAISS keeps the lower row among equal similarities: the lower id
+        ids = np.asarray(ids, dtype=np.int64)[by_id]
+        similarity, rows = faiss.knn(unit_queries, unit32(vectors[by_id]), min(depth, len(ids)),
                                      metric=faiss.METRIC_INNER_PRODUCT)
-        found = np.where(rows >= 0, np.asarray(ids, dtype=np.int64)[np.maximum(rows, 0)], -1)
+        found = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
         best_similarity = np.concatenate([best_similarity, similarity], axis=1)
         best = np.concatenate([best, found], axis=1)
         order = np.lexsort((best, -best_similarity), axis=1)[:, :depth]
@@ -244,7 +249,8 @@ def _torch_candidates(unit_queries: np.ndarray, batches: Batches, depth: int, de
         vector_parts.append(torch.from_numpy(unit32(vectors)).to(device))
     pool = torch.cat(vector_parts)
     pool_ids = torch.from_numpy(np.concatenate(ids_parts)).to(device)
-    depth = min(depth, len(pool))
+    wanted = depth
+    depth = min(depth + TIE_MARGIN, len(pool))  # top-k's order among ties is undefined: fetch more, order by id
     block = max(1, TORCH_BLOCK_CELLS // max(1, len(pool)))
     found = np.empty((len(unit_queries), depth), dtype=np.int64)
     similarity = np.empty((len(unit_queries), depth), dtype=np.float32)
@@ -254,7 +260,7 @@ def _torch_candidates(unit_queries: np.ndarray, batches: Batches, depth: int, de
             values, rows = torch.topk(queries @ pool.T, depth, dim=1)
             similarity[start:start + block] = values.cpu().numpy()
             found[start:start + block] = pool_ids[rows].cpu().numpy()
-    return _ordered(similarity, found)
+    return _ordered(similarity, found)[:, :wanted]
 
 
 def cuda_available() -> bool:
@@ -280,9 +286,18 @@ def neighbours(queries: np.ndarray, query_ids: np.ndarray, pool: Batches, pool_s
                          parameter="search_device")
     use_torch = device == SearchDevice.CUDA or (device == SearchDevice.AUTO and cuda_available())
     if use_torch or device == SearchDevice.TORCH_CPU:
+        import torch
+
         where = "cpu" if device == SearchDevice.TORCH_CPU else "cuda"
-        found = _torch_candidates(unit_queries, pool, depth, where)
-        return keep_neighbours(found, query_ids, k, same_uid), {"search": f"exact (torch, {where})"}
+        try:
+            found = _torch_candidates(unit_queries, pool, depth, where)
+            return keep_neighbours(found, query_ids, k, same_uid), {"search": f"exact (torch, {where})"}
+        except (MemoryError, torch.OutOfMemoryError) as error:
+            if device != SearchDevice.AUTO:
+                raise InputError(f"search_device {device}: out of memory for a pool of {pool_size:,} vectors "
+                                 f"({str(error).splitlines()[0][:120]}); use cpu", parameter="search_device") from None
+            log.warning("warning: the GPU ran out of memory for a pool of %s vectors; searching on the CPU",
+                        f"{pool_size:,}")
     if len(queries) * pool_size <= EXACT_PAIRS_LIMIT:
         found = exact_candidates(unit_queries, pool, depth)
         return keep_neighbours(found, query_ids, k, same_uid), {"search": "exact"}

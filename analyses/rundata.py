@@ -99,6 +99,14 @@ class RunData:
             raise InputError(f"split {name!r}: run {self.run_id} has no samples in it")
         return mask
 
+    def release(self) -> None:
+        """Drop the per-sample arrays once a run's figures are computed (`analyze` keeps each run only for
+        its tables, which read ids, labels, domains and splits): scores, targets and `known` become
+        empty (samples × labels with no samples), the cached split vectors go."""
+        empty = (0, len(self.labels))
+        self.scores, self.targets, self.known = np.zeros(empty), np.zeros(empty, dtype=np.int8), np.zeros(empty, bool)
+        self._split_vectors.clear()
+
     def vectors(self, split: str) -> np.ndarray:
         """Embeddings of the split's samples in sample order (float32 from the store, read once per split)."""
         mask = self.split(split)
@@ -107,19 +115,20 @@ class RunData:
         if split not in self._split_vectors:
             ids = self.sample_ids[mask]
             matrix: np.ndarray | None = None
-            filled = 0
+            filled = np.zeros(len(ids), dtype=bool)
             for batch_ids, batch in self.embeddings.batches(split):
                 if matrix is None:
                     matrix = np.empty((len(ids), batch.shape[1]), dtype=np.float32)
                 rows = np.searchsorted(ids, batch_ids)
-                if rows.max(initial=0) >= len(ids) or not np.array_equal(ids[rows], batch_ids):
+                if rows.max(initial=0) >= len(ids) or not np.array_equal(ids[rows], batch_ids) or filled[rows].any() \
+                        or len(np.unique(rows)) != len(rows):
                     raise IntegrityError(f"run {self.run_id}: an embedding of split {split} belongs to no sample "
-                                         "of the run; run `embedstore store verify`")
+                                         "of the run, or to one twice; run `embedstore store verify`")
                 matrix[rows] = batch
-                filled += len(batch_ids)
-            if matrix is None or filled != len(ids):
-                raise IntegrityError(f"run {self.run_id}: split {split} has {len(ids)} samples but {filled} "
-                                     "embeddings; run `embedstore store verify`")
+                filled[rows] = True
+            if matrix is None or not filled.all():
+                raise IntegrityError(f"run {self.run_id}: split {split} has {len(ids)} samples but "
+                                     f"{int(filled.sum())} embeddings; run `embedstore store verify`")
             self._split_vectors[split] = matrix
         return self._split_vectors[split]
 
@@ -174,8 +183,8 @@ def load_run(store: Store, run_id: str) -> RunData:
         labels: list[str] = list(json.loads(config)["labels"])
         scores = np.zeros((len(ids), len(labels)))
         for batch in queries.fetch_batches(con, "run_logits", PAIR_BATCH_ROWS, run_id=run_id, labels=labels):
-            rows, _ = _positions(ids, batch.column(0).to_numpy().astype(np.int64))
-            scores[rows, batch.column(1).to_numpy().astype(np.int64)] = batch.column(2).to_numpy()
+            rows, present = _positions(ids, batch.column(0).to_numpy().astype(np.int64))
+            scores[rows[present], batch.column(1).to_numpy().astype(np.int64)[present]] = batch.column(2).to_numpy()[present]
         targets = np.zeros((len(ids), len(labels)), dtype=np.int8)
         known = np.ones((len(ids), len(labels)), dtype=bool)
         for batch in queries.fetch_batches(con, "run_targets", PAIR_BATCH_ROWS, run_id=run_id, labels=labels):

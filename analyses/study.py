@@ -97,13 +97,17 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
         raise InputError(f"bootstrap {config.bootstrap}: must be 0 or more", parameter="bootstrap")
     if config.k < 1:
         raise InputError(f"k {config.k}: must be at least 1", parameter="k")
-    runs = [load_run(store, run_id) for run_id in _select_runs(store, config)]
     analyses = []
-    for protocol in protocols:
-        chosen = runs if config.runs else [run for run in runs if run.protocol == protocol]
-        options = AnalysisOptions(protocol=protocol, split=config.split, bootstrap=config.bootstrap, seed=config.seed,
-                                  k=config.k, resampling=config.resampling, search_device=config.search_device)
-        analyses += [RunAnalysis(run, protocol, analyze_run(run, options)) for run in chosen]
+    for run_id in _select_runs(store, config):  # one run at a time: only one run's arrays are ever held
+        run = load_run(store, run_id)
+        for protocol in protocols:
+            if config.runs or run.protocol == protocol:
+                options = AnalysisOptions(protocol=protocol, split=config.split, bootstrap=config.bootstrap,
+                                          seed=config.seed, k=config.k, resampling=config.resampling,
+                                          search_device=config.search_device)
+                analyses.append(RunAnalysis(run, protocol, analyze_run(run, options)))
+        run.release()
+    analyses.sort(key=lambda analysis: protocols.index(analysis.protocol))  # tables: by protocol, then run
     if not analyses:
         raise InputError("no complete runs match; extract some with `embedstore extract`")
     _store_rows(store, analyses, config.split)

@@ -130,10 +130,10 @@ def measure(store_path: Path, run_id: str, bootstrap: int, warm_up: bool) -> dic
     rows = analyze_run(run, AnalysisOptions(protocol="multilabel", bootstrap=bootstrap))
     total = time.perf_counter() - started
     peak = peak_rss_mib()
-    searches = sorted({str(r.params.get("search")) for r in rows if "search" in r.params})
-    recalls = sorted({float(r.params["recall_at_k"]) for r in rows if "recall_at_k" in r.params})
+    searches = {str(r.params["scope"]): {"search": r.params.get("search"), "recall_at_k": r.params.get("recall_at_k")}
+                for r in rows if "scope" in r.params}
     figures: dict[str, object] = {"load_s": round(loaded, 2), "multilabel_with_intervals_s": round(total, 2),
-                                  "peak_rss_mib": round(peak), "search": searches, "ivf_recall_at_k": recalls}
+                                  "peak_rss_mib": round(peak), "search": searches}
     started = time.perf_counter()
     analyze_run(run, AnalysisOptions(protocol="multilabel", bootstrap=0))
     figures["multilabel_no_intervals_s"] = round(time.perf_counter() - started, 2)

@@ -61,7 +61,6 @@ import importlib
 import importlib.util
 import io
 import json
-import logging
 import math
 import os
 import platform
@@ -362,9 +361,11 @@ def load(bench: Bench) -> dict[str, Any]:
                 "visual_parameters": sum(p.numel() for p in bench.model.model.visual.parameters())}
 
     def biomed() -> dict[str, Any]:
+        from embedstore.shaped_models import BIOMEDCLIP_SHAPE, TINY_BIOMEDCLIP_SHAPE, write_biomedclip_shaped
+
         shape = TINY_BIOMEDCLIP_SHAPE if bench.sizes.biomed_tiny else BIOMEDCLIP_SHAPE
         started = time.perf_counter()
-        model_id = biomedclip_shaped(bench.args.scratch / "biomedclip-shaped", shape, bench.args.seed)
+        model_id = write_biomedclip_shaped(bench.args.scratch / "biomedclip-shaped", shape, bench.args.seed)
         built = time.perf_counter() - started
         started = time.perf_counter()
         bench.biomed = load_model(model_id)
@@ -405,97 +406,13 @@ def synthetic_pngs(count: int, size: int, seed: int) -> list[bytes]:
 def smoke_model(folder: Path, seed: int) -> str:
     """A tiny open_clip ViT CLIP (48 px, 3 blocks) as a `local-dir:` model, seeded random weights,
     so that --smoke exercises the same loading and encoding code in seconds on a CPU."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": {"embed_dim": 32,
-                      "vision_cfg": {"image_size": 48, "layers": 3, "width": 32, "patch_size": 8, "head_width": 16},
-                      "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
-        "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD},
-    }))
-    return save_random_weights(folder, seed)
+    from embedstore.shaped_models import write_config, write_random_weights
 
-
-def save_random_weights(folder: Path, seed: int) -> str:
-    """Create the `local-dir:` model of `folder`'s open_clip_config.json with seeded random weights and
-    save them beside it (under embedstore's network guard; a Hugging Face text tower is built from its
-    config, not fetched)."""
-    import open_clip
-
-    from embedstore.models import offline
-
-    logging.disable(logging.WARNING)   # open_clip warns that the folder has no weights yet: they are made here
-    try:
-        with offline(), torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = open_clip.create_model(f"local-dir:{folder}", pretrained_hf=False)
-    finally:
-        logging.disable(logging.NOTSET)
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return f"local-dir:{folder}"
-
-
-@dataclass(frozen=True)
-class BiomedShape:
-    """Sizes of a BiomedCLIP-shaped model: timm ViT trunk, BERT text tower, WordPiece vocabulary."""
-
-    timm_model: str
-    image_size: int
-    embed_dim: int
-    vocab_size: int
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    context_length: int
-
-
-#: microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224: ViT-B/16 at 224 px, 512-d, PubMedBERT-base, 256 tokens.
-BIOMEDCLIP_SHAPE = BiomedShape("vit_base_patch16_224", 224, 512, 30522, 768, 12, 12, 3072, 256)
-#: The same layout at tests/model_fixtures.py's tiny sizes (timm's 6-block `test_vit`, 112 px: 7×7 tokens).
-TINY_BIOMEDCLIP_SHAPE = BiomedShape("test_vit", 112, 24, 512, 32, 2, 2, 64, 32)
-OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def biomedclip_shaped(folder: Path, shape: BiomedShape, seed: int) -> str:
-    """BiomedCLIP's layout as a `local-dir:` model with seeded random weights, nothing downloaded: its
-    open_clip_config.json (timm trunk, `hf_model_name` = this folder), the text tower's BertConfig, and
-    a WordPiece tokenizer.json (prompt words + `[unusedN]` up to the vocabulary size)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig
-
-    from embedstore.labels import CHEXPERT_LABELS
-    from embedstore.prompts import TEMPLATES
-
-    folder.mkdir(parents=True, exist_ok=True)
-    words = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "."}
-    for text in (*CHEXPERT_LABELS, *TEMPLATES):
-        words.update(text.replace("{label}", "").lower().replace(".", " ").split())
-    listed = sorted(words)
-    vocab = {word: i for i, word in enumerate(listed + [f"[unused{i}]" for i in range(shape.vocab_size - len(listed))])}
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": shape.context_length, "pad_token": "[PAD]",
-        "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
-    }))
-    BertConfig(vocab_size=len(vocab), hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-               num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
-               max_position_embeddings=2 * shape.context_length).save_pretrained(folder)
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": {
-            "embed_dim": shape.embed_dim,
-            "vision_cfg": {"timm_model_name": shape.timm_model, "timm_model_pretrained": False, "timm_pool": "",
-                           "timm_proj": "linear", "image_size": shape.image_size},
-            "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
-                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": shape.context_length}},
-        "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD},
-    }))
-    return save_random_weights(folder, seed)
+    write_config(folder, {"embed_dim": 32,
+                          "vision_cfg": {"image_size": 48, "layers": 3, "width": 32, "patch_size": 8, "head_width": 16},
+                          "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                       "layers": 1}})
+    return write_random_weights(folder, seed)
 
 
 def study_preprocess(model: Any) -> Any:
@@ -629,8 +546,7 @@ def cache(bench: Bench) -> dict[str, Any]:
             out[key] = result
             if role == "warm-up":
                 continue
-            note = (f"img/s; {result['images']:,} images in {result['seconds']:.2f} s, "
-                    f"first batch after {result['first_batch_seconds']:.2f} s")
+            note = pass_note(result)
             study_rate = (bench.figure("study_encode", "encode_only") or {}).get("images_per_s")
             if study_rate:
                 result["ratio_vs_study_per_image"] = result["images_per_s"] / study_rate
@@ -638,12 +554,23 @@ def cache(bench: Bench) -> dict[str, Any]:
             if role:
                 out[role] = result
             if role == "extract_default":
-                verdict = "met" if result["images_per_s"] >= BUDGET_CACHE_IMAGES_PER_S else "NOT met"
-                note += f"; budget ≥ {BUDGET_CACHE_IMAGES_PER_S:,} on an H100: {verdict}"
+                note += cache_goal_note(result, "budget")
             bench.row("cache", key, result["images_per_s"], note)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def pass_note(result: dict[str, Any]) -> str:
+    """A loader pass's row note: how many images, how long, when the first batch came."""
+    return (f"img/s; {result['images']:,} images in {result['seconds']:.2f} s, "
+            f"first batch after {result['first_batch_seconds']:.2f} s")
+
+
+def cache_goal_note(result: dict[str, Any], word: str) -> str:
+    """The ≥ BUDGET_CACHE_IMAGES_PER_S images/s verdict for a pass from the tensor cache."""
+    verdict = "met" if result["images_per_s"] >= BUDGET_CACHE_IMAGES_PER_S else "NOT met"
+    return f"; {word} ≥ {BUDGET_CACHE_IMAGES_PER_S:,} on an H100: {verdict}"
 
 
 def loader_pass(bench: Bench, visual: Any, model: Any, dataset: Any, batch: int, workers: int,
@@ -708,11 +635,7 @@ def biomedclip(bench: Bench) -> dict[str, Any]:
             out[f"{source}_bs{batch}" if source != "warm-up" else "warm_up"] = result
             if "error" in result or source == "warm-up":
                 continue
-            note = (f"img/s; {result['images']:,} images in {result['seconds']:.2f} s, first batch after "
-                    f"{result['first_batch_seconds']:.2f} s")
-            if source == "cache":
-                verdict = "met" if result["images_per_s"] >= BUDGET_CACHE_IMAGES_PER_S else "NOT met"
-                note += f"; goal ≥ {BUDGET_CACHE_IMAGES_PER_S:,} on an H100: {verdict}"
+            note = pass_note(result) + (cache_goal_note(result, "goal") if source == "cache" else "")
             bench.row("biomedclip", figure, result["images_per_s"], note)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -64,7 +64,7 @@ def main() -> None:
     for name, make in variants.items():
         index = make()
         started = time.perf_counter()
-        index.train(pool[np.random.default_rng(0).choice(args.pool, 40 * nlist, replace=False)])
+        index.train(pool[np.random.default_rng(0).choice(args.pool, min(args.pool, 40 * nlist), replace=False)])
         index.add(pool)
         build = time.perf_counter() - started
         for nprobe in (16, 32, 64, 128):

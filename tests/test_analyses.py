@@ -75,8 +75,8 @@ def test_classification_metrics_equal_sklearn(data: tuple[np.ndarray, np.ndarray
         assert abs(confusion["precision"][j] - report[str(j)]["precision"]) < TOL
         assert abs(confusion["recall"][j] - report[str(j)]["recall"]) < TOL
         column, truth = scores[:, j], targets[:, j]
-        auroc = curves.weighted_auroc(column, truth, np.ones((1, n)))[0]
-        ap = curves.weighted_average_precision(column, truth, np.ones((1, n)))[0]
+        auroc = curves.RankedLabel.of(column, truth).curves(np.ones((1, n)))[0][0]
+        ap = curves.RankedLabel.of(column, truth).curves(np.ones((1, n)))[1][0]
         if 0 < truth.sum() < n:
             assert abs(auroc - roc_auc_score(truth, column)) < TOL
         else:
@@ -96,7 +96,7 @@ def test_weighted_metrics_equal_sklearn_on_the_resampled_rows(data: tuple[np.nda
     weights = np.bincount(draws, minlength=n)[None, :].astype(float)
     resampled_scores, resampled_targets = scores[draws], targets[draws]
     for j in range(scores.shape[1]):
-        got = curves.weighted_auroc(scores[:, j], targets[:, j], weights)[0]
+        got = curves.RankedLabel.of(scores[:, j], targets[:, j]).curves(weights)[0][0]
         truth = resampled_targets[:, j]
         if 0 < truth.sum() < n:
             assert abs(got - roc_auc_score(truth, resampled_scores[:, j])) < TOL

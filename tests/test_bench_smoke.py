@@ -103,3 +103,25 @@ def test_the_study_section_records_a_skip_when_the_store_dependencies_are_missin
     note = "skipped: needs no-such-wheel (carry their wheels)"
     assert bench.report["sections"]["study"]["skipped"] == note and bench.failures == []
     assert f"| study | whole study end to end | skipped | {note} |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_analysis_benchmark_runs_at_a_small_size_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "analyze.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "analyze.py"), "--sizes", "1500", "--bootstrap",
+                             "20", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["n"] == 1500 and row["peak_rss_mib"] > 0
+    assert {scope: found["search"] for scope, found in row["search"].items()} == {"within": "exact",
+                                                                                   "test_to_train": "exact"}
+    assert row["study_way"] == "measured" and row["multilabel_with_intervals_s"] >= row["load_s"]
+
+
+def test_index_comparison_benchmark_runs_at_a_small_size() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "knn_indexes.py"), "--pool", "4000", "--queries",
+                             "4000"], capture_output=True, text=True, timeout=300, cwd=REPO / "bench")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {row["index"].split(" ")[0] for row in rows} == {"exact", "IVF-flat", "IVF-PQ", "HNSW"}
+    assert all(0 <= row["recall_at_10"] <= 1 for row in rows if "recall_at_10" in row)
+

@@ -43,7 +43,8 @@ class FakeHub:
 
 
 def _tiny_config() -> bytes:
-    from tests.model_fixtures import OPENAI_MEAN, OPENAI_STD, TINY_TEXT_CFG
+    from embedstore.shaped_models import OPENAI_MEAN, OPENAI_STD
+    from tests.model_fixtures import TINY_TEXT_CFG
 
     return json.dumps({"model_cfg": {
         "embed_dim": 32,

@@ -164,6 +164,18 @@ def test_exact_search_streamed_in_batches_equals_brute_force_for_every_device() 
     assert np.array_equal(knn_search.keep_neighbours(streamed, ids[:200], 7, None), exact)
 
 
+def test_neighbours_tied_at_the_cut_are_the_lowest_ids_whatever_the_order_and_device() -> None:
+    x = np.vstack([np.ones((6, 4)), np.random.default_rng(0).normal(size=(20, 4)) - 5]).astype(np.float32)
+    ids = np.array([60, 50, 40, 30, 20, 10] + list(range(100, 120)), dtype=np.int64)
+    query, query_id = np.ones((1, 4), dtype=np.float32), np.array([999])
+    expected = np.array([[10, 20, 30]])
+    for device in (SearchDevice.CPU, SearchDevice.TORCH_CPU):
+        for order_seed in (0, 1, 2):
+            found, _ = knn_search.neighbours(query, query_id, _batches(ids, x, size=4, order_seed=order_seed), len(ids),
+                                             3, device=device)
+            assert np.array_equal(found, expected), (device, order_seed)
+
+
 def test_cuda_search_without_a_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(knn_search, "cuda_available", lambda: False)
     x = _clustered(50, 4, seed=0)
