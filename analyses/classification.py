@@ -34,6 +34,7 @@ Where every pair is known every figure is computed exactly as before, to the bit
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -261,18 +262,12 @@ def _averaged_params(labels: list[str], columns: np.ndarray, rule: str) -> dict[
             "left_out": [label for j, label in enumerate(labels) if j not in set(columns.tolist())], "rule": rule}
 
 
-def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
-            domains: dict[str, list[int]], options: AnalysisOptions, params: dict[str, object],
-            merged_domains: bool = False, known: np.ndarray | None = None,
-            findings: list[int] | None = None) -> list[MetricRow]:
-    """Every classification figure of one split, each with its bootstrap interval.
-
-    Macro AUROC/AUPRC average the labels defined on the whole split; a resample in which one of them
-    is undefined is skipped for the macro and counted. Per domain: with `merged_domains` (the study)
-    one "any label of the domain" target (`domain_any_*`); otherwise the per-label macro
-    (`domain_macro_*`). `findings`: the columns "abnormal" merges (every label but the normal one;
-    None: every column). `known`: False at pairs left out (module docstring).
-    """
+def resampled_figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
+                      domains: dict[str, list[int]], merged_domains: bool = False, known: np.ndarray | None = None,
+                      findings: list[int] | None = None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Every resampled classification figure of one split as one function of the resample weights
+    (resamples × samples) to `{"metric|label": values}`: the per-sample contributions and each label's
+    sort are computed once, here. `figures` and paired comparisons of two runs both use it."""
     known = all_known(targets, known)
     lrap, coverage, ranking_loss = ranking_per_sample(scores, targets, known)
     ranked = ~np.isnan(lrap)
@@ -312,6 +307,27 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
                 result[f"domain_macro_auroc|{domain}"] = fixed_macro(auroc, domain_auroc[domain])
         return result
 
+    return compute
+
+
+def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str],
+            domains: dict[str, list[int]], options: AnalysisOptions, params: dict[str, object],
+            merged_domains: bool = False, known: np.ndarray | None = None,
+            findings: list[int] | None = None) -> list[MetricRow]:
+    """Every classification figure of one split, each with its bootstrap interval.
+
+    Macro AUROC/AUPRC average the labels defined on the whole split; a resample in which one of them
+    is undefined is skipped for the macro and counted. Per domain: with `merged_domains` (the study)
+    one "any label of the domain" target (`domain_any_*`); otherwise the per-label macro
+    (`domain_macro_*`). `findings`: the columns "abnormal" merges (every label but the normal one;
+    None: every column). `known`: False at pairs left out (module docstring).
+    """
+    known = all_known(targets, known)
+    compute = resampled_figures(scores, targets, thresholds, labels, domains, merged_domains, known, findings)
+    defined = label_sets(targets, labels, known)
+    domain_auroc = {domain: np.intersect1d(columns, defined["auroc"]) for domain, columns in domains.items()}
+    merged = {domain: Merged.of(columns, scores, targets, np.zeros(scores.shape), known)
+              for domain, columns in domains.items()} if merged_domains else {}
     point = {name: float(values[0]) for name, values in compute(np.ones((1, len(scores)))).items()}
     confusion = label_confusion(scores, targets, thresholds, known)
     for j, label in enumerate(labels):
@@ -362,6 +378,22 @@ def sweep(scores: np.ndarray, targets: np.ndarray, options: AnalysisOptions,
 TUNING_SPLIT = "val"
 
 
+def protocol_scores(run: RunData, options: AnalysisOptions) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """The scores and per-label thresholds `options.protocol` reads for a run, and their params: the
+    study's row min-max at its fixed threshold, or raw scores at thresholds tuned for F1 on val."""
+    if options.protocol == Protocol.STUDY:
+        return row_minmax(run.scores), np.full(len(run.labels), options.threshold), {
+            "scores": "row min-max (s - min) / (max - min + 1e-8), float64", "threshold": options.threshold}
+    val = run.split(TUNING_SPLIT)
+    return run.scores, tune_thresholds(run.scores[val], run.targets[val], run.known_pairs[val]), {
+        "scores": "raw", "threshold": f"per label, tuned for F1 on {TUNING_SPLIT}"}
+
+
+def refuses_thresholded(options: AnalysisOptions) -> bool:
+    """Whether thresholded figures are left out: under multilabel, on the split the thresholds are tuned on."""
+    return options.protocol != Protocol.STUDY and options.split == TUNING_SPLIT
+
+
 def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     """Classification figures of `options.split` under `options.protocol`.
 
@@ -371,21 +403,11 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     mask = run.split(options.split)
     study = options.protocol == Protocol.STUDY
     known = run.known_pairs
-    if study:
-        scores = row_minmax(run.scores)
-        thresholds = np.full(len(run.labels), options.threshold)
-        params: dict[str, object] = {"scores": "row min-max (s - min) / (max - min + 1e-8), float64",
-                                     "threshold": options.threshold}
-        extra = sweep(scores[mask], run.targets[mask], options, known[mask])
-    else:
-        scores = run.scores
-        val = run.split(TUNING_SPLIT)
-        thresholds = tune_thresholds(scores[val], run.targets[val], known[val])
-        params = {"scores": "raw", "threshold": f"per label, tuned for F1 on {TUNING_SPLIT}"}
-        extra = []
+    scores, thresholds, params = protocol_scores(run, options)
+    extra = sweep(scores[mask], run.targets[mask], options, known[mask]) if study else []
     rows = figures(scores[mask], run.targets[mask], thresholds, run.labels, run.domains, options, params,
                    merged_domains=study, known=known[mask], findings=run.finding_columns)
-    if not study and options.split == TUNING_SPLIT:
+    if refuses_thresholded(options):
         log.warning("warning: %s: thresholded figures (F1, exact match, precision, recall, …) are not reported on "
                     "%s: the thresholds are tuned on it; threshold-free figures (AUROC, AUPRC, LRAP, …) are",
                     run.run_id, TUNING_SPLIT)

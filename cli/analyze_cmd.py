@@ -1,4 +1,4 @@
-"""`embedstore analyze` and `embedstore neighbors`."""
+"""`embedstore analyze`, `embedstore compare` and `embedstore neighbors`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from embedstore.choices import ProtocolChoice, Resampling, SearchDevice, Split, TableFormat
+from embedstore.choices import Protocol, ProtocolChoice, Resampling, SearchDevice, Split, TableFormat
 from embedstore.cli.options import StoreOption, store_path
 from embedstore.errors import InputError
 
@@ -49,6 +49,36 @@ def analyze(
         tables[f"study table ({chosen} protocol, {split} split)"] = study_table(analyses, chosen)
         tables |= {f"{name} ({chosen})": frame for name, frame in detail_tables(analyses, chosen).items()}
     print_tables(tables, fmt)
+
+
+def compare(
+    run_a: str = typer.Argument(..., help="Run A (the baseline)."),
+    run_b: str = typer.Argument(..., help="Run B: differences are B − A."),
+    metrics: list[str] = typer.Option([], "--metric", help="Compare only this figure (repeatable): macro_auroc, "
+                                                           "macro_f1, exact_match, lrap, coverage_error, auroc, f1."),
+    protocol: Protocol = typer.Option(Protocol.MULTILABEL, "--protocol", help="How both runs' scores are read."),
+    split: Split = typer.Option(Split.TEST, "--split", help="Split both runs are compared on."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Paired bootstrap resamples (the same for both runs)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the bootstrap."),
+    fmt: TableFormat = typer.Option(TableFormat.TABLE, "--format", help="Output: table, Markdown, CSV or JSON."),
+    store: Path | None = StoreOption,
+) -> None:
+    """Is run B better than run A? For each headline figure B − A with a paired 95 % bootstrap interval,
+    and for AUROC DeLong's p-value (per label, Holm-adjusted across labels, and for the macro mean)."""
+    import polars as pl
+
+    from embedstore.analyses.compare import CompareConfig
+    from embedstore.analyses.compare import compare as run_compare
+    from embedstore.cli.output import print_json, print_tables
+    from embedstore.store import Store
+
+    config = CompareConfig(run_a=run_a, run_b=run_b, protocol=protocol, split=split, bootstrap=bootstrap, seed=seed,
+                           metrics=tuple(metrics))
+    rows = run_compare(Store.open(store_path(store)), config)
+    if fmt == TableFormat.JSON:
+        print_json(rows)
+        return
+    print_tables({f"{run_b} − {run_a} ({protocol} protocol, {split} split)": pl.DataFrame(rows)}, fmt)
 
 
 def neighbors(
