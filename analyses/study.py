@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedstore import queries
-from embedstore.analyses import classification, neighbors, separability
+from embedstore.analyses import calibration, classification, neighbors, separability
 from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
 from embedstore.analyses.rundata import RunData, dataset_runs, load_run
 from embedstore.choices import Protocol, ProtocolChoice, Resampling, SearchDevice, Split, parse
@@ -23,6 +23,7 @@ ANALYSES: dict[str, Callable[[RunData, AnalysisOptions], list[MetricRow]]] = {
     "separability": separability.compute,
     "classification": classification.compute,
     "neighbors": neighbors.compute,
+    "calibration": calibration.compute,
 }
 
 

@@ -63,6 +63,7 @@ class ChartKind(StrEnum):
     PER_LABEL = "per-label"
     THRESHOLDS = "thresholds"
     NEIGHBORS = "neighbors"
+    CALIBRATION = "calibration"
     GRADCAM = "gradcam"
 
 

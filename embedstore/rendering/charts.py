@@ -270,6 +270,36 @@ def gradcam_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
         title="Grad-CAM pointing game vs chance and a random-weights model")
 
 
+def calibration_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
+    """Reliability diagrams (stored `calibration.reliability` bins): per label, the observed frequency
+    against the mean probability of each of 15 equal-width bins, point size = samples in the bin, the
+    diagonal = perfect calibration; one small multiple per label, colour per setting."""
+    import altair as alt
+
+    points = []
+    for row in _metric_rows(store, options, ["calibration.reliability"]):
+        params = json.loads(row["params"])
+        for point in params.get("bins", []):
+            points.append({"setting": row["setting"], "protocol": row["protocol"], "label": row["label"],
+                           "probability": point["probability"], "observed": point["observed"],
+                           "samples": point["count"], "ECE": row["value"],
+                           "probability_is": params.get("probability", "")})
+    if not points:
+        raise InputError("no stored reliability bins; run `embedstore analyze` first")
+    diagonal = alt.Chart(alt.Data(values=[{"x": 0, "y": 0}, {"x": 1, "y": 1}])).mark_line(
+        color="grey", strokeDash=[3, 3]).encode(x="x:Q", y="y:Q")
+    curves = alt.Chart().mark_line(point=True).encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title="mean predicted probability"),
+        y=alt.Y("observed:Q", scale=alt.Scale(domain=[0, 1]), title="observed frequency"),
+        color=alt.Color("setting:N"), size=alt.Size("samples:Q", title="samples in bin"),
+        tooltip=["setting:N", "protocol:N", "label:N", alt.Tooltip("probability:Q", format=".3f"),
+                 alt.Tooltip("observed:Q", format=".3f"), "samples:Q", alt.Tooltip("ECE:Q", format=".3f"),
+                 "probability_is:N"])
+    return alt.layer(diagonal, curves, data=alt.Data(values=points)).properties(width=150, height=150).facet(
+        facet=alt.Facet("label:N", title=None), columns=5,
+        title="Reliability (test split, 15 equal-width bins; dashed: perfect calibration)")
+
+
 #: `embedstore chart KIND`.
 CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
     ChartKind.LABELS: labels_chart,
@@ -279,6 +309,7 @@ CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
     ChartKind.PER_LABEL: per_label_chart,
     ChartKind.THRESHOLDS: thresholds_chart,
     ChartKind.NEIGHBORS: neighbors_chart,
+    ChartKind.CALIBRATION: calibration_chart,
     ChartKind.GRADCAM: gradcam_chart,
 }
 

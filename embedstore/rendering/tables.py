@@ -82,7 +82,7 @@ def study_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataFrame:
 def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, pl.DataFrame]:
     """Per-label, per-domain, normal-vs-abnormal and neighbour tables for one protocol."""
     chosen = [a for a in analyses if a.protocol == protocol]
-    per_label, per_domain, binary, knn = [], [], [], []
+    per_label, per_domain, binary, knn, calibrated = [], [], [], [], []
     for analysis in chosen:
         setting = setting_name(analysis, analyses)
         for label in analysis.run.labels:
@@ -113,9 +113,22 @@ def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, p
                         "label-set Jaccard": _cell(analysis.figure(f"knn_jaccard:{scope}")),
                         "vote " + MACRO_AUROC_HEADER: _cell(analysis.figure(f"knn_vote_macro_auroc:{scope}")),
                         "vote macro-F1 (all labels)": _cell(analysis.figure(f"knn_vote_macro_f1:{scope}"))})
+        for maybe_label in [None, *analysis.run.labels]:
+            if analysis.figure("calibration.brier", maybe_label) is not None:
+                calibrated.append({"setting": setting, "label": maybe_label or "macro",
+                                   "ECE (15 equal-mass bins)": _cell(analysis.figure("calibration.ece_equal_mass",
+                                                                                     maybe_label)),
+                                   "ECE (15 equal-width bins)": _cell(analysis.figure("calibration.ece_equal_width",
+                                                                                      maybe_label)),
+                                   "Brier": _cell(analysis.figure("calibration.brier", maybe_label)),
+                                   "ECE after temperature": _cell(analysis.figure(
+                                       "calibration.ece_equal_mass_temperature", maybe_label)),
+                                   "ECE after isotonic": _cell(analysis.figure("calibration.ece_equal_mass_isotonic",
+                                                                               maybe_label))})
     return {"per label": pl.DataFrame(per_label), "per domain": pl.DataFrame(per_domain),
             "normal vs abnormal, and threshold-free": pl.DataFrame(binary),
-            "nearest-neighbour label agreement": pl.DataFrame(knn)}
+            "nearest-neighbour label agreement": pl.DataFrame(knn),
+            "calibration (recalibrated on val)": pl.DataFrame(calibrated)}
 
 
 def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
