@@ -34,6 +34,8 @@ class AnalysisOptions:
     #: positives) keeps its size in every resample.
     resampling: Resampling = Resampling.SIMPLE
     threshold: float = 0.5
+    #: Conformal prediction sets promise coverage 1 − alpha (embedstore/analyses/conformal.py).
+    alpha: float = 0.1
     #: Where neighbour search runs (embedstore/analyses/knn_search.py).
     search_device: SearchDevice = SearchDevice.AUTO
     sweep: tuple[float, ...] = tuple(round(0.20 + 0.05 * i, 2) for i in range(15))

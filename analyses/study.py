@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedstore import queries
-from embedstore.analyses import calibration, classification, neighbors, separability
+from embedstore.analyses import calibration, classification, conformal, neighbors, separability
 from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
 from embedstore.analyses.rundata import RunData, dataset_runs, load_run
 from embedstore.choices import Protocol, ProtocolChoice, Resampling, SearchDevice, Split, parse
@@ -24,6 +24,7 @@ ANALYSES: dict[str, Callable[[RunData, AnalysisOptions], list[MetricRow]]] = {
     "classification": classification.compute,
     "neighbors": neighbors.compute,
     "calibration": calibration.compute,
+    "conformal": conformal.compute,
 }
 
 
@@ -40,6 +41,7 @@ class AnalyzeConfig:
     k: int = 10
     resampling: Resampling = Resampling.SIMPLE
     search_device: SearchDevice = SearchDevice.AUTO
+    alpha: float = 0.1
 
     def __post_init__(self) -> None:
         """Plain strings are accepted from Python; a value outside its choices is an InputError."""
@@ -98,6 +100,9 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
         raise InputError(f"bootstrap {config.bootstrap}: must be 0 or more", parameter="bootstrap")
     if config.k < 1:
         raise InputError(f"k {config.k}: must be at least 1", parameter="k")
+    if not 0 < config.alpha < 1:
+        raise InputError(f"alpha {config.alpha}: the conformal miscoverage must lie between 0 and 1",
+                         parameter="alpha")
     analyses = []
     for run_id in _select_runs(store, config):  # one run at a time: only one run's arrays are ever held
         run = load_run(store, run_id)
@@ -105,7 +110,7 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
             if config.runs or run.protocol == protocol:
                 options = AnalysisOptions(protocol=protocol, split=config.split, bootstrap=config.bootstrap,
                                           seed=config.seed, k=config.k, resampling=config.resampling,
-                                          search_device=config.search_device)
+                                          search_device=config.search_device, alpha=config.alpha)
                 analyses.append(RunAnalysis(run, protocol, analyze_run(run, options)))
         run.release()
     analyses.sort(key=lambda analysis: protocols.index(analysis.protocol))  # tables: by protocol, then run

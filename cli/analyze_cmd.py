@@ -26,6 +26,7 @@ def analyze(
                                                help="Neighbour search: auto (a CUDA device if torch sees one, "
                                                     "else the CPU), cpu, cuda, or torch-cpu (the GPU code on the "
                                                     "CPU, for checking)."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Conformal prediction sets promise coverage 1 − alpha."),
     fmt: TableFormat = typer.Option(TableFormat.TABLE, "--format",
                                     help="Output: aligned tables, Markdown, CSV, or every figure as JSON records."),
     store: Path | None = StoreOption,
@@ -39,7 +40,7 @@ def analyze(
     from embedstore.store import Store
 
     config = AnalyzeConfig(data=data, runs=tuple(runs), protocol=protocol, split=split, bootstrap=bootstrap,
-                           seed=seed, k=k, resampling=resampling, search_device=search_device)
+                           seed=seed, k=k, resampling=resampling, search_device=search_device, alpha=alpha)
     analyses = run_analyze(Store.open(store_path(store)), config)
     if fmt == TableFormat.JSON:
         print_json(metrics_records(analyses))
