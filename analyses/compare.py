@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from embedstore.analyses import classification, delong
-from embedstore.analyses.common import AnalysisOptions, bootstrap_weights, interval
+from embedstore.analyses.common import AnalysisOptions, MetricRow, bootstrap_weights, interval
 from embedstore.analyses.rundata import RunData, load_run
 from embedstore.choices import Protocol, Split, parse
 from embedstore.errors import InputError
@@ -21,6 +21,12 @@ from embedstore.store import Store
 
 #: The figures compared (per-label ones for every label), in the order they are printed.
 HEADLINE = ("macro_auroc", "macro_f1", "exact_match", "lrap", "coverage_error", "auroc", "f1")
+
+#: The settings `analyze --compare` compares within each protocol (baseline, then the other).
+SETTING_PAIRS = (("zs", "lp"), ("lp", "ft"), ("zs", "ft"))
+
+#: Stored comparison rows are `metrics` rows of run B named with this prefix (sql/comparisons.sql).
+STORED_PREFIX = "compare."
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,8 @@ class CompareConfig:
         """Plain strings are accepted from Python; a value outside its choices is an InputError."""
         object.__setattr__(self, "protocol", parse(Protocol, self.protocol, "protocol"))
         object.__setattr__(self, "split", parse(Split, self.split, "split"))
-        if self.bootstrap < 1:
-            raise InputError(f"bootstrap {self.bootstrap}: a paired interval needs at least 1 resample",
-                             parameter="bootstrap")
+        if self.bootstrap < 0:
+            raise InputError(f"bootstrap {self.bootstrap}: must be 0 (no intervals) or more", parameter="bootstrap")
         unknown = sorted(set(self.metrics) - set(HEADLINE))
         if unknown:
             raise InputError(f"metric {unknown[0]}: not a compared figure (choose from {', '.join(HEADLINE)})",
@@ -84,7 +89,8 @@ def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
     if classification.refuses_thresholded(options):
         chosen -= classification.THRESHOLDED
     names = [name for metric in HEADLINE if metric in chosen
-             for name in point_a if name.partition("|")[0] == metric and name in point_b]
+             for name in point_a if name.partition("|")[0] == metric and name in point_b
+             and np.isfinite(point_a[name][0]) and np.isfinite(point_b[name][0])]  # undefined on the split: no row
     differences: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for weights in bootstrap_weights(n, config.bootstrap, config.seed):
         resampled_a, resampled_b = figures_a(weights), figures_b(weights)
@@ -94,7 +100,7 @@ def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         metric, _, label = name.partition("|")
-        low, high, skipped = interval(np.concatenate(differences[name]))
+        low, high, skipped = interval(np.concatenate(differences[name])) if differences[name] else (None, None, None)
         value_a, value_b = float(point_a[name][0]), float(point_b[name][0])
         test = tests.get(name)
         rows.append({"metric": metric, "label": label or None, "a": value_a, "b": value_b,
@@ -118,3 +124,13 @@ def _delong(a: RunData, b: RunData, mask: np.ndarray, options: AnalysisOptions) 
                                          known[:, defined]).p_value
         tests["macro_auroc"] = (float(macro), float(macro))
     return tests
+
+
+def as_metric_rows(rows: list[dict[str, Any]], baseline: str) -> list[MetricRow]:
+    """Comparison rows as `metrics` rows of run B: `compare.<metric>`, value B − A, its interval, and
+    in params the baseline run, both values and the DeLong p-values."""
+    return [MetricRow(f"{STORED_PREFIX}{row['metric']}", row["difference"], row["label"], row["ci_low"],
+                      row["ci_high"], row["resamples_skipped"],
+                      {"baseline": baseline, "a": row["a"], "b": row["b"], "delong_p": row["delong_p"],
+                       "delong_p_holm": row["delong_p_holm"], "interval": "paired bootstrap, 95 %"})
+            for row in rows]

@@ -42,6 +42,8 @@ class AnalyzeConfig:
     resampling: Resampling = Resampling.SIMPLE
     search_device: SearchDevice = SearchDevice.AUTO
     alpha: float = 0.1
+    #: also compare the settings within each protocol (zs vs lp, lp vs ft, zs vs ft; analyses/compare.py)
+    compare: bool = False
 
     def __post_init__(self) -> None:
         """Plain strings are accepted from Python; a value outside its choices is an InputError."""
@@ -89,6 +91,21 @@ def _store_rows(store: Store, analyses: list[RunAnalysis], split: str) -> None:
         append_rows(con, "metrics", table)
 
 
+def _compare_settings(store: Store, analyses: list[RunAnalysis], config: AnalyzeConfig) -> None:
+    """Paired comparisons of the settings within each protocol, added to run B's rows (`compare.*`)."""
+    from embedstore.analyses.compare import SETTING_PAIRS, CompareConfig, as_metric_rows, compare
+
+    for protocol in config.protocols():
+        by_mode = {a.run.mode: a for a in analyses if a.protocol == protocol}  # the last run of each setting
+        for baseline, other in SETTING_PAIRS:
+            if baseline in by_mode and other in by_mode:
+                log.info("comparing %s with %s (%s)", other, baseline, protocol)
+                a, b = by_mode[baseline], by_mode[other]
+                rows = compare(store, CompareConfig(a.run.run_id, b.run.run_id, protocol, config.split,
+                                                    config.bootstrap, config.seed))
+                b.rows += as_metric_rows(rows, a.run.run_id)
+
+
 def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
     """Analyse the selected runs under each requested protocol and store every figure.
 
@@ -116,5 +133,7 @@ def analyze(store: Store, config: AnalyzeConfig) -> list[RunAnalysis]:
     analyses.sort(key=lambda analysis: protocols.index(analysis.protocol))  # tables: by protocol, then run
     if not analyses:
         raise InputError("no complete runs match; extract some with `embedstore extract`")
+    if config.compare:
+        _compare_settings(store, analyses, config)
     _store_rows(store, analyses, config.split)
     return analyses

@@ -27,6 +27,8 @@ def analyze(
                                                     "else the CPU), cpu, cuda, or torch-cpu (the GPU code on the "
                                                     "CPU, for checking)."),
     alpha: float = typer.Option(0.1, "--alpha", help="Conformal prediction sets promise coverage 1 − alpha."),
+    with_compare: bool = typer.Option(False, "--compare", help="Also compare the settings of each protocol (zs vs "
+                                                               "lp, lp vs ft, zs vs ft): paired intervals, DeLong."),
     fmt: TableFormat = typer.Option(TableFormat.TABLE, "--format",
                                     help="Output: aligned tables, Markdown, CSV, or every figure as JSON records."),
     store: Path | None = StoreOption,
@@ -36,11 +38,12 @@ def analyze(
     from embedstore.analyses.study import AnalyzeConfig
     from embedstore.analyses.study import analyze as run_analyze
     from embedstore.cli.output import print_json, print_tables
-    from embedstore.rendering.tables import detail_tables, metrics_records, study_table
+    from embedstore.rendering.tables import comparison_table, detail_tables, metrics_records, study_table
     from embedstore.store import Store
 
     config = AnalyzeConfig(data=data, runs=tuple(runs), protocol=protocol, split=split, bootstrap=bootstrap,
-                           seed=seed, k=k, resampling=resampling, search_device=search_device, alpha=alpha)
+                           seed=seed, k=k, resampling=resampling, search_device=search_device, alpha=alpha,
+                           compare=with_compare)
     analyses = run_analyze(Store.open(store_path(store)), config)
     if fmt == TableFormat.JSON:
         print_json(metrics_records(analyses))
@@ -48,6 +51,8 @@ def analyze(
     tables = {}
     for chosen in config.protocols():
         tables[f"study table ({chosen} protocol, {split} split)"] = study_table(analyses, chosen)
+        if with_compare:
+            tables[f"paired comparisons ({chosen} protocol)"] = comparison_table(analyses, chosen)
         tables |= {f"{name} ({chosen})": frame for name, frame in detail_tables(analyses, chosen).items()}
     print_tables(tables, fmt)
 

@@ -64,6 +64,7 @@ class ChartKind(StrEnum):
     THRESHOLDS = "thresholds"
     NEIGHBORS = "neighbors"
     CALIBRATION = "calibration"
+    COMPARISONS = "comparisons"
     GRADCAM = "gradcam"
 
 

@@ -101,7 +101,7 @@ def run_plan(store_path: Path, plan: DemoPlan) -> DemoResult:
                                                                   resume=True)).run_id
     chosen = ProtocolChoice(plan.protocols[0]) if len(set(plan.protocols)) == 1 else ProtocolChoice.BOTH
     with _timed(seconds, "analyze"):
-        analyses = analyze(store, AnalyzeConfig(data=dataset, protocol=chosen, bootstrap=plan.bootstrap))
+        analyses = analyze(store, AnalyzeConfig(data=dataset, protocol=chosen, bootstrap=plan.bootstrap, compare=True))
     with store.reader() as con:
         validated = {row[0] for row in con.execute("SELECT DISTINCT run_id FROM gradcam").fetchall()}
     for protocol in plan.protocols:

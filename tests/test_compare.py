@@ -80,3 +80,31 @@ def test_compare_refuses_runs_of_different_samples_and_unknown_figures(two_runs:
     assert row["metric"] == "macro_auroc" and row["ci_low"] <= row["difference"] <= row["ci_high"]
     refused = run_cli("compare", zs, lp, "--metric", "auprc", "--store", str(store.path))
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "--metric" in refused.stderr
+
+
+def test_analyze_compare_stores_the_pairs_prints_them_and_draws_the_forest_plot(two_runs: tuple[Store, str, str],
+                                                                                run_cli) -> None:
+    from embedstore import queries
+    from embedstore.analyses.study import AnalyzeConfig, analyze
+    from embedstore.rendering.charts import ChartOptions, chart_spec
+    from embedstore.rendering.tables import comparison_table
+    from tests.test_report import _values
+
+    store, zs, lp = two_runs
+    analyses = analyze(store, AnalyzeConfig(protocol="multilabel", bootstrap=15, compare=True))
+    direct = {(r["metric"], r["label"]): r for r in compare(store, CompareConfig(zs, lp, bootstrap=15, seed=42))}
+    with store.reader() as con:
+        stored = queries.fetch_arrow(con, "comparisons").to_pylist()
+    assert stored and {(r["run_a"], r["run_b"]) for r in stored} == {(zs, lp)}
+    for row in stored:
+        expected = direct[row["metric"], row["label"]]
+        assert row["difference"] == pytest.approx(expected["difference"], abs=1e-12)
+        assert row["ci_low"] == pytest.approx(expected["ci_low"], abs=1e-12)
+        assert (row["delong_p"] is None) == (expected["delong_p"] is None)
+    table = comparison_table(analyses, "multilabel")
+    assert table["comparison"].to_list()[0] == "lp − zs" and "macro_auroc" in table["figure"].to_list()
+    forest = [v for v in _values(chart_spec(store, "comparisons", ChartOptions())) if "difference" in v]
+    assert {v["metric"] for v in forest} >= {"macro_auroc", "lrap"} and all(v["label"] is None for v in forest)
+    shown = run_cli("analyze", "--protocol", "multilabel", "--bootstrap", "10", "--compare", "--store",
+                    str(store.path))
+    assert shown.returncode == 0 and "paired comparisons (multilabel protocol)" in shown.stdout

@@ -300,6 +300,38 @@ def calibration_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
         title="Reliability (test split, 15 equal-width bins; dashed: perfect calibration)")
 
 
+def comparisons_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
+    """Forest plot of `analyze --compare`: per pair of settings and figure, the difference B − A and its
+    paired 95 % interval, with the zero line (whole-split figures; per-label ones are in `metrics`)."""
+    import altair as alt
+
+    with store.reader() as con:
+        rows = [row for row in queries.fetch_arrow(con, "comparisons").to_pylist()
+                if row["split"] == "test" and row["label"] is None and (not options.runs or row["run_b"] in options.runs)
+                and (options.protocol is None or row["protocol"] == options.protocol)]
+    if not rows:
+        raise InputError("no stored comparisons to draw; run `embedstore analyze --compare` first")
+    modes = _run_modes(store)
+    for row in rows:
+        row["comparison"] = f"{modes.get(row['run_b'], row['run_b'])} − {modes.get(row['run_a'], row['run_a'])}"
+    base = alt.Chart().encode(y=alt.Y("metric:N", title=None))
+    intervals = base.mark_rule().encode(x=alt.X("ci_low:Q", title="difference B − A"), x2="ci_high:Q")
+    points = base.mark_point(filled=True).encode(
+        x="difference:Q", tooltip=["comparison:N", "protocol:N", "metric:N", alt.Tooltip("a:Q", format=".3f"),
+                                   alt.Tooltip("b:Q", format=".3f"), alt.Tooltip("difference:Q", format=".3f"),
+                                   alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
+                                   alt.Tooltip("delong_p:Q", format=".3g")])
+    zero = alt.Chart(alt.Data(values=[{"zero": 0}])).mark_rule(strokeDash=[3, 3], color="grey").encode(x="zero:Q")
+    return alt.layer(zero, intervals, points, data=alt.Data(values=rows)).properties(width=260, height=120).facet(
+        row=alt.Row("comparison:N", title=None), column=alt.Column("protocol:N", title=None),
+        title="Paired comparisons of the settings (test split, 95 % paired intervals)")
+
+
+def _run_modes(store: Store) -> dict[str, str]:
+    with store.reader() as con:
+        return {row[0]: row[1] for row in con.execute("SELECT run_id, mode FROM runs").fetchall()}
+
+
 #: `embedstore chart KIND`.
 CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
     ChartKind.LABELS: labels_chart,
@@ -310,6 +342,7 @@ CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
     ChartKind.THRESHOLDS: thresholds_chart,
     ChartKind.NEIGHBORS: neighbors_chart,
     ChartKind.CALIBRATION: calibration_chart,
+    ChartKind.COMPARISONS: comparisons_chart,
     ChartKind.GRADCAM: gradcam_chart,
 }
 

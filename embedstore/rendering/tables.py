@@ -131,6 +131,25 @@ def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, p
             "calibration (recalibrated on val)": pl.DataFrame(calibrated)}
 
 
+def comparison_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataFrame:
+    """`analyze --compare`'s paired comparisons of one protocol, macro and whole-split figures (per-label
+    rows are in `metrics`): B − A with its paired interval, and DeLong's p-value for macro AUROC."""
+    names = {a.run.run_id: setting_name(a, analyses) for a in analyses if a.protocol == protocol}
+    rows = []
+    for analysis in analyses:
+        if analysis.protocol != protocol:
+            continue
+        for row in analysis.rows:
+            if row.metric.startswith("compare.") and row.label is None:
+                p_value = row.params.get("delong_p")
+                rows.append({"comparison": f"{names[analysis.run.run_id]} − "
+                                           f"{names.get(str(row.params.get('baseline')), row.params.get('baseline'))}",
+                             "figure": row.metric.removeprefix("compare."), "difference [95 % paired]": _cell(row),
+                             "DeLong p": "—" if p_value is None or not np.isfinite(p_value) else f"{p_value:.3g}"})
+    return pl.DataFrame(rows, schema={"comparison": pl.String, "figure": pl.String,
+                                      "difference [95 % paired]": pl.String, "DeLong p": pl.String})
+
+
 def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
     """One line per label (and `all`): each stored Grad-CAM figure as `value [low, high]`, for the
     trained model and for random weights."""
