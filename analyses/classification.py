@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore import queries
+from embedstore.analyses import delong
 from embedstore.analyses.common import (
     AnalysisOptions,
     MetricRow,
@@ -357,6 +358,9 @@ def figures(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, lab
                 for name in ("f1", "auroc", "auprc", "precision", "recall", "threshold", "positives"):
                     params_of[f"{name}|{label}"] = {"left_out_samples": int((~known[:, j]).sum())}
         params_of["hamming_loss"] = {"known_pairs": int(known.sum())}
+    for j in defined["auroc"]:  # DeLong's interval beside the bootstrap one (analyses/delong.py)
+        _, low, high = delong.auroc_interval(scores[known[:, j], j], targets[known[:, j], j])
+        params_of.setdefault(f"auroc|{labels[j]}", {})["delong_interval"] = [round(low, 6), round(high, 6)]
     rows = with_intervals({k: v for k, v in point.items() if np.isfinite(v)}, compute, len(scores), options,
                           params=params, params_of=params_of, strata=resampling_strata(targets, options))
     return rows

@@ -93,3 +93,20 @@ def test_delong_interval_covers_the_estimate() -> None:
     a, _, truth = _tiny(4, n=80)
     auroc, low, high = delong.auroc_interval(a, truth)
     assert 0 <= low < auroc < high <= 1
+
+
+def test_per_label_auroc_rows_carry_the_delong_interval_beside_the_bootstrap_one() -> None:
+    from embedstore.analyses import classification
+    from embedstore.analyses.common import AnalysisOptions
+
+    rng = np.random.default_rng(8)
+    targets = (rng.random((120, 3)) < [0.3, 0.5, 0.0]).astype(int)
+    scores = targets + rng.normal(size=(120, 3))
+    rows = classification.figures(scores, targets, np.zeros(3), ["A", "B", "C"], {"x": [0, 1, 2]},
+                                  AnalysisOptions(protocol="multilabel", bootstrap=20), {})
+    by_label = {r.label: r for r in rows if r.metric == "auroc"}
+    for j, label in enumerate(["A", "B"]):
+        _, low, high = delong.auroc_interval(scores[:, j], targets[:, j])
+        assert by_label[label].params["delong_interval"] == [round(low, 6), round(high, 6)]
+        assert by_label[label].ci_low is not None  # the bootstrap interval stays
+    assert "C" not in by_label  # no positive: no AUROC, no DeLong interval

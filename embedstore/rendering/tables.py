@@ -47,6 +47,12 @@ def _cell(row: MetricRow | None, digits: int = 3) -> str:
     return text
 
 
+def _delong_cell(row: MetricRow | None) -> str:
+    """The DeLong interval stored beside a per-label AUROC's bootstrap interval."""
+    interval = None if row is None else row.params.get("delong_interval")
+    return "—" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def setting_name(analysis: RunAnalysis, analyses: Sequence[RunAnalysis]) -> str:
     """A setting's name in every table and in the report's findings: its mode, with the prompt set
     (or run id) when a protocol has two runs of that mode."""
@@ -90,6 +96,7 @@ def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, p
                               "positives": _cell(analysis.figure("positives", label), 0),
                               "F1": _cell(analysis.figure("f1", label)),
                               "AUROC": _cell(analysis.figure("auroc", label)),
+                              "AUROC, DeLong 95 %": _delong_cell(analysis.figure("auroc", label)),
                               "AUPRC": _cell(analysis.figure("auprc", label)),
                               "precision": _cell(analysis.figure("precision", label)),
                               "recall": _cell(analysis.figure("recall", label))})
