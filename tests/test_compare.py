@@ -108,3 +108,8 @@ def test_analyze_compare_stores_the_pairs_prints_them_and_draws_the_forest_plot(
     shown = run_cli("analyze", "--protocol", "multilabel", "--bootstrap", "10", "--compare", "--store",
                     str(store.path))
     assert shown.returncode == 0 and "paired comparisons (multilabel protocol)" in shown.stdout
+    from embedstore.rendering.report import write_report
+
+    page = write_report(store, store.path.parent / "report.html", "syn").path.read_text()
+    assert "Paired comparisons — multilabel protocol" in page and "chart-comparisons" in page
+    assert "chart-calibration" in page and "calibration (recalibrated on val)" in page

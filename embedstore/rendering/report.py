@@ -33,7 +33,7 @@ from embedstore.rendering.pages import (
     table_html,
     vega_embed,
 )
-from embedstore.rendering.tables import detail_tables, localisation_table, study_table
+from embedstore.rendering.tables import comparison_table, detail_tables, localisation_table, study_table
 from embedstore.store import Store, resolve_dataset
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,10 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
         if table.is_empty():
             continue
         sections.append(f"<h2>Study table — {html_text(protocol)} protocol</h2>{table_html(table)}")
+        compared = comparison_table(analyses, protocol)
+        if not compared.is_empty():
+            sections.append(f"<h3>Paired comparisons — {html_text(protocol)} protocol (B − A, 95 % paired "
+                            f"intervals, DeLong p for macro AUROC)</h3>{table_html(compared)}")
         for name, frame in detail_tables(analyses, protocol).items():
             if not frame.is_empty():
                 sections.append(collapsed(f"{name} ({protocol}) — {frame.height} rows", table_html(frame)))
