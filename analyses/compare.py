@@ -103,6 +103,8 @@ def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
         low, high, skipped = interval(np.concatenate(differences[name])) if differences[name] else (None, None, None)
         value_a, value_b = float(point_a[name][0]), float(point_b[name][0])
         test = tests.get(name)
+        if test is not None and not np.isfinite(test[0]):
+            test = None  # the two runs rank the samples identically: no test
         rows.append({"metric": metric, "label": label or None, "a": value_a, "b": value_b,
                      "difference": value_b - value_a, "ci_low": low, "ci_high": high, "resamples_skipped": skipped,
                      "delong_p": None if test is None else test[0], "delong_p_holm": None if test is None else test[1]})

@@ -28,7 +28,7 @@ def reported_store(synthetic_store: Store, native_model: str) -> Store:
     for mode, protocol in (("zs", "study"), ("zs", "multilabel"), ("lp", "study"), ("ft", "study")):
         extract(synthetic_store, ExtractConfig(mode=mode, model=native_model, data="syn", protocol=protocol,
                                                epochs=1, encode_batch_size=64))
-    analyze(synthetic_store, AnalyzeConfig(bootstrap=30))
+    analyze(synthetic_store, AnalyzeConfig(bootstrap=30, compare=True))
     return synthetic_store
 
 

@@ -5,6 +5,7 @@ network), PNG and the Vega-Lite JSON (docs/report.md)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,7 @@ def comparisons_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
         raise InputError("no stored comparisons to draw; run `embedstore analyze --compare` first")
     modes = _run_modes(store)
     for row in rows:
+        row.update({key: None for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)})
         row["comparison"] = f"{modes.get(row['run_b'], row['run_b'])} − {modes.get(row['run_a'], row['run_a'])}"
     base = alt.Chart().encode(y=alt.Y("metric:N", title=None))
     intervals = base.mark_rule().encode(x=alt.X("ci_low:Q", title="difference B − A"), x2="ci_high:Q")
