@@ -21,6 +21,9 @@ Figures (metric names start `calibration.`), per label over its known samples, a
 
 Intervals: the bins are fixed by the point estimate (edges of the split), so each resample's figure
 is weights × per-sample contributions (bin counts, probability and outcome sums, squared errors).
+ECE, MCE and the reliability figure are biased upward under resampling (noise widens every bin's
+gap), so their interval is the estimate ± 1.96 bootstrap standard deviations (params.interval says
+so), as for the separability figures; Brier keeps the percentile interval.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ N_BINS = 15
 
 #: The split recalibration is fitted on.
 FIT_SPLIT = "val"
+
+#: Binned gaps are biased upward (noise widens every bin's gap), so a resample's ECE sits above the
+#: estimate and a percentile interval may not cover it: these get the estimate ± 1.96 bootstrap SD.
+BIASED = frozenset({f"calibration.{name}{suffix}" for name in ("ece_equal_width", "ece_equal_mass", "mce",
+                                                                "reliability")
+                    for suffix in ("", "_temperature", "_isotonic")})
 
 #: Probabilities are clipped this far from 0 and 1 before a logit is taken.
 EPSILON = 1e-6
@@ -187,7 +196,10 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
 
     point = {name: float(values[0]) for name, values in resampled(np.ones((1, n))).items() if np.isfinite(values[0])}
     params = {"probability": what, "bins": N_BINS} | ({"recalibrated_on": FIT_SPLIT} if recalibrate else {})
-    return with_intervals(point, resampled, n, options, params=params, params_of=point_params) + temperatures
+    params_of = {name: point_params.get(name, {}) | ({"interval": "estimate ± 1.96 bootstrap SD"}
+                                                    if name.partition("|")[0] in BIASED else {}) for name in point}
+    return with_intervals(point, resampled, n, options, params=params, params_of=params_of,
+                          normal=BIASED) + temperatures
 
 
 def _bins(p: np.ndarray, y: np.ndarray) -> list[dict[str, float]]:

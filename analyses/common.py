@@ -126,9 +126,11 @@ def normal_interval(values: np.ndarray, point: float) -> tuple[float | None, flo
 def with_intervals(point: dict[str, float], resampled: Callable[[np.ndarray], dict[str, np.ndarray]], n: int,
                    options: AnalysisOptions, params: dict[str, Any] | None = None, label: str | None = None,
                    params_of: dict[str, dict[str, Any]] | None = None,
-                   strata: np.ndarray | None = None) -> list[MetricRow]:
+                   strata: np.ndarray | None = None, normal: frozenset[str] = frozenset()) -> list[MetricRow]:
     """MetricRows for `point` figures ("metric|label", or "metric" for `label`), each with a bootstrap interval from
-    `resampled(weights)`; `params_of` adds params to single figures, `strata` stratifies resampling."""
+    `resampled(weights)`; `params_of` adds params to single figures, `strata` stratifies resampling; metrics in
+    `normal` get the point ± 1.96 bootstrap SD instead of the percentile interval (biased figures, whose
+    resampled values sit to one side of the estimate)."""
     rows = []
     collected: dict[str, list[np.ndarray]] = {name: [] for name in point}
     if options.bootstrap > 0 and n > 0:
@@ -139,9 +141,10 @@ def with_intervals(point: dict[str, float], resampled: Callable[[np.ndarray], di
     resampling = {"resampling": options.resampling} if options.bootstrap > 0 else {}
     for name, value in point.items():
         low = high = skipped = None
-        if collected[name]:
-            low, high, skipped = interval(np.concatenate(collected[name]))
         metric, _, own_label = name.partition("|")
+        if collected[name]:
+            values = np.concatenate(collected[name])
+            low, high, skipped = normal_interval(values, float(value)) if metric in normal else interval(values)
         rows.append(MetricRow(metric, float(value), own_label or label, low, high, skipped,
                               (params or {}) | resampling | (params_of or {}).get(name, {})))
     return rows

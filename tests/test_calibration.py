@@ -88,7 +88,10 @@ def test_calibration_intervals_equal_the_figures_on_resampled_rows() -> None:
         eces.append(_ece(p[keep][resampled], y[keep][resampled], width[resampled])[0])
     assert rows["calibration.brier", label].ci_low == pytest.approx(np.percentile(briers, 2.5), abs=1e-9)
     assert rows["calibration.brier", label].ci_high == pytest.approx(np.percentile(briers, 97.5), abs=1e-9)
-    assert rows["calibration.ece_equal_width", label].ci_low == pytest.approx(np.percentile(eces, 2.5), abs=1e-9)
+    ece = rows["calibration.ece_equal_width", label]  # biased upward: estimate ± 1.96 bootstrap SD
+    assert ece.ci_low == pytest.approx(ece.value - 1.96 * np.std(eces, ddof=1), abs=1e-9)
+    assert ece.ci_high == pytest.approx(ece.value + 1.96 * np.std(eces, ddof=1), abs=1e-9)
+    assert ece.params["interval"].startswith("estimate ±")
     assert rows["calibration.temperature", label].ci_low is None  # fitted once on val: no interval
 
 
