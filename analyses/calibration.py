@@ -180,9 +180,8 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
                 figures[f"calibration.mce|{label}"] = restricted(width.mce)
                 point_params[f"calibration.reliability|{label}"] = {"bins": _bins(q, y)}
                 figures[f"calibration.reliability|{label}"] = restricted(width.ece)
-    macros = [name for name in ("ece_equal_width", "ece_equal_mass", "brier", "ece_equal_width_temperature",
-                                "ece_equal_mass_temperature", "brier_temperature", "ece_equal_width_isotonic",
-                                "ece_equal_mass_isotonic", "brier_isotonic")]
+    macros = [f"{name}{suffix}" for suffix in ("", "_temperature", "_isotonic")
+              for name in ("ece_equal_width", "ece_equal_mass", "brier")]
     labelled = [label for label in run.labels if f"calibration.brier|{label}" in figures]
 
     def resampled(weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -67,11 +67,12 @@ def _same_samples(a: RunData, b: RunData, split: str) -> np.ndarray:
     return mask_a
 
 
-def _figures(run: RunData, mask: np.ndarray, options: AnalysisOptions) -> Any:
+def _figures(run: RunData, mask: np.ndarray, options: AnalysisOptions) -> tuple[Any, np.ndarray]:
+    """The run's resampled figures on the split, and the split's scores as the protocol reads them."""
     scores, thresholds, _ = classification.protocol_scores(run, options)
     return classification.resampled_figures(scores[mask], run.targets[mask], thresholds, run.labels, run.domains,
                                             options.protocol == Protocol.STUDY, run.known_pairs[mask],
-                                            run.finding_columns)
+                                            run.finding_columns), scores[mask]
 
 
 def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
@@ -81,7 +82,7 @@ def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
     mask = _same_samples(a, b, config.split)
     options = AnalysisOptions(protocol=config.protocol, split=config.split, bootstrap=config.bootstrap,
                               seed=config.seed)
-    figures_a, figures_b = _figures(a, mask, options), _figures(b, mask, options)
+    (figures_a, scores_a), (figures_b, scores_b) = _figures(a, mask, options), _figures(b, mask, options)
     n = int(mask.sum())
     ones = np.ones((1, n))
     point_a, point_b = figures_a(ones), figures_b(ones)
@@ -96,7 +97,8 @@ def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
         resampled_a, resampled_b = figures_a(weights), figures_b(weights)
         for name in names:
             differences[name].append(resampled_b[name] - resampled_a[name])
-    tests = _delong(a, b, mask, options) if "auroc" in chosen or "macro_auroc" in chosen else {}
+    tests = _delong(scores_a, scores_b, a.targets[mask], a.known_pairs[mask], a.labels) \
+        if "auroc" in chosen or "macro_auroc" in chosen else {}
     rows = []
     for name in names:
         metric, _, label = name.partition("|")
@@ -111,16 +113,14 @@ def compare(store: Store, config: CompareConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _delong(a: RunData, b: RunData, mask: np.ndarray, options: AnalysisOptions) -> dict[str, tuple[float, float]]:
+def _delong(scores_a: np.ndarray, scores_b: np.ndarray, targets: np.ndarray, known: np.ndarray,
+            labels: list[str]) -> dict[str, tuple[float, float]]:
     """DeLong p-values (raw, Holm-adjusted across labels) per label, and for the macro mean (raw twice)."""
-    scores_a = classification.protocol_scores(a, options)[0][mask]
-    scores_b = classification.protocol_scores(b, options)[0][mask]
-    targets, known = a.targets[mask], a.known_pairs[mask]
-    defined = classification.label_sets(targets, a.labels, known)["auroc"]
+    defined = classification.label_sets(targets, labels, known)["auroc"]
     raw = np.array([delong.paired_test(scores_a[known[:, j], j], scores_b[known[:, j], j],
                                        targets[known[:, j], j]).p_value for j in defined])
     adjusted = delong.holm(raw)
-    tests = {f"auroc|{a.labels[j]}": (float(raw[i]), float(adjusted[i])) for i, j in enumerate(defined)}
+    tests = {f"auroc|{labels[j]}": (float(raw[i]), float(adjusted[i])) for i, j in enumerate(defined)}
     if len(defined):
         macro = delong.macro_paired_test(scores_a[:, defined], scores_b[:, defined], targets[:, defined],
                                          known[:, defined]).p_value

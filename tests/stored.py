@@ -1,4 +1,4 @@
-"""Reading back what ingest stored, and writing the tiny manifests tests ingest (shared by the tests)."""
+"""Reading back what ingest stored and what a chart inlined, and writing the tiny manifests tests ingest (shared by the tests)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ def stored_label_rows(store: Store, name: str) -> pd.DataFrame:
             "SELECT s.uid, s.filename, s.path, s.split, s.patient, s.projection, l.label, l.value FROM labels l "
             "JOIN samples s USING (sample_id) JOIN datasets d ON d.dataset_id = s.dataset_id WHERE d.name = ?",
             [name]).df()
+
+
+def chart_values(spec: dict) -> list[dict]:
+    """Every inline data row of a Vega-Lite spec, wherever it sits (layers, facets, datasets)."""
+    found = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("values"), list):
+                found.extend(node["values"])
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(spec)
+    return found

@@ -121,9 +121,9 @@ def test_calibration_is_stored_tabled_and_drawn(synthetic_store, native_model: s
     table = detail_tables(analyses, "multilabel")["calibration (recalibrated on val)"]
     assert "macro" in table["label"].to_list() and table.height > 1
     spec = chart_spec(synthetic_store, "calibration", ChartOptions(runs=(run_id,)))
-    from tests.test_report import _values
+    from tests.stored import chart_values
 
-    points = [p for p in _values(spec) if "observed" in p]
+    points = [p for p in chart_values(spec) if "observed" in p]
     by_label: dict[str, int] = {}
     for point in points:
         by_label[point["label"]] = by_label.get(point["label"], 0) + point["samples"]

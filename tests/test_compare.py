@@ -88,7 +88,7 @@ def test_analyze_compare_stores_the_pairs_prints_them_and_draws_the_forest_plot(
     from embedstore.analyses.study import AnalyzeConfig, analyze
     from embedstore.rendering.charts import ChartOptions, chart_spec
     from embedstore.rendering.tables import comparison_table
-    from tests.test_report import _values
+    from tests.stored import chart_values
 
     store, zs, lp = two_runs
     analyses = analyze(store, AnalyzeConfig(protocol="multilabel", bootstrap=15, compare=True))
@@ -103,7 +103,7 @@ def test_analyze_compare_stores_the_pairs_prints_them_and_draws_the_forest_plot(
         assert (row["delong_p"] is None) == (expected["delong_p"] is None)
     table = comparison_table(analyses, "multilabel")
     assert table["comparison"].to_list()[0] == "lp − zs" and "macro_auroc" in table["figure"].to_list()
-    forest = [v for v in _values(chart_spec(store, "comparisons", ChartOptions())) if "difference" in v]
+    forest = [v for v in chart_values(chart_spec(store, "comparisons", ChartOptions())) if "difference" in v]
     assert {v["metric"] for v in forest} >= {"macro_auroc", "lrap"} and all(v["label"] is None for v in forest)
     shown = run_cli("analyze", "--protocol", "multilabel", "--bootstrap", "10", "--compare", "--store",
                     str(store.path))

@@ -21,6 +21,7 @@ from embedstore.rendering.findings import LabelCounts, findings, findings_html, 
 from embedstore.rendering.report import write_report
 from embedstore.store import Store
 from tests.browser import check_page
+from tests.stored import chart_values
 
 
 @pytest.fixture
@@ -120,23 +121,6 @@ def test_ingest_checks_make_a_finding_only_when_not_zero() -> None:
     assert "dataset" in findings([], ["study"], {"no_finding_from_uncertain": 4})
 
 
-def _values(spec: dict) -> list[dict]:
-    found = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("values"), list):
-                found.extend(node["values"])
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(spec)
-    return found
-
-
 def test_every_chart_kind_draws_stored_results(reported_store: Store, tmp_path: Path) -> None:
     with reported_store.reader() as con:
         stored = {(r[0], r[1], r[2]): r[3] for r in con.execute(
@@ -147,7 +131,7 @@ def test_every_chart_kind_draws_stored_results(reported_store: Store, tmp_path: 
                 chart_spec(reported_store, kind, ChartOptions())
             continue
         spec = chart_spec(reported_store, kind, ChartOptions())
-        values = _values(spec)
+        values = chart_values(spec)
         assert values, kind
         files = save_chart(spec, kind, tmp_path)
         assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -162,7 +146,7 @@ def test_every_chart_kind_draws_stored_results(reported_store: Store, tmp_path: 
 @pytest.mark.slow
 def test_projection_by_umap_maps_images_and_prompts(reported_store: Store) -> None:
     spec = chart_spec(reported_store, "projection", ChartOptions(reduce="umap", color_by="abnormal"))
-    values = _values(spec)
+    values = chart_values(spec)
     prompts = [v for v in values if v["kind"] == "prompt"]
     assert prompts and all(np.isfinite([v["pc1"], v["pc2"]]).all() for v in values)
     assert "UMAP" in json.dumps(spec)

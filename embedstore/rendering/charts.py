@@ -312,10 +312,9 @@ def comparisons_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
                 and (options.protocol is None or row["protocol"] == options.protocol)]
     if not rows:
         raise InputError("no stored comparisons to draw; run `embedstore analyze --compare` first")
-    modes = _run_modes(store)
     for row in rows:
         row.update({key: None for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)})
-        row["comparison"] = f"{modes.get(row['run_b'], row['run_b'])} − {modes.get(row['run_a'], row['run_a'])}"
+        row["comparison"] = f"{row['mode_b']} − {row['mode_a'] or row['run_a']}"
     base = alt.Chart().encode(y=alt.Y("metric:N", title=None))
     intervals = base.mark_rule().encode(x=alt.X("ci_low:Q", title="difference B − A"), x2="ci_high:Q")
     points = base.mark_point(filled=True).encode(
@@ -327,11 +326,6 @@ def comparisons_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     return alt.layer(zero, intervals, points, data=alt.Data(values=rows)).properties(width=260, height=120).facet(
         row=alt.Row("comparison:N", title=None), column=alt.Column("protocol:N", title=None),
         title="Paired comparisons of the settings (test split, 95 % paired intervals)")
-
-
-def _run_modes(store: Store) -> dict[str, str]:
-    with store.reader() as con:
-        return {row[0]: row[1] for row in con.execute("SELECT run_id, mode FROM runs").fetchall()}
 
 
 #: `embedstore chart KIND`.
