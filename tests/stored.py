@@ -1,4 +1,4 @@
-"""Reading back what ingest stored and what a chart inlined, and writing the tiny manifests tests ingest (shared by the tests)."""
+"""Reading back what ingest stored and what a chart inlined, and writing the tiny manifests tests ingest."""
 
 from __future__ import annotations
 
