@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from embedstore.choices import CamMethod, Device, Split
+from embedstore.choices import AnnotationFormat, CamMethod, Device, Split
 from embedstore.cli.options import StoreOption, progress_factory, store_path
 
 if TYPE_CHECKING:
@@ -92,8 +92,11 @@ def maps(
     split: Split = typer.Option(Split.TEST, "--split", help="Split the images are drawn from."),
     labels: list[str] = typer.Option([], "--labels", help="Labels to map (default: each image's positive labels)."),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="Map the K highest-scoring labels of the first run."),
-    annotations: Path | None = typer.Option(None, "--annotations",
-                                            help="Outline each annotated region (boxes CSV, as for validate)."),
+    annotations: list[Path] = typer.Option([], "--annotations",
+                                           help="Outline each annotated region (any format validate reads; repeat "
+                                                "for several files)."),
+    annotations_format: AnnotationFormat = typer.Option(AnnotationFormat.AUTO, "--annotations-format",
+                                                        help="The annotation files' format (auto: detected)."),
     masks: Path | None = typer.Option(None, "--masks", help="Mask folder used instead of the boxes."),
     store: Path | None = StoreOption,
 ) -> None:
@@ -108,7 +111,8 @@ def maps(
     if not run or out is None:
         raise InputError("embedstore gradcam needs --run RUN and --out DIR (or the `validate` subcommand)")
     config = MapsConfig(runs=tuple(run), out=out, samples=tuple(samples), n=n, split=split, labels=tuple(labels),
-                        top_k=top_k, annotations=annotations, masks=masks, settings=settings)
+                        top_k=top_k, annotations=tuple(annotations), masks=masks, settings=settings,
+                        annotations_format=annotations_format)
     with ExitStack() as bars:
         result = render_maps(Store.open(store_path(store)), config, progress=progress_factory(bars, "map"))
     layers = ", ".join(f"{run_id} at {name}" for run_id, name in result.layers.items())
@@ -122,10 +126,15 @@ def maps(
 def validate(
     settings: CamSettings,
     run: str = typer.Option(..., "--run", help="Run id."),
-    annotations: Path = typer.Option(..., "--annotations",
-                                     help="Boxes CSV: filename,label,x0,y0,x1,y1 in original image pixels."),
+    annotations: list[Path] = typer.Option(..., "--annotations",
+                                           help="Annotation file or folder (docs/annotations.md: boxes CSV, PNG masks, "
+                                                "NIH BBox_List, VinDr-CXR, CheXlocalize, MS-CXR, RSNA, SIIM-ACR, "
+                                                "COCO); repeat it for several readers' files."),
+    annotations_format: AnnotationFormat = typer.Option(AnnotationFormat.AUTO, "--annotations-format",
+                                                        help="The annotation files' format (auto: detected)."),
     masks: Path | None = typer.Option(None, "--masks",
-                                      help="Folder of masks <image stem>__<label_slug>.png, used instead of the boxes."),
+                                      help="With the boxes CSV: folder of masks <image stem>__<label_slug>.png, "
+                                           "used instead of the boxes."),
     split: Split = typer.Option(Split.TEST, "--split", help="Validate on the annotated images of this split."),
     n: int | None = typer.Option(None, "--n", min=1,
                                  help="Only N annotated images, drawn as the study did (default: all)."),
@@ -139,19 +148,22 @@ def validate(
     store: Path | None = StoreOption,
 ) -> None:
     """Pointing game, energy pointing game and top-p IoU against the annotations (each with its chance
-    baseline and a bootstrap interval), deletion / insertion AUC, and the model-randomisation check."""
+    baseline and a bootstrap interval), CheXlocalize's mIoU and hit rate (thresholds tuned on val, by
+    lesion size), the human ceiling where several readers annotated an image, phrase grounding for zs
+    runs, deletion / insertion AUC, and the model-randomisation check."""
     from embedstore.cam.run import ValidateConfig
     from embedstore.cam.run import validate as run_validate
     from embedstore.cli.output import print_tables
-    from embedstore.rendering.tables import localisation_table
+    from embedstore.rendering.tables import localisation_tables
     from embedstore.store import Store
 
-    config = ValidateConfig(run=run, annotations=annotations, masks=masks, split=split, n=n, top_fraction=top_p,
-                            tolerance=tolerance, bootstrap=bootstrap, sanity_maps=sanity_maps, settings=settings)
+    config = ValidateConfig(run=run, annotations=tuple(annotations), masks=masks, split=split, n=n, top_fraction=top_p,
+                            tolerance=tolerance, bootstrap=bootstrap, sanity_maps=sanity_maps, settings=settings,
+                            annotations_format=annotations_format)
     with ExitStack() as bars:
         result = run_validate(Store.open(store_path(store)), config, progress=progress_factory(bars, "map"))
     typer.echo(f"run {result.run_id}, {settings.method} at {result.layer}, {len(result.records)} annotated maps:")
-    print_tables(localisation_table(result.rows))
+    print_tables(localisation_tables(result.rows))
     steps_text = ", ".join(f"{s.stage} {s.spearman:.2f}" for s in result.sanity)
     verdict = ("FLAGGED: the maps barely change when the model's weights are randomised" if result.flagged
                else "passed: the maps change when the model's weights are randomised")

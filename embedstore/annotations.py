@@ -1,14 +1,12 @@
 """Expert annotations (boxes or masks, in original image pixels) brought onto the model's input.
 
-Boxes come as `filename,label,x0,y0,x1,y1` (x1/y1 exclusive, as `embedstore data sample` writes
-them); masks as `<filename without .dcm.png / extension>__<label_lower_with_underscores>.png` in a
-folder. Both are mapped through the model's own geometry: resize of the shortest side, then centre
-crop (torchvision's rules), so an annotation lands on the pixels the model actually saw.
+The readers of every annotation format live in `embedstore.annotation_sets`; here is the geometry
+they share: an annotation is mapped through the model's own preprocessing — resize of the shortest
+side, then centre crop (torchvision's rules) — so it lands on the pixels the model actually saw.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.errors import InputError
-
-BOX_COLUMNS = ("filename", "label", "x0", "y0", "x1", "y1")
 
 
 @dataclass(frozen=True)
@@ -109,81 +105,8 @@ def _window(array: np.ndarray, top: int, left: int, crop: tuple[int, int]) -> np
     return out
 
 
-@dataclass(frozen=True)
-class Annotation:
-    """One expert annotation of one label on one image (original pixels)."""
-
-    filename: str
-    label: str
-    box: tuple[float, float, float, float]
-    row: int
-    mask_path: Path | None = None
-
-    def input_mask(self, geometry: InputGeometry) -> np.ndarray:
-        """The annotated region on the model's input pixels."""
-        if self.mask_path is None:
-            return geometry.box_mask(*self.box)
-        from embedstore.images import load_rgb, shown
-
-        try:  # the images' own decoder: regular files only, size and pixel limits (an 8-bit mask is kept as is)
-            image, _ = load_rgb(self.mask_path)
-        except InputError as error:
-            raise InputError(f"masks {shown(self.mask_path)}: {error}", parameter="masks") from None
-        pixels = np.asarray(image.convert("L"))
-        if pixels.shape != geometry.original:
-            raise InputError(f"masks {shown(self.mask_path)}: {pixels.shape[1]}×{pixels.shape[0]} pixels, but its image is "
-                             f"{geometry.original[1]}×{geometry.original[0]}", parameter="masks")
-        return geometry.mask(pixels)
-
-
 def mask_name(filename: str, label: str) -> str:
     """The mask file of (image, label): `<stem>__<label_lower_with_underscores>.png`."""
     stem = filename.removesuffix(".dcm.png")
     stem = stem if stem != filename else Path(filename).stem
     return f"{stem}__{label.lower().replace(' ', '_')}.png"
-
-
-def read_annotations(path: Path, known_files: set[str], known_labels: Sequence[str],
-                     masks: Path | None = None) -> list[Annotation]:
-    """Every row of a box file, checked: columns, numbers, box order, filenames the dataset has,
-    labels the run has, mask files present. All problems are listed, then one error is raised."""
-    try:
-        handle = open(path, newline="", encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"annotations {path}: cannot be read ({error.strerror})", parameter="annotations") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"annotations {path}: missing column(s) {', '.join(missing)} "
-                             f"(expected {','.join(BOX_COLUMNS)})", parameter="annotations")
-        rows = list(reader)
-    if masks is not None and not masks.is_dir():
-        raise InputError(f"masks {masks}: not a folder", parameter="masks")
-    annotations: list[Annotation] = []
-    problems: list[str] = []
-    for number, row in enumerate(rows, start=2):
-        where = f"{path}:{number}"
-        try:
-            box = tuple(float(row[c]) for c in ("x0", "y0", "x1", "y1"))
-        except (TypeError, ValueError):
-            problems.append(f"{where}: box coordinates must be numbers")
-            continue
-        if row["filename"] not in known_files:
-            problems.append(f"{where}: unknown filename {row['filename']!r} (not in the run's dataset)")
-        elif row["label"] not in known_labels:
-            problems.append(f"{where}: unknown label {row['label']!r}")
-        elif not (box[0] < box[2] and box[1] < box[3]) or min(box) < 0:
-            problems.append(f"{where}: empty or negative box {box} (need x0 < x1, y0 < y1, all ≥ 0)")
-        else:
-            mask_path = masks / mask_name(row["filename"], row["label"]) if masks is not None else None
-            if mask_path is not None and not mask_path.exists():
-                problems.append(f"{where}: mask file {mask_path} is missing")
-                continue
-            annotations.append(Annotation(row["filename"], row["label"], box, number, mask_path))  # type: ignore[arg-type]
-    if problems:
-        raise InputError(f"annotations {path}: {len(problems)} bad row(s); first: {problems[0]}", details=problems[:50],
-                         parameter="annotations")
-    if not annotations:
-        raise InputError(f"annotations {path}: no annotation rows", parameter="annotations")
-    return annotations

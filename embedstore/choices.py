@@ -167,6 +167,22 @@ class ReaderPolicy(StrEnum):
     CONSENSUS = "consensus"
 
 
+class AnnotationFormat(StrEnum):
+    """`gradcam validate --annotations-format`: the layout of an expert-annotation file (auto: detected)."""
+
+    AUTO = "auto"
+    BOXES = "boxes"
+    PNG_MASKS = "png-masks"
+    NIH_BBOX = "nih-bbox"
+    VINDR = "vindr"
+    CHEXLOCALIZE = "chexlocalize"
+    CHEXLOCALIZE_POLYGONS = "chexlocalize-polygons"
+    MS_CXR = "ms-cxr"
+    RSNA = "rsna"
+    SIIM = "siim"
+    COCO = "coco"
+
+
 class SampleLayout(StrEnum):
     """`embedstore data sample --layout`: the dataset layout the synthetic benchmark is written in."""
 

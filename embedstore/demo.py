@@ -116,7 +116,7 @@ def run_plan(store_path: Path, plan: DemoPlan) -> DemoResult:
     with _timed(seconds, "gradcam maps"):
         render_maps(store, MapsConfig(runs=tuple(runs[(mode, plan.protocols[-1])] for mode in Mode),
                                       out=store.path / "report" / "gradcam", n=plan.gradcam_maps,
-                                      annotations=data / ANNOTATIONS_CSV, masks=data / MASK_DIR))
+                                      annotations=(data / ANNOTATIONS_CSV,), masks=data / MASK_DIR))
     charts = store.path / "report" / "charts"
     with _timed(seconds, "charts"):
         for kind in CHARTS:

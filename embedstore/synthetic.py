@@ -2,7 +2,9 @@
 
 It writes the files a real IU-Xray copy has — the study's 14-label CSV, the Kaggle
 `indiana_reports.csv` / `indiana_projections.csv` pair, `images/images_normalized/*.png` — plus
-the ground truth a real copy lacks: `annotations.csv` (one box per finding) and `masks/`.
+the ground truth a real copy lacks: `annotations.csv` (one box per finding) and `masks/`, and the
+same ground truth in the public annotation formats of its family's benchmarks (`annotations/`: COCO,
+RSNA Pneumonia, SIIM-ACR Pneumothorax).
 
 Every image is drawn from its own seeded random streams, so the same seed gives byte-identical
 files whatever the number of worker processes. Each finding changes pixels only inside its mask,
@@ -22,6 +24,14 @@ import numpy as np
 from PIL import Image
 
 from embedstore.choices import SampleDomain, SampleLayout, parse
+from embedstore.datasets.sample_annotations import (
+    AnnotatedImage,
+    DrawnRegion,
+    regions_of,
+    write_coco,
+    write_rsna,
+    write_siim,
+)
 from embedstore.datasets.sample_writing import write_csv
 from embedstore.errors import InputError
 from embedstore.iuxray import IMAGE_DIR, PROJECTIONS_CSV, REPORTS_CSV, STUDY_CSV, TEXT_COLUMNS
@@ -39,6 +49,9 @@ IUXRAY_FRONTAL = 3818
 FINDINGS: tuple[str, ...] = tuple(label for label in CHEXPERT_LABELS if label != NO_FINDING)
 ANNOTATIONS_CSV = "annotations.csv"
 MASK_DIR = "masks"
+#: The public annotation files written besides annotations.csv: COCO, RSNA Pneumonia, SIIM-ACR.
+ANNOTATION_SETS_DIR = "annotations"
+COCO_JSON, RSNA_CSV, SIIM_CSV = "coco.json", "stage_2_train_labels.csv", "train-rle.csv"
 
 
 @dataclass(frozen=True)
@@ -535,30 +548,24 @@ def _mask_name(filename: str, label: str) -> str:
     return f"{filename.removesuffix('.dcm.png')}__{label.lower().replace(' ', '_')}.png"
 
 
-def _write_image(job: ImageJob, seed: int, domain: SampleDomain, size: int,
-                 out: Path) -> list[tuple[str, str, int, int, int, int]]:
+def _write_image(job: ImageJob, seed: int, domain: SampleDomain, size: int, out: Path) -> tuple[DrawnRegion, ...]:
+    """Draw and save one film (and its findings' masks); returns the regions drawn on it."""
     image_path = out / IMAGE_DIR / job.filename
     if not job.frontal:
         Image.fromarray(render_lateral(seed, domain, job.index, size)).save(image_path, optimize=False)
-        return []
+        return ()
     pixels, masks = render_frontal(seed, domain, job.index, job.study.findings, job.study.sides, size)
     Image.fromarray(pixels).save(image_path, optimize=False)
-    boxes = []
-    for label, mask in masks.items():
-        ys, xs = np.nonzero(mask)
-        if len(xs) == 0:
-            continue
-        Image.fromarray((mask * 255).astype(np.uint8)).save(out / MASK_DIR / _mask_name(job.filename, label))
-        boxes.append((job.filename, label, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
-    return boxes
+    regions = regions_of(masks)
+    for region in regions:
+        mask = masks[region.finding]
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out / MASK_DIR / _mask_name(job.filename, region.finding))
+    return regions
 
 
-def _write_chunk(args: tuple[list[ImageJob], int, SampleDomain, int, str]) -> list[tuple[str, str, int, int, int, int]]:
+def _write_chunk(args: tuple[list[ImageJob], int, SampleDomain, int, str]) -> list[tuple[DrawnRegion, ...]]:
     jobs, seed, domain, size, out = args
-    rows = []
-    for job in jobs:
-        rows.extend(_write_image(job, seed, domain, size, Path(out)))
-    return rows
+    return [_write_image(job, seed, domain, size, Path(out)) for job in jobs]
 
 
 def plan_dataset(config: SampleConfig) -> list[ImageJob]:
@@ -596,18 +603,20 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     chunk = 64
     chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
     tasks = [(c, config.seed, config.domain, config.size, str(out)) for c in chunks]
-    boxes: list[tuple[str, str, int, int, int, int]] = []
+    drawn: list[tuple[DrawnRegion, ...]] = []
     if config.workers > 1:
         with ProcessPoolExecutor(max_workers=config.workers) as pool:
-            for task, rows in zip(tasks, pool.map(_write_chunk, tasks), strict=True):
-                boxes.extend(rows)
+            for task, regions in zip(tasks, pool.map(_write_chunk, tasks), strict=True):
+                drawn.extend(regions)
                 if progress:
                     progress(len(task[0]))
     else:
         for task in tasks:
-            boxes.extend(_write_chunk(task))
+            drawn.extend(_write_chunk(task))
             if progress:
                 progress(len(task[0]))
+    boxes = [(job.filename, region.finding, *region.box) for job, regions in zip(jobs, drawn, strict=True)
+             for region in regions]
     frontal = [job for job in jobs if job.frontal]
     write_csv(out / STUDY_CSV, ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS],
                [[j.study.uid, j.filename, *(j.study.report[c] for c in TEXT_COLUMNS),
@@ -621,8 +630,20 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
                [[j.study.uid, j.filename, "Frontal" if j.frontal else "Lateral"] for j in jobs])
     write_csv(out / ANNOTATIONS_CSV, ["filename", "label", "x0", "y0", "x1", "y1"],
                [list(box) for box in sorted(boxes, key=lambda b: (b[0], FINDINGS.index(b[1])))])
+    _write_annotation_sets(out, [AnnotatedImage(job.filename, config.size, regions)
+                                 for job, regions in zip(jobs, drawn, strict=True) if job.frontal])
     log.info("wrote %d images (%d frontal) to %s", len(jobs), len(frontal), out)
     return out / STUDY_CSV
+
+
+def _write_annotation_sets(out: Path, frontal: list[AnnotatedImage]) -> None:
+    """The public annotation files of the IU-Xray family's benchmarks, for the frontal films: COCO
+    (`file_name` the dataset file name), RSNA Pneumonia and SIIM-ACR Pneumothorax (ids: the file stem)."""
+    folder = out / ANNOTATION_SETS_DIR
+    write_coco(folder / COCO_JSON, frontal, FINDINGS)
+    by_stem = [AnnotatedImage(image.name.removesuffix(".dcm.png"), image.size, image.regions) for image in frontal]
+    write_rsna(folder / RSNA_CSV, by_stem)
+    write_siim(folder / SIIM_CSV, by_stem)
 
 
 #: Where each layout's writer lives (`module:function`, imported when used): the same synthetic

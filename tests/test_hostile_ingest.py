@@ -607,15 +607,17 @@ def test_the_extraction_dataloader_refuses_the_same_paths_in_one_line(tmp_path: 
 def test_a_mask_that_is_no_regular_file_is_named_not_read(tmp_path: Path) -> None:
     """A FIFO or a device given as an annotation mask is refused before it is opened (it would block
     or never end), through the images' own reader."""
-    from embedstore.annotations import Annotation, InputGeometry
+    from embedstore.annotation_sets import Region
+    from embedstore.annotation_sets.png_masks import png_mask
+    from embedstore.annotations import InputGeometry
 
     fifo = tmp_path / "mask.png"
     os.mkfifo(fifo)
     geometry = InputGeometry(original=(8, 8), resized=(8, 8), top=0, left=0, crop=(8, 8))
     for path in (fifo, Path("/dev/zero"), tmp_path):
-        annotation = Annotation(filename="a.png", label="Cardiomegaly", box=(0, 0, 1, 1), row=2, mask_path=path)
+        region = Region("a.png", "Cardiomegaly", f"{path}", "reader", png_mask(path))
         with pytest.raises(InputError, match="not a regular file"):
-            annotation.input_mask(geometry)
+            region.input_mask(geometry)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -21,20 +21,39 @@ import pyarrow as pa
 
 from embedstore import queries
 from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
-from embedstore.analyses.localisation import MapRecord, localised_labels, map_figures, summarise
+from embedstore.analyses.localisation import (
+    HeldOutRecord,
+    MapRecord,
+    human_ceiling_rows,
+    localised_labels,
+    map_figures,
+    summarise,
+)
 from embedstore.analyses.rundata import load_run
-from embedstore.annotations import Annotation, read_annotations
-from embedstore.atomic import atomic_path, save_npy, sha256_file
+from embedstore.analyses.segmentation import size_cuts
+from embedstore.atomic import atomic_path, save_npy
+from embedstore.cam.chexlocalize import Thresholds, held_out_records, segmentation_figures, tune_thresholds
 from embedstore.cam.faithfulness import faithfulness
+from embedstore.cam.grounding import (
+    PhraseRecord,
+    PhraseScorer,
+    grounding_rows,
+    phrase_embedding_rows,
+    phrase_record,
+    phrase_scorer,
+)
 from embedstore.cam.layouts import CamLayout, cam_layout
 from embedstore.cam.sanity import SANITY_FLAG_RHO, SanityStage, cascading_randomisation, flagged
+from embedstore.cam.targets import Target, split_targets
 from embedstore.cam.workspace import CamSettings, Workspace, run_images, study_sample
-from embedstore.choices import Protocol, Split, parse
+from embedstore.choices import AnnotationFormat, Mode, Protocol, Split, parse
 from embedstore.errors import InputError
 from embedstore.store import Store, append_rows
 
 if TYPE_CHECKING:
     import torch
+
+    from embedstore.annotation_sets import AnnotationSet
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,13 @@ Progress = Callable[[int, str], Callable[[int], None]]
 
 #: Pointing-game tolerance of Zhang et al. (15 px at 224 px input), scaled to the model's input side.
 POINTING_TOLERANCE_AT_224 = 15.0
+
+
+def as_paths(annotations: Path | Sequence[Path] | None) -> tuple[Path, ...]:
+    """One annotation path, several (several readers' files), or none, as a tuple."""
+    if annotations is None:
+        return ()
+    return (annotations,) if isinstance(annotations, Path) else tuple(annotations)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,9 +87,14 @@ class MapsConfig:
     split: Split = Split.TEST
     labels: tuple[str, ...] = ()
     top_k: int | None = None
-    annotations: Path | None = None
+    annotations: Path | tuple[Path, ...] | None = ()
     masks: Path | None = None
     settings: CamSettings = field(default_factory=CamSettings)
+    annotations_format: AnnotationFormat = AnnotationFormat.AUTO
+
+    @property
+    def annotation_paths(self) -> tuple[Path, ...]:
+        return as_paths(self.annotations)
 
 
 @dataclass(frozen=True)
@@ -106,19 +137,22 @@ def _choose_labels(first: Workspace, sample_id: int, config: MapsConfig) -> list
     return positives or [first.run.labels[int(np.argmax(first.run.scores[row]))]]
 
 
-def _outlines(workspace: Workspace, config: MapsConfig) -> dict[tuple[int, str], np.ndarray]:
-    """With annotations: each annotated (image, label)'s region on the model's input, to outline."""
-    if config.annotations is None:
-        return {}
-    annotations = read_annotations(config.annotations, {row.filename for row in workspace.images.values()},
-                                   workspace.subject.labels, config.masks)
+def _outlines(workspace: Workspace, config: MapsConfig) -> tuple[dict[tuple[int, str], np.ndarray], dict[str, str]]:
+    """With annotations: each annotated (image, label)'s region on the model's input (every reader's
+    regions together), to outline, and the annotation files' sha256."""
+    from embedstore.annotation_sets import read_annotations
+
+    if not config.annotation_paths:
+        return {}, {}
+    annotations = read_annotations(config.annotation_paths, {row.filename for row in workspace.images.values()},
+                                   workspace.subject.labels, config.annotations_format, config.masks)
     by_file = {row.filename: s for s, row in workspace.images.items()}
     regions: dict[tuple[int, str], np.ndarray] = {}
-    for annotation in annotations:
-        key = (by_file[annotation.filename], annotation.label)
-        mask = workspace.input_mask(key[0], annotation)
+    for region in annotations.regions:
+        key = (by_file[region.filename], region.label)
+        mask = workspace.input_mask(key[0], region)
         regions[key] = regions[key] | mask if key in regions else mask
-    return regions
+    return regions, annotations.sha256
 
 
 def render_maps(store: Store, config: MapsConfig, progress: Progress | None = None) -> MapsResult:
@@ -140,7 +174,7 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
                              parameter="run")
     samples = _choose_samples(first, config)
     wanted = {s: _choose_labels(first, s, config) for s in samples}
-    outlines = _outlines(first, config)
+    outlines, annotation_sha256 = _outlines(first, config)
     grids, n_maps = [], 0
     total = sum(len(v) for v in wanted.values()) * len(workspaces)
     advance = progress(total, "grad-cam") if progress else None
@@ -169,9 +203,9 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
         grids.append(path)
     provenance = {"runs": [w.provenance() for w in workspaces], "samples": samples,
                   "labels": {str(s): wanted[s] for s in samples},
-                  "annotations": ({"path": str(config.annotations), "sha256": sha256_file(config.annotations),
+                  "annotations": ({"paths": [str(p) for p in config.annotation_paths], "sha256": annotation_sha256,
                                    "masks": str(config.masks) if config.masks else None}
-                                  if config.annotations else None)}
+                                  if config.annotation_paths else None)}
     with atomic_path(config.out / "provenance.json", durable=False) as tmp:
         tmp.write_text(json.dumps(provenance, indent=2, default=str))
     return MapsResult(config.out, samples, grids, n_maps, {w.subject.run_id: w.layout.layer_name for w in workspaces})
@@ -183,12 +217,12 @@ def render_maps(store: Store, config: MapsConfig, progress: Progress | None = No
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    """What to validate: one run against an annotation file (boxes, or masks) on one split (all
-    annotated images, or `n` drawn as the study did), with the localisation, interval and sanity
-    check parameters and the shared settings."""
+    """What to validate: one run against one or more annotation files (several files: several readers;
+    boxes, masks or any published format) on one split (all annotated images, or `n` drawn as the study
+    did), with the localisation, interval and sanity-check parameters and the shared settings."""
 
     run: str
-    annotations: Path
+    annotations: Path | tuple[Path, ...]
     masks: Path | None = None
     split: Split = Split.TEST
     n: int | None = None
@@ -197,6 +231,11 @@ class ValidateConfig:
     bootstrap: int = 1000
     sanity_maps: int = 16
     settings: CamSettings = field(default_factory=CamSettings)
+    annotations_format: AnnotationFormat = AnnotationFormat.AUTO
+
+    @property
+    def annotation_paths(self) -> tuple[Path, ...]:
+        return as_paths(self.annotations)
 
 
 @dataclass
@@ -208,41 +247,8 @@ class ValidateResult:
     rows: list[MetricRow]
     sanity: list[SanityStage]
     flagged: bool
-
-
-@dataclass(frozen=True)
-class AnnotatedPair:
-    """One annotated (image, label) of the validated split, with its region on the model's input."""
-
-    sample_id: int
-    label: str
-    annotation: Annotation
-    region: np.ndarray
-
-
-def _annotated_pairs(workspace: Workspace, annotations: list[Annotation], config: ValidateConfig
-                     ) -> tuple[list[AnnotatedPair], int]:
-    """The split's annotations (`n`: on N images drawn as the study did), each with its region on the
-    model's input; one that the model's centre crop cuts away entirely is left out with a warning."""
-    by_file = {row.filename: s for s, row in workspace.images.items()}
-    chosen = [a for a in annotations if workspace.images[by_file[a.filename]].split == config.split]
-    if not chosen:
-        raise InputError(f"{config.annotations}: no annotation falls on a {config.split}-split image",
-                         parameter="annotations")
-    if config.n is not None:
-        images = sorted({by_file[a.filename] for a in chosen})
-        drawn = {images[i] for i in study_sample(len(images), min(config.n, len(images)), config.settings.seed)}
-        chosen = [a for a in chosen if by_file[a.filename] in drawn]
-    pairs = []
-    for annotation in chosen:
-        sample_id = by_file[annotation.filename]
-        region = workspace.input_mask(sample_id, annotation)
-        if not region.any():
-            log.warning("%s:%d: the annotation lies outside what the model sees (its centre crop); left out",
-                        config.annotations, annotation.row)
-            continue
-        pairs.append(AnnotatedPair(sample_id, annotation.label, annotation, region))
-    return sorted(pairs, key=lambda p: (p.sample_id, workspace.subject.column(p.label))), len(chosen) - len(pairs)
+    held_out: list[HeldOutRecord] = field(default_factory=list)
+    grounding: list[PhraseRecord] = field(default_factory=list)
 
 
 def pointing_tolerance(config: ValidateConfig, input_side: int) -> float:
@@ -252,38 +258,85 @@ def pointing_tolerance(config: ValidateConfig, input_side: int) -> float:
     return POINTING_TOLERANCE_AT_224 * input_side / 224.0
 
 
-def _localise(workspace: Workspace, pairs: list[AnnotatedPair], config: ValidateConfig, module: torch.nn.Module,
+def _maps(workspace: Workspace, targets: Sequence[Target], module: torch.nn.Module, layout: CamLayout,
+          advance: Callable[[int], None] | None) -> Iterator[tuple[Target, np.ndarray, torch.Tensor]]:
+    """Each target's map under `module`, with the model input it was computed on."""
+    for (_, _, cam_map, image), target in zip(workspace.maps([(t.sample_id, t.label) for t in targets], layout, module,
+                                                             advance), targets, strict=True):
+        if target.region.shape != cam_map.shape:
+            raise InputError(f"{target.source}: the annotation maps to {target.region.shape} pixels, the model's "
+                             f"input is {cam_map.shape}")
+        yield target, cam_map, image
+
+
+def _localise(workspace: Workspace, targets: Sequence[Target], config: ValidateConfig, module: torch.nn.Module,
               layout: CamLayout, with_faithfulness: bool, advance: Callable[[int], None] | None
               ) -> tuple[list[MapRecord], list[np.ndarray]]:
-    """Each pair's map under `module` and its localisation figures (and, when asked, faithfulness)."""
+    """Each target's map under `module` and its localisation figures (and, when asked, faithfulness)."""
     records, maps = [], []
     rng = np.random.default_rng(config.settings.seed)
     tolerance = pointing_tolerance(config, workspace.subject.loaded.image_size)
-    for (sample_id, label, cam_map, image), pair in zip(
-            workspace.maps([(p.sample_id, p.label) for p in pairs], layout, module, advance), pairs, strict=True):
-        if pair.region.shape != cam_map.shape:
-            raise InputError(f"{config.annotations}:{pair.annotation.row}: the annotation maps to "
-                             f"{pair.region.shape} pixels, the model's input is {cam_map.shape}")
+    for target, cam_map, image in _maps(workspace, targets, module, layout, advance):
         deletion = insertion = None
         if with_faithfulness:
-            deletion, insertion = faithfulness(module, image, cam_map, workspace.subject.column(label),
+            deletion, insertion = faithfulness(module, image, cam_map, workspace.subject.column(target.label),
                                                workspace.subject.probabilities, config.settings.steps)
-        figures = map_figures(cam_map, pair.region, rng, config.top_fraction, tolerance)
-        records.append(MapRecord(sample_id, label, figures, deletion, insertion))
+        figures = map_figures(cam_map, target.region, rng, config.top_fraction, tolerance)
+        records.append(MapRecord(target.sample_id, target.label, figures, deletion, insertion))
         maps.append(cam_map)
     return records, maps
 
 
-def _sanity(workspace: Workspace, pairs: Sequence[AnnotatedPair], trained: list[np.ndarray],
+def _segmented(records: list[MapRecord], maps: Sequence[np.ndarray], targets: Sequence[Target],
+               thresholds: Thresholds, cuts: tuple[float, float], seed: int) -> list[MapRecord]:
+    """The records with CheXlocalize's figures added."""
+    rng = np.random.default_rng([seed, 1])
+    return [replace(record, segmentation=segmentation_figures(cam_map, target.region, thresholds.of(target.label), cuts,
+                                                              rng))
+            for record, cam_map, target in zip(records, maps, targets, strict=True)]
+
+
+def _sanity(workspace: Workspace, targets: Sequence[Target], trained: list[np.ndarray],
             config: ValidateConfig) -> tuple[list[SanityStage], torch.nn.Module]:
-    """The cascading randomisation on the first `sanity_maps` pairs."""
-    subset = [(p.sample_id, p.label) for p in pairs[:config.sanity_maps]]
+    """The cascading randomisation on the first `sanity_maps` targets."""
+    subset = [(t.sample_id, t.label) for t in targets[:config.sanity_maps]]
 
     def maps_of(module: torch.nn.Module, layout: CamLayout) -> list[np.ndarray]:
         return [m for _, _, m, _ in workspace.maps(subset, layout, module)]
 
     return cascading_randomisation(workspace.subject.module, workspace.layout.layer_name, trained[:len(subset)],
                                    maps_of, config.settings.seed)
+
+
+def _thresholds(workspace: Workspace, annotations: AnnotationSet, split: Split, targets: list[Target],
+                trained: list[np.ndarray], advance: Callable[[int], None] | None) -> Thresholds:
+    """Each label's threshold tuned on the val split's annotated maps (the validated split's own maps
+    when it is val), Otsu's per map for labels val has no annotation of."""
+    if split == Split.VAL:
+        return tune_thresholds(targets, trained, in_sample=True)
+    val_targets, _ = split_targets(workspace, annotations, Split.VAL)
+    val_maps = [m for _, m, _ in _maps(workspace, val_targets, workspace.subject.module, workspace.layout, advance)]
+    return tune_thresholds(val_targets, val_maps, in_sample=False)
+
+
+def _grounding(workspace: Workspace, targets: Sequence[Target], trained: Sequence[np.ndarray], config: ValidateConfig
+               ) -> tuple[list[PhraseRecord], PhraseScorer | None]:
+    """Phrase grounding of a zs run: each annotated sentence's map against that sentence's region,
+    beside the label map's figures on the same region (`embedstore.cam.grounding`)."""
+    if workspace.subject.mode != Mode.ZS:
+        return [], None
+    pairs = [(target, text, region, cam_map) for target, cam_map in zip(targets, trained, strict=True)
+             for text, region in target.phrases]
+    if not pairs:
+        return [], None
+    label_of = {text: target.label for target, text, _, _ in reversed(pairs)}   # a sentence's first label
+    scorer = phrase_scorer(workspace, sorted((label, text) for text, label in label_of.items()))
+    rng = np.random.default_rng([config.settings.seed, 2])
+    phrase_maps = workspace.maps([(t.sample_id, text) for t, text, _, _ in pairs], workspace.layout, scorer.module,
+                                 column=scorer.column)
+    records = [phrase_record(target.sample_id, target.label, text, region, phrase_map, label_map, rng)
+               for (target, text, region, label_map), (_, _, phrase_map, _) in zip(pairs, phrase_maps, strict=True)]
+    return records, scorer
 
 
 def _gradcam_rows(run_id: str, method: str, layer: str, records: list[MapRecord]) -> pa.Table:
@@ -309,6 +362,9 @@ def _gradcam_rows(run_id: str, method: str, layer: str, records: list[MapRecord]
 def _check(config: ValidateConfig) -> Split:
     """Refuse parameters no validation can run with, naming the value; returns the split."""
     split = parse(Split, config.split, "split")
+    parse(AnnotationFormat, config.annotations_format, "annotations_format")
+    if not config.annotation_paths:
+        raise InputError("no annotation file: name at least one", parameter="annotations")
     if config.top_fraction is not None and not 0 < config.top_fraction < 1:
         raise InputError(f"top_fraction {config.top_fraction}: must be between 0 and 1", parameter="top_fraction")
     if config.tolerance is not None and config.tolerance < 0:
@@ -320,41 +376,64 @@ def _check(config: ValidateConfig) -> Split:
     return split
 
 
+def _annotation_params(config: ValidateConfig, annotations: AnnotationSet) -> dict[str, object]:
+    files = [str(path) for path in config.annotation_paths]
+    return {"annotations": files[0] if len(files) == 1 else files, "annotations_format": str(annotations.format),
+            "annotations_sha256": (annotations.sha256[files[0]] if len(files) == 1 else annotations.sha256),
+            "annotations_left_out": annotations.left_out, "masks": str(config.masks) if config.masks else None}
+
+
 def validate(store: Store, config: ValidateConfig, progress: Progress | None = None) -> ValidateResult:
     """Maps for every annotated (image, label) of the split; localisation and faithfulness figures per
     map into `gradcam`, their summaries with bootstrap intervals (trained model, random weights,
-    sanity check) into `metrics`. Re-validating the same run, method and split replaces them."""
+    CheXlocalize's mIoU and hit rate, the human ceiling where several readers annotated an image,
+    phrase grounding for zs runs, sanity check) into `metrics`. Re-validating the same run, method
+    and split replaces them."""
+    from embedstore.annotation_sets import read_annotations
+
     split = _check(config)
     run = load_run(store, config.run)        # checked before the model loads, so a bad file fails fast
     images = run_images(store, config.run)
-    annotations = read_annotations(config.annotations, {row.filename for row in images.values()}, run.labels,
-                                   config.masks)
+    annotations = read_annotations(config.annotation_paths, {row.filename for row in images.values()}, run.labels,
+                                   config.annotations_format, config.masks)
     workspace = Workspace(store, config.run, config.settings, run, images)
-    pairs, left_out = _annotated_pairs(workspace, annotations, config)
-    if not pairs:
-        raise InputError(f"{config.annotations}: every {config.split}-split annotation lies outside what the "
-                         "model sees", parameter="annotations")
+    targets, cut_away = split_targets(workspace, annotations, split, config.n, config.settings.seed)
+    if not targets:
+        where = "lies outside what the model sees" if cut_away else f"falls on a {split}-split image"
+        raise InputError(f"{', '.join(map(str, config.annotation_paths))}: no annotation {where}",
+                         parameter="annotations")
     method, layer = str(config.settings.method), workspace.layout.layer_name
-    advance = progress(2 * len(pairs), "grad-cam validate") if progress else None
-    records, trained = _localise(workspace, pairs, config, workspace.subject.module, workspace.layout, True, advance)
-    sanity, random_module = _sanity(workspace, pairs, trained, config)
+    advance = progress(2 * len(targets), "grad-cam validate") if progress else None
+    records, trained = _localise(workspace, targets, config, workspace.subject.module, workspace.layout, True, advance)
+    thresholds = _thresholds(workspace, annotations, split, targets, trained, None)
+    cuts = size_cuts(np.array([t.area_share for t in targets]))
+    records = _segmented(records, trained, targets, thresholds, cuts, config.settings.seed)
+    held_out = held_out_records(targets, trained, thresholds, config.settings.seed)
+    phrases, scorer = _grounding(workspace, targets, trained, config)
+    sanity, random_module = _sanity(workspace, targets, trained, config)
     random_layout = cam_layout(cast("torch.nn.Module", random_module.visual), layer)
-    random_records, _ = _localise(workspace, pairs, config, random_module, random_layout, False, advance)
+    random_records, random_maps = _localise(workspace, targets, config, random_module, random_layout, False, advance)
+    random_records = _segmented(random_records, random_maps, targets, thresholds, cuts, config.settings.seed)
     is_flagged = flagged(sanity)
-    params = workspace.provenance() | {
-        "split": str(split), "annotations": str(config.annotations),
-        "annotations_sha256": sha256_file(config.annotations), "masks": str(config.masks) if config.masks else None,
-        "top_fraction": config.top_fraction or "annotation area", "steps": config.settings.steps,
+    params = workspace.provenance() | _annotation_params(config, annotations) | {
+        "split": str(split), "top_fraction": config.top_fraction or "annotation area", "steps": config.settings.steps,
         "pointing_tolerance_px": pointing_tolerance(config, workspace.subject.loaded.image_size),
-        "bootstrap": config.bootstrap, "annotations_outside_input": left_out,
+        "bootstrap": config.bootstrap, "annotations_outside_input": cut_away,
+        "size_terciles": {"small_up_to": cuts[0], "medium_up_to": cuts[1]},
+        "thresholds": thresholds.params(),
     }
     options = AnalysisOptions(protocol=Protocol(workspace.subject.protocol), split=split, bootstrap=config.bootstrap,
                               seed=config.settings.seed)
     localised = localised_labels(store, run.labels)
     rows = summarise(records, options, "gradcam.", params, localised)
     rows += [r for r in summarise(random_records, options, "gradcam.random_weights.", params | {"weights": "randomised"},
-                                  localised)
-             if r.metric.split(".")[-1] in ("pointing_game", "energy_inside", "iou_top")]
+                                  localised, "localisation.random_weights.")
+             if r.metric.split(".")[-1] in ("pointing_game", "energy_inside", "iou_top", "miou", "hit_rate")]
+    rows += thresholds.rows(params)
+    if held_out:
+        rows += human_ceiling_rows(held_out, options, params, localised)
+    if phrases:
+        rows += grounding_rows(phrases, options, params, localised)
     rows += [MetricRow("gradcam.sanity_spearman", s.spearman, s.stage, params=params | {"step": k, "n_maps": s.n_maps})
              for k, s in enumerate(sanity, start=1) if np.isfinite(s.spearman)]
     rows.append(MetricRow("gradcam.sanity_flag", float(is_flagged), None,
@@ -364,4 +443,7 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
         append_rows(con, "gradcam", _gradcam_rows(config.run, method, layer, records))
         append_rows(con, "metrics", metrics_table([(config.run, workspace.subject.protocol, str(split), r)
                                                    for r in rows]))
-    return ValidateResult(config.run, layer, records, random_records, rows, sanity, is_flagged)
+        if scorer is not None:
+            stored = {(label, prompt) for label, prompt, _ in queries.fetch(con, "run_prompts", run_id=config.run)}
+            append_rows(con, "text_embeddings", phrase_embedding_rows(config.run, scorer, stored))
+    return ValidateResult(config.run, layer, records, random_records, rows, sanity, is_flagged, held_out, phrases)

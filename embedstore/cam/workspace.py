@@ -14,7 +14,7 @@ import numpy as np
 
 from embedstore import queries
 from embedstore.analyses.rundata import RunData, load_run
-from embedstore.annotations import Annotation, InputGeometry
+from embedstore.annotations import InputGeometry
 from embedstore.cam.faithfulness import faithfulness
 from embedstore.cam.layouts import CamLayout, cam_layout, candidate_layers
 from embedstore.cam.methods import compute_maps
@@ -27,6 +27,8 @@ from embedstore.store import Store
 
 if TYPE_CHECKING:
     import torch
+
+    from embedstore.annotation_sets import Region
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class Workspace:
         dataset = CachedImages(items, self._cache, self.subject.loaded.pixel_transform)
         return np.stack([dataset[i][1].numpy() for i in range(len(items))])
 
-    def input_mask(self, sample_id: int, annotation: Annotation) -> np.ndarray:
+    def input_mask(self, sample_id: int, annotation: Region) -> np.ndarray:
         """An annotation of one of the dataset's images, on the pixels the model sees."""
         path = self.images[sample_id].path
         try:
@@ -125,16 +127,18 @@ class Workspace:
         return normalize(torch.from_numpy(pixels), loaded.mean, loaded.std, self.device).contiguous()
 
     def maps(self, pairs: Sequence[tuple[int, str]], layout: CamLayout | None = None,
-             module: torch.nn.Module | None = None, advance: Callable[[int], None] | None = None
-             ) -> Iterator[tuple[int, str, np.ndarray, torch.Tensor]]:
-        """(sample, label, map, model input) for each pair, computed in batches."""
+             module: torch.nn.Module | None = None, advance: Callable[[int], None] | None = None,
+             column: Callable[[str], int] | None = None) -> Iterator[tuple[int, str, np.ndarray, torch.Tensor]]:
+        """(sample, target, map, model input) for each pair, computed in batches; a target is a label
+        (the run's scorer column) unless `module` and `column` name another scorer's outputs."""
         layout = layout or self.layout
         module = module or self.subject.module
+        column = column or self.subject.column
         size = self.settings.batch_size
         for start in range(0, len(pairs), size):
             chunk = pairs[start:start + size]
             images = self.inputs(self.pixels([s for s, _ in chunk]))
-            maps = compute_maps(module, layout, images, [self.subject.column(label) for _, label in chunk],
+            maps = compute_maps(module, layout, images, [column(label) for _, label in chunk],
                                 self.settings.method)
             for k, (sample_id, label) in enumerate(chunk):
                 yield sample_id, label, maps[k], images[k:k + 1]

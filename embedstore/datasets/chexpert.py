@@ -38,6 +38,13 @@ from embedstore.datasets.base import (
     require_columns,
     text,
 )
+from embedstore.datasets.sample_annotations import (
+    AnnotatedImage,
+    DrawnRegion,
+    chexlocalize_id,
+    regions_of,
+    write_chexlocalize,
+)
 from embedstore.datasets.sample_writing import assign_patients, refuse_nonempty, render_all, write_csv
 from embedstore.errors import InputError
 from embedstore.label_sets import label_set
@@ -61,6 +68,8 @@ VIEW_PATTERN = re.compile(r"_(frontal|lateral)\.[A-Za-z]+$", re.IGNORECASE)
 #: CheXpert's own column order: No Finding first, then the findings in the study's order.
 FILE_LABEL_ORDER: tuple[str, ...] = (NO_FINDING, *(label for label in CHEXPERT_LABELS if label != NO_FINDING))
 SAMPLE_FOLDER = "CheXpert-v1.0-small"
+#: Where the sample writes CheXlocalize's files (its valid and test images' segmentations and polygons).
+CHEXLOCALIZE_DIR = "chexlocalize"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,30 +217,36 @@ def study_numbers(studies: list[int], patient_of_study: dict[int, int]) -> dict[
 DrawTask = tuple[str, ImageJob, int, SampleDomain, int]
 
 
-def _draw(task: DrawTask) -> None:
-    """Render one view and save it as a grayscale JPEG (deterministic bytes for the same pixels)."""
+def _draw(task: DrawTask) -> tuple[DrawnRegion, ...]:
+    """Render one view and save it as a grayscale JPEG (deterministic bytes for the same pixels);
+    returns the regions drawn on a frontal view (none on a lateral)."""
     target, job, seed, domain, size = task
+    regions: tuple[DrawnRegion, ...] = ()
     if job.frontal:
-        pixels, _ = render_frontal(seed, domain, job.index, job.study.findings, job.study.sides, size)
+        pixels, masks = render_frontal(seed, domain, job.index, job.study.findings, job.study.sides, size)
+        regions = regions_of(masks)
     else:
         pixels = render_lateral(seed, domain, job.index, size)
     Image.fromarray(pixels).save(target, format="JPEG", quality=92)
+    return regions
 
 
 def draw_views(targets: list[tuple[Path, ImageJob]], config: SampleConfig,
-               progress: Callable[[int], None] | None) -> None:
-    """Render every (file, job) as a JPEG, in `config.workers` processes (same bytes whatever the count)."""
+               progress: Callable[[int], None] | None) -> list[tuple[DrawnRegion, ...]]:
+    """Render every (file, job) as a JPEG, in `config.workers` processes (same bytes whatever the count);
+    returns the regions drawn on each, in order."""
     for target, _ in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
-    render_all([(str(target), job, config.seed, config.domain, config.size) for target, job in targets], _draw,
-               config.workers, progress)
+    return render_all([(str(target), job, config.seed, config.domain, config.size) for target, job in targets],
+                      _draw, config.workers, progress)
 
 
 def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = None) -> Path:
     """The synthetic benchmark in CheXpert's layout under `config.out/CheXpert-v1.0-small`: train.csv,
     valid.csv and test_labels.csv (patients split 70/15/15, numbered train first as CheXpert does),
-    1 to 4 studies per patient, JPEGs at `{train,valid,test}/patientNNNNN/studyK/viewN_{frontal,lateral}.jpg`.
-    Returns the dataset folder (pass it, or `config.out`, to `embedstore ingest`)."""
+    1 to 4 studies per patient, JPEGs at `{train,valid,test}/patientNNNNN/studyK/viewN_{frontal,lateral}.jpg`,
+    and CheXlocalize's ground truth for the frontal valid and test images in `chexlocalize/`
+    (`write_chexlocalize`). Returns the dataset folder (pass it, or `config.out`, to `embedstore ingest`)."""
     config.validate()
     refuse_nonempty(config.out)
     jobs = plan_dataset(config)
@@ -266,8 +281,13 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
         rows[split].append([f"{SAMPLE_FOLDER}/{relative}", sex[patient], age[patient] + study_number[job.study.uid] - 1,
                             view, ap_pa, *labels])
     folder.mkdir(parents=True)
-    draw_views(targets, config, progress)
+    drawn = draw_views(targets, config, progress)
     write_csv(folder / TRAIN_CSV, [*META_COLUMNS, *FILE_LABEL_ORDER], rows["train"])
     write_csv(folder / VALID_CSV, [*META_COLUMNS, *FILE_LABEL_ORDER], rows["val"])
     write_csv(folder / TEST_CSV, [PATH_COLUMN, *FILE_LABEL_ORDER], rows["test"])
+    for image_folder, split in (("valid", "val"), ("test", "test")):
+        images = [AnnotatedImage(chexlocalize_id(str(target.relative_to(folder))), config.size, regions)
+                  for (target, job), regions in zip(targets, drawn, strict=True)
+                  if job.frontal and target.relative_to(folder).parts[0] == image_folder]
+        write_chexlocalize(folder / CHEXLOCALIZE_DIR, split, images)
     return folder

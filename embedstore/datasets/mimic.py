@@ -33,6 +33,7 @@ from embedstore.datasets.base import (
     require_columns,
 )
 from embedstore.datasets.chexpert import draw_views
+from embedstore.datasets.sample_annotations import AnnotatedImage, DrawnRegion, ms_cxr_rows, write_ms_cxr
 from embedstore.datasets.sample_writing import assign_patients, refuse_nonempty, write_csv
 from embedstore.errors import InputError
 from embedstore.label_sets import label_set
@@ -43,6 +44,8 @@ METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
 IMAGE_ROOT = "files"
+#: MS-CXR's phrase-grounded boxes, as the sample writes them.
+MS_CXR_DIR, MS_CXR_CSV = "ms-cxr", "MS_CXR_Local_Alignment_v1.0.0.csv"
 #: ViewPosition values and the projection each is stored as; any other non-blank value is kept as written.
 VIEW_PROJECTION: dict[str, str] = {"PA": "Frontal", "AP": "Frontal", "LATERAL": "Lateral", "LL": "Lateral"}
 #: The official split's names and ingest's.
@@ -277,8 +280,9 @@ def _report_text(job: ImageJob, has_lateral: bool) -> str:
 def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = None) -> Path:
     """The synthetic benchmark in MIMIC-CXR-JPG's layout under `config.out`: the three gzipped CSVs,
     JPEGs at `files/pXX/p<subject>/s<study>/<dicom_id>.jpg`, a report `s<study>.txt` per study, 1 to 4
-    studies per patient, some lateral views (a few with a blank ViewPosition, as MIMIC has).
-    Returns `config.out` (pass it to `embedstore ingest`)."""
+    studies per patient, some lateral views (a few with a blank ViewPosition, as MIMIC has), and MS-CXR's
+    phrase-grounded boxes for the frontal films (`_write_ms_cxr`). Returns `config.out` (pass it to
+    `embedstore ingest`)."""
     config.validate()
     refuse_nonempty(config.out)
     jobs = plan_dataset(config)
@@ -294,6 +298,7 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     split_rows: list[list[object]] = []
     targets: list[tuple[Path, ImageJob]] = []
     reports: dict[Path, str] = {}
+    films: list[tuple[str, str, str]] = []
     laterals = 0
     for job in jobs:
         subject, study = subject_ids[patient_of_study[job.study.uid]], study_ids[job.study.uid]
@@ -311,9 +316,10 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
         split_rows.append([dicom, study, subject, OFFICIAL_NAME[splits[patient_of_study[job.study.uid]]]])
         folder = config.out / study_folder(subject, study)
         targets.append((folder / f"{dicom}.jpg", job))
+        films.append((dicom, f"{study_folder(subject, study)}/{dicom}.jpg", splits[patient_of_study[job.study.uid]]))
         reports.setdefault(folder.with_name(f"{folder.name}.txt"), _report_text(job, job.study.uid in with_lateral))
     config.out.mkdir(parents=True, exist_ok=True)
-    draw_views(targets, config, progress)
+    drawn = draw_views(targets, config, progress)
     for report_path, report in reports.items():
         report_path.write_text(report, encoding="utf-8")
     by_uid = {job.study.uid: job.study for job in jobs}
@@ -323,4 +329,18 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
                                                                        for label in sorted(CHEXPERT_LABELS))]
                for uid in studies])
     write_csv(config.out / f"{SPLIT_CSV}.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
+    _write_ms_cxr(config, jobs, films, drawn)
     return config.out
+
+
+def _write_ms_cxr(config: SampleConfig, jobs: list[ImageJob], films: list[tuple[str, str, str]],
+                  drawn: list[tuple[DrawnRegion, ...]]) -> None:
+    """`ms-cxr/MS_CXR_Local_Alignment_v1.0.0.csv`: a box per drawn finding of MS-CXR's eight categories
+    on a frontal film, with a short phrase naming its side and zone (seeded per film on its own stream),
+    the film's relative path and its official split (as MS-CXR spells splits: train, val, test)."""
+    rows: list[list[object]] = []
+    for job, (dicom, relative, split), regions in zip(jobs, films, drawn, strict=True):
+        if job.frontal:
+            stream = np.random.default_rng([config.seed, 14, 4, 77, job.index])
+            rows.extend(ms_cxr_rows(AnnotatedImage(dicom, config.size, regions), relative, split, stream))
+    write_ms_cxr(config.out / MS_CXR_DIR / MS_CXR_CSV, rows)

@@ -31,7 +31,8 @@ from embedstore.datasets.base import (
     text,
     uses_given_split,
 )
-from embedstore.datasets.sample_writing import counterparts_of, refuse_nonempty, render_all
+from embedstore.datasets.sample_annotations import AnnotatedImage, DrawnRegion, regions_of, write_nih_bbox
+from embedstore.datasets.sample_writing import counterpart_map, counterpart_names, refuse_nonempty, render_all
 from embedstore.errors import InputError
 from embedstore.label_sets import LabelSet, label_set
 from embedstore.synthetic import SampleConfig, plan_dataset, render_frontal
@@ -41,6 +42,8 @@ LABEL_SET = "nih14"
 DATA_ENTRY = re.compile(r"Data_Entry_2017.*\.csv(\.gz)?", re.IGNORECASE)
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+#: NIH's box annotations (about 1,000 boxes of eight findings on 880 images).
+BBOX_LIST = "BBox_List_2017.csv"
 IMAGE_INDEX, FINDING_LABELS, PATIENT_ID, VIEW_POSITION = "Image Index", "Finding Labels", "Patient ID", "View Position"
 REQUIRED_COLUMNS = (IMAGE_INDEX, FINDING_LABELS, PATIENT_ID, VIEW_POSITION)
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
@@ -287,18 +290,22 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
 RenderTask = tuple[str, int, SampleDomain, int, tuple[str, ...], dict[str, int], int]
 
 
-def _render_png(task: RenderTask) -> None:
-    """Draw one synthetic film and write it as an 8-bit grey PNG (a worker process's job)."""
+def _render_png(task: RenderTask) -> tuple[DrawnRegion, ...]:
+    """Draw one synthetic film and write it as an 8-bit grey PNG (a worker process's job); returns the
+    regions drawn on it."""
     target, seed, domain, index, findings, sides, size = task
-    pixels, _ = render_frontal(seed, domain, index, findings, sides, size)
+    pixels, masks = render_frontal(seed, domain, index, findings, sides, size)
     Image.fromarray(pixels).save(target, optimize=False)
+    return regions_of(masks)
 
 
 def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = None) -> Path:
     """The synthetic benchmark as ChestX-ray14 ships: PNGs named `<patient>_<follow-up>.png` under
     `images_001/images/` (10,000 a folder), `Data_Entry_2017.csv` in the 2017 format, and the
-    official lists split by patient (about a fifth of the patients in test). Frontal films only;
-    one to three synthetic studies make a patient, each film a follow-up. Returns the folder."""
+    official lists split by patient (about a fifth of the patients in test), and `BBox_List_2017.csv`
+    with a box for every finding of NIH's eight box classes drawn on a film (NIH boxed about 880
+    images; here every film with such a finding is boxed). Frontal films only; one to three synthetic
+    studies make a patient, each film a follow-up. Returns the folder."""
     config.validate()
     refuse_nonempty(config.out)
 
@@ -320,7 +327,8 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     tasks: list[RenderTask] = []
     train_val_names: list[str] = []
     test_names: list[str] = []
-    names_of_study: dict[int, list[str]] = {}
+    map_of_study: dict[int, dict[str, str]] = {}
+    film_labels: list[tuple[str, dict[str, str]]] = []
     for patient_index, positions in enumerate(patients):
         patient_id = patient_index + 1
         age, gender = int(rng.integers(18, 86)), ("M", "F")[int(rng.integers(2))]
@@ -329,19 +337,22 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
             name = f"{patient_id:08d}_{follow_up:03d}.png"
             folder = config.out / f"images_{len(tasks) // IMAGES_PER_FOLDER + 1:03d}" / "images"
             folder.mkdir(parents=True, exist_ok=True)
-            if job.study.uid not in names_of_study:
-                names_of_study[job.study.uid] = counterparts_of(job.study.findings, labels, rng)
+            if job.study.uid not in map_of_study:
+                map_of_study[job.study.uid] = counterpart_map(job.study.findings, labels, rng)
             view = "PA" if rng.random() < 0.6 else "AP"
-            rows.append([name, "|".join(names_of_study[job.study.uid]), follow_up, patient_id,
+            film_labels.append((name, map_of_study[job.study.uid]))
+            rows.append([name, "|".join(counterpart_names(map_of_study[job.study.uid], labels)), follow_up, patient_id,
                          age + follow_up // 3, gender, view, config.size, config.size, 0.143, 0.143, ""])
             tasks.append((str(folder / name), config.seed, config.domain, job.index, job.study.findings,
                           job.study.sides, config.size))
             (test_names if patient_index in test_patients else train_val_names).append(name)
-    render_all(tasks, _render_png, config.workers, progress)
+    drawn = render_all(tasks, _render_png, config.workers, progress)
     with open(config.out / "Data_Entry_2017.csv", "w", newline="", encoding="utf-8") as handle:
         handle.write(DATA_ENTRY_HEADER + "\n")
         csv.writer(handle, lineterminator="\n").writerows(rows)
     (config.out / TRAIN_VAL_LIST).write_text("".join(f"{n}\n" for n in train_val_names), encoding="utf-8")
     (config.out / TEST_LIST).write_text("".join(f"{n}\n" for n in test_names), encoding="utf-8")
+    write_nih_bbox(config.out / BBOX_LIST, [(AnnotatedImage(name, config.size, regions), mapping)
+                                            for (name, mapping), regions in zip(film_labels, drawn, strict=True)])
     return config.out
 

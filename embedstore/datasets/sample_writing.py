@@ -21,6 +21,7 @@ from embedstore.errors import InputError
 from embedstore.label_sets import LabelSet
 
 Task = TypeVar("Task")
+Result = TypeVar("Result")
 
 
 def refuse_nonempty(out: Path) -> None:
@@ -73,37 +74,50 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
         writer.writerows(rows)
 
 
-def counterparts_of(findings: Iterable[str], labels: LabelSet, rng: np.random.Generator) -> list[str]:
-    """A dataset's findings for a set of CheXpert findings, through its label set's mapping read backwards:
-    a CheXpert finding with several counterparts (NIH Lung Lesion: Mass, Nodule) becomes one of them
-    (seeded), one with none (NIH: Fracture, Support Devices, …) is dropped; the normal label when none
-    is left. Names come in the label set's order."""
+def counterpart_map(findings: Iterable[str], labels: LabelSet, rng: np.random.Generator) -> dict[str, str]:
+    """Each CheXpert finding's counterpart in a dataset's label set (its mapping read backwards): a
+    finding with several counterparts (NIH Lung Lesion: Mass, Nodule) gets one of them (seeded), one
+    with none (NIH: Fracture, Support Devices, …) is left out. Keyed in the order of `findings`."""
     by_chexpert: dict[str, list[str]] = {}
     for label in labels.labels:
         counterpart = labels.chexpert[label]
         if counterpart is not None and label != labels.normal:
             by_chexpert.setdefault(counterpart, []).append(label)
-    names = []
+    mapping: dict[str, str] = {}
     for finding in findings:
         options = by_chexpert.get(finding, [])
         if options:
-            names.append(options[int(rng.integers(len(options)))] if len(options) > 1 else options[0])
-    ordered = [label for label in labels.labels if label in names]
-    return ordered or [str(labels.normal)]
+            mapping[finding] = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
+    return mapping
 
 
-def render_all(tasks: Sequence[Task], render: Callable[[Task], None], workers: int,
-               progress: Callable[[int], None] | None) -> None:
+def counterpart_names(mapping: dict[str, str], labels: LabelSet) -> list[str]:
+    """The dataset labels of a `counterpart_map` in the label set's order; the normal label when empty."""
+    names = set(mapping.values())
+    return [label for label in labels.labels if label in names] or [str(labels.normal)]
+
+
+def counterparts_of(findings: Iterable[str], labels: LabelSet, rng: np.random.Generator) -> list[str]:
+    """A dataset's findings for a set of CheXpert findings (`counterpart_map`), in the label set's
+    order; the normal label when none is left."""
+    return counterpart_names(counterpart_map(findings, labels, rng), labels)
+
+
+def render_all(tasks: Sequence[Task], render: Callable[[Task], Result], workers: int,
+               progress: Callable[[int], None] | None) -> list[Result]:
     """Write every file with `render` (a module-level function, so that worker processes can run it),
     in `workers` processes when there is more than one (each file is seeded on its own, so the bytes
-    are the same whatever the number of workers)."""
+    are the same whatever the number of workers). Returns what `render` returned, in task order."""
+    results: list[Result] = []
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(render, tasks, chunksize=16):
+            for result in pool.map(render, tasks, chunksize=16):
+                results.append(result)
                 if progress:
                     progress(1)
-        return
+        return results
     for task in tasks:
-        render(task)
+        results.append(render(task))
         if progress:
             progress(1)
+    return results

@@ -43,13 +43,23 @@ from embedstore.datasets.base import (
     uses_given_split,
 )
 from embedstore.datasets.nih14 import RenderTask
-from embedstore.datasets.sample_writing import counterparts_of, refuse_nonempty, render_all
+from embedstore.datasets.sample_annotations import (
+    VINDR_GLOBAL,
+    AnnotatedImage,
+    DrawnRegion,
+    regions_of,
+    vindr_reader_rows,
+    write_vindr,
+)
+from embedstore.datasets.sample_writing import counterpart_map, counterpart_names, refuse_nonempty, render_all
 from embedstore.errors import InputError
 from embedstore.label_sets import LabelSet, label_set
-from embedstore.synthetic import SampleConfig, plan_dataset, render_frontal
+from embedstore.synthetic import ImageJob, SampleConfig, plan_dataset, render_frontal
 
 LABEL_SET = "vindr-cxr"
 TRAIN_LABELS, TEST_LABELS = "image_labels_train.csv", "image_labels_test.csv"
+#: The readers' boxes (PhysioNet release: image_id, rad_id, class_name, x_min, y_min, x_max, y_max).
+BOXES_TRAIN, BOXES_TEST = "annotations_train.csv", "annotations_test.csv"
 ANNOTATIONS_DIR = "annotations"
 KAGGLE_TRAIN = "train.csv"
 KAGGLE_COLUMNS = ("image_id", "class_name", "rad_id")
@@ -318,14 +328,16 @@ def film_to_monochrome1(film: np.ndarray) -> np.ndarray:
     return np.rint((255 - film.astype(np.float64)) * top / 255).astype(np.uint16)
 
 
-def _render_dicom(task: RenderTask) -> None:
-    """Draw one synthetic film and write it as VinDr ships: 16-bit words, 12 bits stored, MONOCHROME1."""
+def _render_dicom(task: RenderTask) -> tuple[DrawnRegion, ...]:
+    """Draw one synthetic film and write it as VinDr ships: 16-bit words, 12 bits stored, MONOCHROME1.
+    Returns the regions drawn on it."""
     from embedstore.dicom import write_dicom
 
     target, seed, domain, index, findings, sides, size = task
-    film, _ = render_frontal(seed, domain, index, findings, sides, size)
+    film, masks = render_frontal(seed, domain, index, findings, sides, size)
     write_dicom(target, film_to_monochrome1(film), photometric="MONOCHROME1", bits_stored=BITS_STORED,
                 window=WINDOW, view_position="PA", uid_seed=f"{seed}:{index}")
+    return regions_of(masks)
 
 
 def _reader_marks(truth: list[str], labels: LabelSet, rng: np.random.Generator) -> set[str]:
@@ -343,7 +355,8 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     `train/` and `test/<image_id>.dicom`, `annotations/image_labels_train.csv` with three readers per
     image (each misses a finding now and then and rarely adds one, seeded) and `image_labels_test.csv`
     with one consensus row per image (the true findings; `Other disease` spelt as the release spells
-    it). About a sixth of the images are test. Returns the folder."""
+    it). About a sixth of the images are test. Also `annotations/annotations_{train,test}.csv`, the
+    readers' boxes (`_write_boxes`). Returns the folder."""
     config.validate()
     refuse_nonempty(config.out)
     labels = label_set(LABEL_SET)
@@ -356,22 +369,28 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     train_rows: list[list[object]] = []
     test_rows: list[list[object]] = []
     tasks: list[RenderTask] = []
-    truth_of_study: dict[int, list[str]] = {}
+    map_of_study: dict[int, dict[str, str]] = {}
+    # Per image: its id, whether it is test, each reader's (rad_id, marked labels), label → finding.
+    reads: list[tuple[str, bool, list[tuple[str, list[str]]], dict[str, str]]] = []
     for position, job in enumerate(jobs):
         image_id = np.random.default_rng([config.seed, 18, job.index]).bytes(16).hex()
-        if job.study.uid not in truth_of_study:
-            truth_of_study[job.study.uid] = counterparts_of(job.study.findings, labels, rng)
-        truth = truth_of_study[job.study.uid]
+        if job.study.uid not in map_of_study:
+            map_of_study[job.study.uid] = counterpart_map(job.study.findings, labels, rng)
+        truth = counterpart_names(map_of_study[job.study.uid], labels)
         split_dir = "test" if position in is_test else "train"
+        readers: list[tuple[str, list[str]]] = []
         if split_dir == "test":
             test_rows.append([image_id, *(int(label in truth) for label in labels.labels)])
         else:
             for reader in sorted(rng.choice(len(READERS), size=3, replace=False)):
                 marked = _reader_marks(truth, labels, rng)
                 train_rows.append([image_id, READERS[int(reader)], *(int(label in marked) for label in labels.labels)])
+                readers.append((READERS[int(reader)], [label for label in labels.labels if label in marked]))
+        reads.append((image_id, split_dir == "test", readers,
+                      {label: finding for finding, label in map_of_study[job.study.uid].items()}))
         tasks.append((str(config.out / split_dir / f"{image_id}.dicom"), config.seed, config.domain, job.index,
                       job.study.findings, job.study.sides, config.size))
-    render_all(tasks, _render_dicom, config.workers, progress)
+    drawn = render_all(tasks, _render_dicom, config.workers, progress)
     test_header = [next((alias for alias, name in COLUMN_ALIASES.items() if name == label), label)
                    for label in labels.labels]
     for name, header, rows in ((TRAIN_LABELS, ["image_id", "rad_id", *labels.labels], train_rows),
@@ -380,4 +399,31 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
+    _write_boxes(config, jobs, reads, drawn)
     return config.out
+
+
+def _write_boxes(config: SampleConfig, jobs: list[ImageJob],
+                 reads: list[tuple[str, bool, list[tuple[str, list[str]]], dict[str, str]]],
+                 drawn: list[tuple[DrawnRegion, ...]]) -> None:
+    """`annotations/annotations_train.csv` and `annotations_test.csv` (PhysioNet's box files): three
+    readers per image whose boxes disagree as readers do (`vindr_reader_rows`). A training image's
+    readers are its three in image_labels_train.csv, each boxing the local labels they marked there.
+
+    The release's test boxes are one consensus of five readers; the synthetic test file has three
+    readers too (drawn from READERS), each boxing the consensus findings, so that the agreement
+    between readers (the human ceiling) can be measured on the test split as well.
+    """
+    order = label_set(LABEL_SET).labels
+    train: list[list[object]] = []
+    test: list[list[object]] = []
+    for job, (image_id, in_test, readers, finding_of), regions in zip(jobs, reads, drawn, strict=True):
+        stream = np.random.default_rng([config.seed, 18, 77, job.index])
+        if in_test:
+            consensus = [label for label in order if label in finding_of and label not in VINDR_GLOBAL]
+            chosen = sorted(stream.choice(len(READERS), size=3, replace=False))
+            readers = [(READERS[int(reader)], consensus) for reader in chosen]
+        image = AnnotatedImage(image_id, config.size, regions)
+        (test if in_test else train).extend(vindr_reader_rows(image, readers, finding_of, stream))
+    write_vindr(config.out / ANNOTATIONS_DIR / BOXES_TRAIN, train)
+    write_vindr(config.out / ANNOTATIONS_DIR / BOXES_TEST, test)

@@ -246,8 +246,10 @@ def projection_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
 
 
 def gradcam_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
-    """Pointing game per label and setting against its chance level and a random-weights model,
-    with 95 % bootstrap intervals, as `embedstore gradcam validate` stored them."""
+    """Per setting and label: the pointing game, CheXlocalize's hit rate and mIoU of the trained model
+    against the chance level and a random-weights model, the human readers' agreement as a band (where
+    several readers annotated the images) and the trained model by lesion-size tercile, with 95 %
+    bootstrap intervals, as `embedstore gradcam validate` stored them."""
     import altair as alt
 
     dataset = resolve_dataset(store, options.data)
@@ -256,19 +258,27 @@ def gradcam_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     rows = [r for r in rows if not options.runs or r["run_id"] in options.runs]
     if not rows:
         raise InputError("no Grad-CAM figures are stored yet; `embedstore gradcam validate` writes them")
-    order = ["trained model", "random weights", "chance"]
-    color = alt.Color("figure:N", scale=alt.Scale(domain=order, range=["#d62728", "#7f7f7f", "#1f77b4"]), title=None)
+    order = ["trained model", "random weights", "chance", "small lesions", "medium lesions", "large lesions"]
+    color = alt.Color("figure:N", title=None, scale=alt.Scale(
+        domain=[*order, "human readers"],
+        range=["#d62728", "#7f7f7f", "#1f77b4", "#ff9896", "#e377c2", "#8c564b", "#2ca02c"]))
     y = alt.Y("label:N", title=None, sort=None)
-    rules = alt.Chart().mark_rule().encode(x=alt.X("ci_low:Q", title="pointing game (share of maps peaking inside)",
-                                                   scale=alt.Scale(domain=[0, 1])),
-                                           x2="ci_high:Q", y=y, color=color, yOffset=alt.YOffset("figure:N", sort=order))
-    points = alt.Chart().mark_point(filled=True, size=50).encode(
-        x="value:Q", y=y, color=color, yOffset=alt.YOffset("figure:N", sort=order),
-        tooltip=["setting:N", "label:N", "figure:N", alt.Tooltip("value:Q", format=".3f"),
+    x = alt.X("value:Q", title=None, scale=alt.Scale(domain=[0, 1]))
+    human = alt.datum.figure == "human readers"
+    band = alt.Chart().transform_filter(human).mark_rect(opacity=0.25).encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1])), x2="ci_high:Q", y=y, color=color)
+    human_point = alt.Chart().transform_filter(human).mark_tick(thickness=2).encode(x=x, y=y, color=color)
+    offset = alt.YOffset("figure:N", sort=order)
+    rules = alt.Chart().transform_filter(~human).mark_rule().encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1])), x2="ci_high:Q", y=y, color=color, yOffset=offset)
+    points = alt.Chart().transform_filter(~human).mark_point(filled=True, size=40).encode(
+        x=x, y=y, color=color, yOffset=offset,
+        tooltip=["setting:N", "label:N", "panel:N", "figure:N", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "maps:Q"])
-    return alt.layer(rules, points, data=alt.Data(values=rows)).properties(width=300).facet(
-        facet=alt.Facet("setting:N", title=None), columns=2,
-        title="Grad-CAM pointing game vs chance and a random-weights model")
+    return alt.layer(band, human_point, rules, points, data=alt.Data(values=rows)).properties(width=220).facet(
+        row=alt.Row("setting:N", title=None), column=alt.Column("panel:N", title=None, sort=["pointing game",
+                                                                                            "hit rate", "mIoU"]),
+        title="Grad-CAM localisation vs chance, a random-weights model and the human readers (band)")
 
 
 def calibration_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:

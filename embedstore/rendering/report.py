@@ -33,7 +33,7 @@ from embedstore.rendering.pages import (
     table_html,
     vega_embed,
 )
-from embedstore.rendering.tables import comparison_table, detail_tables, localisation_table, study_table
+from embedstore.rendering.tables import comparison_table, detail_tables, localisation_tables, study_table
 from embedstore.store import Store, resolve_dataset
 
 log = logging.getLogger(__name__)
@@ -181,14 +181,16 @@ def _gradcam_sections(store: Store, data: str) -> list[str]:
     sections = []
     for (run_id, split), rows in grouped.items():
         first = rows[0].params
-        annotations = first.get("annotations")
-        shown = shareable_path(str(annotations), store.path) if annotations else "none"
+        annotations = first.get("annotations") or []
+        files = annotations if isinstance(annotations, list) else [annotations]
+        shown = ", ".join(shareable_path(str(path), store.path) for path in files) or "none"
         sections.append(f"<h2>Grad-CAM localisation — {html_text(run_id)} ({html_text(split)} split)</h2>"
                         f"<p class='note'>{html_text(first.get('method'))} at {html_text(first.get('layer'))}"
                         f"; annotations {html_text(shown)}; pointing tolerance "
                         f"{first.get('pointing_tolerance_px', 0):.1f} px; chance = what a random point, a uniform map "
                         "or a random region of the same size scores; random weights = every layer redrawn</p>"
-                        + table_html(localisation_table(rows)))
+                        + "".join(f"<h3>{html_text(title)}</h3>" + table_html(frame)
+                                  for title, frame in localisation_tables(rows).items()))
         steps = [r for r in rows if r.metric == "gradcam.sanity_spearman"]
         flag = next((r for r in rows if r.metric == "gradcam.sanity_flag"), None)
         if steps and flag is not None:

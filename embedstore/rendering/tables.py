@@ -157,33 +157,53 @@ def comparison_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataF
                                       "difference [95 % paired]": pl.String, "DeLong p": pl.String})
 
 
-def localisation_table(rows: Sequence[MetricRow]) -> pl.DataFrame:
-    """One line per label (and `all`): each stored Grad-CAM figure as `value [low, high]`, for the
-    trained model and for random weights."""
-    def cell(row: MetricRow | None) -> str:
-        if row is None:
-            return ""
-        if row.ci_low is None or row.ci_high is None:
-            return f"{row.value:.3f}"
-        return f"{row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+#: The localisation tables of `gradcam validate`: title → (the figure counting each line's maps, column → metric).
+LOCALISATION_TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "localisation": ("gradcam.pointing_game", {
+        "pointing game": "gradcam.pointing_game", "pointing chance": "gradcam.pointing_chance",
+        "random weights: pointing": "gradcam.random_weights.pointing_game",
+        "energy inside": "gradcam.energy_inside", "random weights: energy": "gradcam.random_weights.energy_inside",
+        "area share": "gradcam.area_share", "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
+        "deletion AUC ↓": "gradcam.deletion_auc", "insertion AUC ↑": "gradcam.insertion_auc"}),
+    "CheXlocalize (thresholded maps; hit = maximum inside, no tolerance)": ("localisation.miou", {
+        "mIoU": "localisation.miou", "mIoU (Otsu)": "localisation.miou_otsu", "hit rate": "localisation.hit_rate",
+        "random weights: mIoU": "localisation.random_weights.miou",
+        "random weights: hit rate": "localisation.random_weights.hit_rate",
+        "mIoU small": "localisation.miou.small", "mIoU medium": "localisation.miou.medium",
+        "mIoU large": "localisation.miou.large", "hit small": "localisation.hit_rate.small",
+        "hit medium": "localisation.hit_rate.medium", "hit large": "localisation.hit_rate.large"}),
+    "human ceiling (each reader held out against the others' union)": ("localisation.human_miou", {
+        "human mIoU": "localisation.human_miou", "model mIoU": "localisation.held_out_miou",
+        "gap mIoU [paired]": "localisation.gap_to_human.miou", "share of human mIoU": "localisation.fraction_of_human.miou",
+        "human hit rate": "localisation.human_hit_rate", "model hit rate": "localisation.held_out_hit_rate",
+        "gap hit rate [paired]": "localisation.gap_to_human.hit_rate",
+        "share of human hit rate": "localisation.fraction_of_human.hit_rate"}),
+    "phrase grounding (zs: the annotated sentence vs the label name as the map's target)": ("grounding.hit_rate", {
+        "sentence: hit rate": "grounding.hit_rate", "sentence: mIoU (Otsu)": "grounding.miou",
+        "sentence: CNR": "grounding.cnr", "label: hit rate": "grounding.label_hit_rate",
+        "label: mIoU (Otsu)": "grounding.label_miou", "label: CNR": "grounding.label_cnr"}),
+}
 
+
+def localisation_tables(rows: Sequence[MetricRow]) -> dict[str, pl.DataFrame]:
+    """The localisation tables that `rows` have figures for: one line per label (and `all`, and the
+    localised findings), each figure as `value [low, high]`."""
     index = {(r.metric, r.label): r for r in rows}
-    labels = [None, LOCALISED_GROUP] + sorted({r.label for r in rows if r.label not in (None, LOCALISED_GROUP)
-                                               and r.metric == "gradcam.pointing_game"})
-    columns = {"pointing game": "gradcam.pointing_game", "pointing chance": "gradcam.pointing_chance",
-               "random weights: pointing": "gradcam.random_weights.pointing_game",
-               "energy inside": "gradcam.energy_inside", "random weights: energy": "gradcam.random_weights.energy_inside",
-               "area share": "gradcam.area_share", "IoU top": "gradcam.iou_top", "IoU chance": "gradcam.iou_chance",
-               "deletion AUC ↓": "gradcam.deletion_auc", "insertion AUC ↑": "gradcam.insertion_auc"}
-    records = []
-    for label in labels:
-        count = index.get(("gradcam.pointing_game", label))
-        if count is None:
-            continue
-        record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps")}
-        record |= {name: cell(index.get((metric, label))) for name, metric in columns.items()}
-        records.append(record)
-    return pl.DataFrame(records)
+    tables = {}
+    for title, (counted, columns) in LOCALISATION_TABLES.items():
+        labels = [None, LOCALISED_GROUP] + sorted({r.label for r in rows if r.label not in (None, LOCALISED_GROUP)
+                                                   and r.metric == counted})
+        records = []
+        for label in labels:
+            count = index.get((counted, label))
+            if count is None:
+                continue
+            record: dict[str, Any] = {"label": label or "all", "maps": count.params.get("n_maps")}
+            record |= {name: _cell(index.get((metric, label)), 3) for name, metric in columns.items()}
+            records.append(record)
+        if records:
+            tables[title] = pl.DataFrame(records)
+    return tables
 
 
 def metrics_records(analyses: Sequence[RunAnalysis]) -> list[dict[str, object]]:
