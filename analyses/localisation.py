@@ -153,10 +153,12 @@ def localised_labels(store: Store, labels: Sequence[str]) -> tuple[str, ...]:
 
 def summarise_columns(labels: Sequence[str], columns: dict[str, np.ndarray], options: AnalysisOptions,
                       params: dict[str, object] | None = None, localised: Collection[str] = LOCALISED_FINDINGS,
-                      ratios: dict[str, tuple[str, str]] | None = None) -> list[MetricRow]:
+                      ratios: dict[str, tuple[str, str]] | None = None,
+                      clusters: Sequence[object] | None = None) -> list[MetricRow]:
     """Mean of every column (one value per record, NaN where undefined) over all records (label None),
     over the localised findings and per label, with seeded bootstrap intervals (records resampled with
-    replacement); `ratios` adds figures that are the ratio of two columns' means."""
+    replacement; with `clusters`, one id per record, whole clusters — an image's records together);
+    `ratios` adds figures that are the ratio of two columns' means."""
     label_of = np.asarray(labels, dtype=object)
     groups: dict[str | None, np.ndarray] = {None: np.arange(len(labels)),
                                             LOCALISED_GROUP: np.flatnonzero([label in localised for label in labels])}
@@ -167,18 +169,25 @@ def summarise_columns(labels: Sequence[str], columns: dict[str, np.ndarray], opt
         if len(members) == 0:
             continue
         own = {name: values[members] for name, values in columns.items()}
+        if clusters is None:
+            spread, n_draws = np.arange(len(members)), len(members)
+        else:
+            _, spread = np.unique(np.asarray(clusters, dtype=object)[members].astype(str), return_inverse=True)
+            n_draws = int(spread.max()) + 1
 
-        def resampled(weights: np.ndarray, own: dict[str, np.ndarray] = own) -> dict[str, np.ndarray]:
-            means = _weighted_means(own, weights)
+        def resampled(weights: np.ndarray, own: dict[str, np.ndarray] = own,
+                      spread: np.ndarray = spread) -> dict[str, np.ndarray]:
+            means = _weighted_means(own, weights[:, spread])
             with np.errstate(invalid="ignore", divide="ignore"):
                 for name, (top, bottom) in (ratios or {}).items():
                     means[name] = np.where(means[bottom] != 0, means[top] / means[bottom], np.nan)
             return means
 
-        point = {name: float(values[0]) for name, values in resampled(np.ones((1, len(members)))).items()}
+        point = {name: float(values[0]) for name, values in resampled(np.ones((1, n_draws))).items()}
         defined = {name: value for name, value in point.items() if np.isfinite(value)}
         counts = {name: {"n_maps": int(np.isfinite(own[name]).sum())} for name in defined if name in own}
-        rows.extend(with_intervals(defined, resampled, len(members), options, (params or {}) | {"n_maps": len(members)},
+        group = {"n_maps": len(members)} | ({"n_images": n_draws, "resampled": "images"} if clusters is not None else {})
+        rows.extend(with_intervals(defined, resampled, n_draws, options, (params or {}) | group,
                                    label=label, params_of=counts))
     return rows
 
@@ -212,7 +221,7 @@ def human_ceiling_rows(records: Sequence[HeldOutRecord], options: AnalysisOption
                        localised: Collection[str] = LOCALISED_FINDINGS) -> list[MetricRow]:
     """Reader-vs-reader figures (the human ceiling), the model's on the same references, the gap
     (model − human, a paired interval: both resampled with the same weights) and the model's share of
-    the human figure."""
+    the human figure; intervals resample images (an image's records share readers and references)."""
     human_iou = np.array([r.human_iou for r in records], dtype=np.float64)
     human_hit = np.array([r.human_hit for r in records], dtype=np.float64)
     model_iou = np.array([r.model_iou for r in records], dtype=np.float64)
@@ -226,4 +235,4 @@ def human_ceiling_rows(records: Sequence[HeldOutRecord], options: AnalysisOption
                                                           "localisation.human_hit_rate")}
     n_readers = len({r.reader for r in records})
     return summarise_columns([r.label for r in records], columns, options, (params or {}) | {"n_readers": n_readers},
-                             localised, ratios)
+                             localised, ratios, clusters=[r.sample_id for r in records])

@@ -161,8 +161,7 @@ def nearest(store: Store, run_id: str, sample: int | None = None, text: str | No
         else:
             found = queries.fetch_one(con, "text_query_vector", run_id=run_id, text=text)
             if found is None:
-                prompts = [r[0] for r in con.execute("SELECT DISTINCT prompt FROM text_embeddings WHERE run_id = ? "
-                                                     "LIMIT 6", [run_id]).fetchall()]
+                prompts = list(dict.fromkeys(r[1] for r in queries.fetch(con, "run_prompts", run_id=run_id)))[:6]
                 stored = f"stored prompts include {', '.join(prompts)}" if prompts else "only zs runs store prompts"
                 raise InputError(f"text {text!r}: run {run_id} has no stored text embedding for it ({stored}); "
                                  "embedstore answers from stored vectors and never loads a model here")

@@ -137,7 +137,8 @@ def validate(
                                            "used instead of the boxes."),
     split: Split = typer.Option(Split.TEST, "--split", help="Validate on the annotated images of this split."),
     n: int | None = typer.Option(None, "--n", min=1,
-                                 help="Only N annotated images, drawn as the study did (default: all)."),
+                                 help="Only N annotated images, drawn as the study did, and at most N val images "
+                                      "for the thresholds (default: all)."),
     top_p: float | None = typer.Option(None, "--top-p",
                                        help="IoU region: this share of the pixels (default: the annotation's area)."),
     tolerance: float | None = typer.Option(None, "--tolerance", min=0.0,

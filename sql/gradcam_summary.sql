@@ -1,7 +1,9 @@
 -- Grad-CAM localisation per setting and label, as `gradcam validate` stored it: the pointing game,
--- CheXlocalize's hit rate and mIoU of the trained model, the random-weights model, the chance level,
--- the human readers' agreement (where several readers annotated an image) and the trained model by
--- lesion-size tercile, with 95 % bootstrap intervals.
+-- CheXlocalize's hit rate and mIoU of the trained model, the random-weights model, the chance level
+-- (pointing game: a random point within the tolerance; hit rate: a random point, the annotation's
+-- area share), the human readers' agreement and the model on the same held-out references (where
+-- several readers annotated an image), and the trained model by lesion-size tercile, with 95 %
+-- bootstrap intervals.
 -- internal
 -- param dataset VARCHAR: the dataset's name
 WITH figures(metric, panel, figure, rank) AS (VALUES
@@ -12,13 +14,14 @@ WITH figures(metric, panel, figure, rank) AS (VALUES
     ('localisation.random_weights.hit_rate', 'hit rate', 'random weights', 2),
     ('gradcam.area_share', 'hit rate', 'chance', 3),
     ('localisation.human_hit_rate', 'hit rate', 'human readers', 4),
+    ('localisation.held_out_hit_rate', 'hit rate', 'model, held-out references', 4),
     ('localisation.hit_rate.small', 'hit rate', 'small lesions', 5),
     ('localisation.hit_rate.medium', 'hit rate', 'medium lesions', 6),
     ('localisation.hit_rate.large', 'hit rate', 'large lesions', 7),
     ('localisation.miou', 'mIoU', 'trained model', 1),
     ('localisation.random_weights.miou', 'mIoU', 'random weights', 2),
-    ('gradcam.iou_chance', 'mIoU', 'chance', 3),
     ('localisation.human_miou', 'mIoU', 'human readers', 4),
+    ('localisation.held_out_miou', 'mIoU', 'model, held-out references', 4),
     ('localisation.miou.small', 'mIoU', 'small lesions', 5),
     ('localisation.miou.medium', 'mIoU', 'medium lesions', 6),
     ('localisation.miou.large', 'mIoU', 'large lesions', 7))

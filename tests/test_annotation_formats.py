@@ -776,3 +776,38 @@ def test_broken_containers_are_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     assert bomb.stat().st_size < 1000
     refused(bomb, r"holds more than 1,000 bytes; refused")
     refused(_csv(tmp_path / "big.csv", ["filename", "label"], [["x" * 600, "y" * 600]]), r"over the limit of 1,000")
+
+
+def test_huge_frames_far_vertices_and_overflowing_runs_are_bad_rows(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few bytes must not allocate gigabytes, crash a rasteriser or overflow a counter: a frame
+    over the pixel limit (COCO RLE, COCO image, CheXlocalize size and img_size), a polygon vertex
+    far outside its image, SIIM runs past the limit (up to 2^64) and more rows than the cap are
+    refused by file and row, in one line, before anything is decoded."""
+    def bad(path: Path, pattern: str) -> None:
+        with pytest.raises(InputError, match=pattern) as caught:
+            read_annotations([path], None, None)
+        assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+    huge = [100_000, 100_000]
+    bad(_json(tmp_path / "gt_segmentations_val.json",
+              {"patient1_study1_view1_frontal": {"Edema": {"size": huge, "counts": "0PPigPZ9"}}}), r"1 bad row")
+    bad(_json(tmp_path / "gt_annotations_val.json",
+              {"patient1_study1_view1_frontal": {"img_size": huge, "Edema": [[[1, 1], [3, 1], [3, 3]]]}}), r"1 bad row")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 100_000, "height": 100_000}],
+            "categories": [{"id": 1, "name": "Edema"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]}]}
+    bad(_json(tmp_path / "huge.json", coco), r"over the limit of 50,000,000")
+    for vertex in (4.3e8, 1e12, -50.0):
+        far = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+               "categories": [{"id": 1, "name": "Edema"}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                                "segmentation": [[1, 1, vertex, 2, 3, 3]]}]}
+        bad(_json(tmp_path / "far.json", far), r"vertex lies outside the 64×64 image")
+        polygons = {"patient1_study1_view1_frontal": {"img_size": [64, 64], "Edema": [[[1, 1], [vertex, 1], [3, 3]]]}}
+        bad(_json(tmp_path / "gt_annotations_test.json", polygons), r"vertex lies outside")
+    for code in (f"1 {2 ** 63}", f"{4 * 10 ** 18} 1 {4 * 10 ** 18} 1", f"{2 ** 64} 2"):
+        bad(_siim(tmp_path / "train-rle.csv", [["img", code]]), r"EncodedPixels run past 50,000,000 pixels")
+    monkeypatch.setattr(base, "MAX_ROWS", 3)
+    rows = [["a.png", "Edema", 1, 1, 2, 2]] * 4
+    bad(_csv(tmp_path / "many.csv", ["filename", "label", "x0", "y0", "x1", "y1"], rows), r"more than 3 rows")

@@ -119,8 +119,10 @@ def test_human_rows_pair_the_gap_and_take_the_ratio_of_means() -> None:
     # Paired: the gap's interval comes from the same resamples as both means — brute force with the same draws.
     from embedstore.analyses.common import bootstrap_weights
 
-    draws = np.concatenate(list(bootstrap_weights(len(records), 300, 2)))
-    paired = (draws @ (model - human)) / draws.sum(axis=1)
+    images = sorted({str(r.sample_id) for r in records})            # resampled whole: an image's records together
+    draws = np.concatenate(list(bootstrap_weights(len(images), 300, 2)))
+    per_record = draws[:, [images.index(str(r.sample_id)) for r in records]]
+    paired = (per_record @ (model - human)) / per_record.sum(axis=1)
     assert gap.ci_low == pytest.approx(np.percentile(paired, 2.5))
     assert gap.ci_high == pytest.approx(np.percentile(paired, 97.5))
 

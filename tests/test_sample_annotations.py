@@ -558,7 +558,9 @@ def test_chexlocalize_files_read_back_as_the_drawn_masks(samples: Callable[..., 
     assert set(outlines) == expected
     overlaps = [(mask & truth[key[0]][key[1]]).sum() / (mask | truth[key[0]][key[1]]).sum()
                 for key, mask in outlines.items()]
-    assert np.mean(overlaps) > 0.8
+    # The contours run through the edge pixels' centres, drawn back the way CheXlocalize draws them
+    # (PIL fill and outline): the region comes back whole, save where a contour cuts a one-pixel corner.
+    assert min(overlaps) > 0.9 and np.mean(overlaps) > 0.97
 
 
 def test_ms_cxr_file_reads_back_as_the_drawn_boxes_with_their_phrases(samples: Callable[..., Written]) -> None:

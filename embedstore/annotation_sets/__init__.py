@@ -76,7 +76,7 @@ def read_annotations(paths: Sequence[Path], known_files: Collection[str] | None,
     dataset's `known_files` and the run's `known_labels` (None: keep the files' own names).
 
     Several files are several readers: a file's reader is its name (`parent/name` where two files
-    share one) unless it names its readers itself (VinDr rad_id; prefixed `file:` when two files do).
+    share one) unless it names its readers itself (VinDr rad_id, kept as is across files).
     `masks` (boxes only): each row's region is its mask file in that folder."""
     if isinstance(paths, str | os.PathLike):
         paths = [Path(paths)]

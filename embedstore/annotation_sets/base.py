@@ -34,11 +34,14 @@ from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import _not_regular, shown
 
-#: Largest annotation file read, in bytes, on disk and once decompressed (the largest published
-#: annotation tables are a few hundred megabytes).
-MAX_FILE_BYTES = 2 << 30
+#: Largest annotation file read, in bytes, on disk and once decompressed (the published chest X-ray
+#: annotation files are at most tens of megabytes).
+MAX_FILE_BYTES = 1 << 30
 #: Largest JSON document parsed, in bytes (Python holds several times its size in objects).
-MAX_JSON_BYTES = 512 << 20
+MAX_JSON_BYTES = 256 << 20
+#: Most CSV rows read (VinDr-CXR's train annotations have 67,914; a few short bytes per row of a
+#: compressed file must not become tens of gigabytes of Python objects).
+MAX_ROWS = 5_000_000
 #: Bad rows listed in an error's details.
 MAX_DETAILS = 50
 #: Image suffixes stripped from a filename to give its stem (repeatedly: `x.dcm.png` → `x`).
@@ -355,11 +358,21 @@ def json_number(value: object) -> float | None:
     return float(value)
 
 
+def frame_problem(height: object, width: object) -> str | None:
+    """Why (height, width) is no image frame: not positive whole numbers, or more pixels than any image
+    embedstore decodes (a tiny file naming a huge frame would otherwise allocate gigabytes)."""
+    from embedstore.images import MAX_IMAGE_PIXELS
+
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+        return "the image size must be positive whole numbers"
+    if int(height) * int(width) > MAX_IMAGE_PIXELS:  # type: ignore[call-overload]
+        return f"an image of {width}×{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,}"
+    return None
+
+
 def json_size(value: object) -> tuple[int, int] | None:
-    """A JSON [height, width] of positive integers, else None."""
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+    """A JSON [height, width] of positive integers within the pixel limit, else None."""
+    if not isinstance(value, list | tuple) or len(value) != 2 or frame_problem(*value):
         return None
     return int(value[0]), int(value[1])
 
@@ -530,7 +543,9 @@ class Source:
                 header = next(reader, [])
                 for fields in reader:
                     if fields and any(f.strip() for f in fields):
-                        rows.append((len(rows) + 2, fields))
+                        if len(rows) == MAX_ROWS:
+                            raise _refuse(self.path, f"more than {MAX_ROWS:,} rows")
+                        rows.append((reader.line_num, fields))
             self._table = Table(self.path, header, rows)
         return self._table
 

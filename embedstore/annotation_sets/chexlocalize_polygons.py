@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 
 from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Region, Source, json_number, json_size
-from embedstore.annotation_sets.coco import EMPTY
+from embedstore.annotation_sets.coco import EMPTY, polygon_outside
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import shown
@@ -76,6 +76,10 @@ def read(source: Source, out: FileRead) -> None:
             polygons = _polygons(contours)
             if polygons is None:
                 out.bad(where, "expected a list of contours, each a list of three or more [x, y] points")
+                continue
+            outside = next((p for p in (polygon_outside(polygon, size) for polygon in polygons) if p), None)
+            if outside:
+                out.bad(where, outside)
                 continue
             mask = Mask(partial(filled_polygons, polygons, *size), size) if polygons else None
             shapes.append((pathology, where, mask))

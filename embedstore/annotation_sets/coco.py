@@ -14,7 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.annotation_sets.base import Box, FileRead, FormatReader, Mask, Region, Source, box_problem, json_number
+from embedstore.annotation_sets.base import (
+    Box,
+    FileRead,
+    FormatReader,
+    Mask,
+    Region,
+    Source,
+    box_problem,
+    frame_problem,
+    json_number,
+)
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import shown
@@ -104,12 +114,24 @@ def polygon_problem(polygon: object) -> str | None:
     return None
 
 
+def polygon_outside(polygon: list[float], frame: tuple[int, int]) -> str | None:
+    """Why a checked polygon cannot be drawn on an image of `frame`: a vertex more than one pixel
+    outside it (rasterisers crash or run for minutes on coordinates far outside the image)."""
+    height, width = frame
+    xs, ys = polygon[0::2], polygon[1::2]
+    if min(xs) < -1 or max(xs) > width + 1 or min(ys) < -1 or max(ys) > height + 1:
+        return f"a polygon vertex lies outside the {width}×{height} image"
+    return None
+
+
 def rle_shape(rle: dict[str, Any], frame: tuple[int, int]) -> tuple[Mask | None, str | None]:
     """A COCO RLE dict on an image of `frame` → (its mask, None), (None, None) when it draws
     nothing, or (None, why it is broken)."""
     size = rle.get("size")
     if not isinstance(size, list) or [*size] != [*frame]:
         return None, f"RLE size {size!r} is not the image's [height, width] {list(frame)}"
+    if frame_problem(*frame):
+        return None, f"RLE size: {frame_problem(*frame)}"
     counts = rle.get("counts")
     if isinstance(counts, str | bytes):
         text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
@@ -141,6 +163,9 @@ def _shape(annotation: dict[str, Any], frame: tuple[int, int]) -> tuple[Box | Ma
             if problem:
                 return None, problem
         polygons = [[float(v) for v in polygon] for polygon in segmentation]
+        outside = next((p for p in map(partial(polygon_outside, frame=frame), polygons) if p), None)
+        if outside:
+            return None, outside
         return Mask(partial(polygons_mask, polygons, *frame), frame), None
     if isinstance(segmentation, dict) and segmentation:
         return rle_shape(segmentation, frame)
@@ -184,11 +209,11 @@ def read(source: Source, out: FileRead) -> None:
     images: dict[object, tuple[str, tuple[int, int]]] = {}
     for index, image in enumerate(document["images"]):
         where = out.where(f"images[{index}]")
-        size = [image.get("height"), image.get("width")] if isinstance(image, dict) else []
+        size = [image.get("height"), image.get("width")] if isinstance(image, dict) else [None, None]
         if (not isinstance(image, dict) or not _is_id(image.get("id")) or not isinstance(image.get("file_name"), str)
-                or not image["file_name"]
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            out.bad(where, "an image needs an id, a file_name and positive whole width and height")
+                or not image["file_name"] or frame_problem(*size)):
+            out.bad(where, "an image needs an id, a file_name and positive whole width and height"
+                    + (f" ({frame_problem(*size)})" if frame_problem(*size) else ""))
         elif image["id"] in images:
             out.bad(where, f"image id {image['id']!r} appears twice")
         else:

@@ -13,7 +13,7 @@ import numpy as np
 from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Region, Source, cell, header_names
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
-from embedstore.images import shown
+from embedstore.images import MAX_IMAGE_PIXELS, shown
 
 REQUIRED = ("ImageId", "EncodedPixels")
 LABEL = "Pneumothorax"
@@ -24,9 +24,10 @@ def decode_relative(runs: np.ndarray, where: str, original: tuple[int, int]) -> 
     """The challenge's relative code on an image of `original` (height, width): a bool mask."""
     height, width = original
     offsets, lengths = runs[0::2], runs[1::2]
+    total = height * width
+    # Values are at most MAX_IMAGE_PIXELS each (checked when read), so these int64 sums cannot overflow.
     ends = np.cumsum(offsets + lengths)
     starts = ends - lengths
-    total = height * width
     if len(ends) and ends[-1] > total:
         raise InputError(f"{shown(where)}: the run-length code ends at pixel {int(ends[-1]):,}, past the "
                          f"{total:,} pixels of its {width}×{height} image", parameter="annotations")
@@ -52,10 +53,14 @@ def read(source: Source, out: FileRead) -> None:
         runs = None
         if code != "-1":
             try:
-                runs = np.array([int(v) for v in code.split()], dtype=np.int64)
+                values = [int(v) for v in code.split()]
             except ValueError:
                 out.bad(where, "EncodedPixels must be -1 or whole numbers")
                 continue
+            if any(v > MAX_IMAGE_PIXELS for v in values) or sum(values) > MAX_IMAGE_PIXELS:
+                out.bad(where, f"EncodedPixels run past {MAX_IMAGE_PIXELS:,} pixels, more than any image has")
+                continue
+            runs = np.array(values, dtype=np.int64)
             if len(runs) == 0 or len(runs) % 2 or (runs < 0).any() or (runs[1::2] == 0).any():
                 out.bad(where, "EncodedPixels must be (offset, length) pairs, offsets ≥ 0, lengths ≥ 1")
                 continue

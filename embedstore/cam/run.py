@@ -249,6 +249,9 @@ class ValidateResult:
     flagged: bool
     held_out: list[HeldOutRecord] = field(default_factory=list)
     grounding: list[PhraseRecord] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 def pointing_tolerance(config: ValidateConfig, input_side: int) -> float:
@@ -309,13 +312,14 @@ def _sanity(workspace: Workspace, targets: Sequence[Target], trained: list[np.nd
 
 
 def _thresholds(workspace: Workspace, annotations: AnnotationSet, split: Split, targets: list[Target],
-                trained: list[np.ndarray], advance: Callable[[int], None] | None) -> Thresholds:
-    """Each label's threshold tuned on the val split's annotated maps (the validated split's own maps
-    when it is val), Otsu's per map for labels val has no annotation of."""
+                trained: list[np.ndarray], n: int | None) -> Thresholds:
+    """Each label's threshold tuned on the val split's annotated maps (`n`: of N val images drawn as
+    the study did; the validated split's own maps when it is val), Otsu's per map for labels val has
+    no annotation of."""
     if split == Split.VAL:
         return tune_thresholds(targets, trained, in_sample=True)
-    val_targets, _ = split_targets(workspace, annotations, Split.VAL)
-    val_maps = [m for _, m, _ in _maps(workspace, val_targets, workspace.subject.module, workspace.layout, advance)]
+    val_targets, _ = split_targets(workspace, annotations, Split.VAL, n, workspace.settings.seed)
+    val_maps = [m for _, m, _ in _maps(workspace, val_targets, workspace.subject.module, workspace.layout, None)]
     return tune_thresholds(val_targets, val_maps, in_sample=False)
 
 
@@ -405,7 +409,7 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
     method, layer = str(config.settings.method), workspace.layout.layer_name
     advance = progress(2 * len(targets), "grad-cam validate") if progress else None
     records, trained = _localise(workspace, targets, config, workspace.subject.module, workspace.layout, True, advance)
-    thresholds = _thresholds(workspace, annotations, split, targets, trained, None)
+    thresholds = _thresholds(workspace, annotations, split, targets, trained, config.n)
     cuts = size_cuts(np.array([t.area_share for t in targets]))
     records = _segmented(records, trained, targets, thresholds, cuts, config.settings.seed)
     held_out = held_out_records(targets, trained, thresholds, config.settings.seed)
@@ -444,6 +448,7 @@ def validate(store: Store, config: ValidateConfig, progress: Progress | None = N
         append_rows(con, "metrics", metrics_table([(config.run, workspace.subject.protocol, str(split), r)
                                                    for r in rows]))
         if scorer is not None:
-            stored = {(label, prompt) for label, prompt, _ in queries.fetch(con, "run_prompts", run_id=config.run)}
+            stored = {(label, prompt) for label, prompt in queries.fetch(con, "run_sentences", run_id=config.run)}
             append_rows(con, "text_embeddings", phrase_embedding_rows(config.run, scorer, stored))
-    return ValidateResult(config.run, layer, records, random_records, rows, sanity, is_flagged, held_out, phrases)
+    return ValidateResult(config.run, layer, records, random_records, rows, sanity, is_flagged, held_out, phrases,
+                          trained, targets, thresholds)

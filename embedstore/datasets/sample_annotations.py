@@ -313,12 +313,20 @@ def chexlocalize_id(relative_path: str) -> str:
 
 
 def polygons_of(mask: np.ndarray) -> list[list[list[float]]]:
-    """The outlines of a mask as CheXlocalize writes them: [[x, y], …] per contour at level 0.5
-    (the mask padded by a pixel so that contours at the border close)."""
+    """The outlines of a mask as CheXlocalize's polygons: [[x, y], …] per contour through the centres
+    of the region's edge pixels (a contour at level 0.99, rounded to whole pixels), since CheXlocalize
+    fills and outlines a polygon with PIL, whose pixel centres lie at whole coordinates — a contour
+    between pixels (level 0.5) would grow the region by its outline. The mask is padded by a pixel so
+    that contours at the border close."""
     from skimage.measure import find_contours
 
     padded = np.pad(mask.astype(np.float64), 1)
-    return [[[float(col) - 1.0, float(row) - 1.0] for row, col in contour] for contour in find_contours(padded, 0.5)]
+    polygons = []
+    for contour in find_contours(padded, 0.99):
+        points = [[float(round(col)) - 1.0, float(round(row)) - 1.0] for row, col in contour]
+        kept = [p for k, p in enumerate(points) if k == 0 or p != points[k - 1]]
+        polygons.append(kept + [kept[0]] * (3 - len(kept)))   # a one- or two-pixel region: three points still
+    return polygons
 
 
 def write_chexlocalize(folder: Path, split: str, images: Sequence[AnnotatedImage]) -> None:

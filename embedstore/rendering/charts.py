@@ -247,9 +247,10 @@ def projection_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
 
 def gradcam_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     """Per setting and label: the pointing game, CheXlocalize's hit rate and mIoU of the trained model
-    against the chance level and a random-weights model, the human readers' agreement as a band (where
-    several readers annotated the images) and the trained model by lesion-size tercile, with 95 %
-    bootstrap intervals, as `embedstore gradcam validate` stored them."""
+    against the chance level and a random-weights model, the human readers' agreement as a band with
+    the model on the same held-out references beside it (where several readers annotated the images),
+    and the trained model by lesion-size tercile, with 95 % bootstrap intervals, as `embedstore
+    gradcam validate` stored them."""
     import altair as alt
 
     dataset = resolve_dataset(store, options.data)
@@ -258,10 +259,11 @@ def gradcam_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
     rows = [r for r in rows if not options.runs or r["run_id"] in options.runs]
     if not rows:
         raise InputError("no Grad-CAM figures are stored yet; `embedstore gradcam validate` writes them")
-    order = ["trained model", "random weights", "chance", "small lesions", "medium lesions", "large lesions"]
+    order = ["trained model", "random weights", "chance", "model, held-out references", "small lesions",
+             "medium lesions", "large lesions"]
     color = alt.Color("figure:N", title=None, scale=alt.Scale(
         domain=[*order, "human readers"],
-        range=["#d62728", "#7f7f7f", "#1f77b4", "#ff9896", "#e377c2", "#8c564b", "#2ca02c"]))
+        range=["#d62728", "#7f7f7f", "#1f77b4", "#9467bd", "#ff9896", "#e377c2", "#8c564b", "#2ca02c"]))
     y = alt.Y("label:N", title=None, sort=None)
     x = alt.X("value:Q", title=None, scale=alt.Scale(domain=[0, 1]))
     human = alt.datum.figure == "human readers"
