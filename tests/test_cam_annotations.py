@@ -64,32 +64,8 @@ def test_bad_annotation_rows_are_named(cam_store: tuple[Store, dict[str, str]], 
         good = next(csv.reader(handle.readlines()[1:2]))
     row = [good[0] if value == "{real}" else value for value in row]
     path = _annotation_file(tmp_path / "annotations.csv", [good, row])
-    with pytest.raises(InputError, match=f"1 bad row\\(s\\); first: .*{message}"):
-        validate(store, ValidateConfig(run=runs["ft-study"], annotations=path))
-
-
-def _known(store: Store, run_id: str) -> tuple[set[str], list[str]]:
-    """The run's dataset filenames and its labels, as a Grad-CAM command matches annotations against."""
-    from embedstore.analyses.rundata import load_run
-
-    with store.reader() as con:
-        files = {r[0] for r in con.execute("SELECT filename FROM samples").fetchall()}
-    return files, load_run(store, run_id).labels
-
-
-@pytest.mark.parametrize("row, message", BAD_ROWS)
-def test_the_annotation_sets_reader_names_the_same_bad_rows(cam_store: tuple[Store, dict[str, str]],
-                                                           synthetic_dir: Path, tmp_path: Path,
-                                                           row: list[object], message: str) -> None:
-    from embedstore.annotation_sets import read_annotations as read_sets
-
-    store, runs = cam_store
-    with open(synthetic_dir / "annotations.csv") as handle:
-        good = next(csv.reader(handle.readlines()[1:2]))
-    row = [good[0] if value == "{real}" else value for value in row]
-    path = _annotation_file(tmp_path / "annotations.csv", [good, row])
     with pytest.raises(InputError, match=f"^annotations {path}: 1 bad row\\(s\\); first: .*{message}"):
-        read_sets([path], *_known(store, runs["ft-study"]))
+        validate(store, ValidateConfig(run=runs["ft-study"], annotations=path))
 
 
 def test_bad_annotation_file_exits_cleanly_and_stores_nothing(cam_store: tuple[Store, dict[str, str]],

@@ -204,3 +204,18 @@ def test_ms_cxr_sentences_ground_a_zero_shot_run(mscxr: tuple[Store, dict[str, s
     probe = validate(store, ValidateConfig(run=runs["lp-multilabel"], annotations=sentences, bootstrap=0,
                                            sanity_maps=1))
     assert not probe.grounding and not any(m.startswith("grounding.") for m, _ in _stored(store, probe.run_id))
+
+
+def test_the_cli_takes_several_annotation_files_and_prints_every_table(vindr: tuple[Store, Path, ValidateResult],
+                                                                      run_cli: object) -> None:
+    store, data, result = vindr
+    files = [a for name in ("annotations_train.csv", "annotations_test.csv")
+             for a in ("--annotations", str(data / "annotations" / name))]
+    shell = run_cli("gradcam", "validate", "--run", result.run_id, *files, "--annotations-format", "vindr",  # type: ignore[operator]
+                    "--bootstrap", "0", "--sanity-maps", "1", "--store", str(store.path))
+    assert shell.returncode == 0, shell.stderr
+    for title in ("CheXlocalize", "human ceiling", "localisation"):
+        assert title in shell.stdout
+    refused = run_cli("gradcam", "validate", "--run", result.run_id, *files, "--annotations-format", "coco",  # type: ignore[operator]
+                      "--store", str(store.path))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr

@@ -321,6 +321,21 @@ class FileRead:
             self.left_out[reason] += 1
         return label
 
+    def add_image(self, key: str, shapes: Sequence[tuple[str, str, Box | Mask | None]], empty: str) -> None:
+        """One image's (label, source, shape) entries read by the file's reader; a None shape draws
+        nothing (counted as `empty`), and the image still counts as read."""
+        filename = self.image(key, rows=len(shapes))
+        if filename is None:
+            return
+        reader = self.read_by(filename)
+        for name, where, shape in shapes:
+            if shape is None:
+                self.left_out[empty] += 1
+                continue
+            label = self.label(name)
+            if label is not None:
+                self.regions.append(Region(filename, label, where, reader, shape))
+
     def read_by(self, filename: str, reader_id: str | None = None) -> str:
         """Record that `filename` was read (by the file's own reader id, else by the file's reader);
         returns the reader's name."""

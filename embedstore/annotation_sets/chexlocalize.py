@@ -4,7 +4,7 @@ ten pathologies per image, absent ones all-zero (no region, but the image was re
 
 from __future__ import annotations
 
-from embedstore.annotation_sets.base import FileRead, FormatReader, Region, Source
+from embedstore.annotation_sets.base import FileRead, FormatReader, Source
 from embedstore.annotation_sets.coco import EMPTY, rle_shape
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
@@ -45,17 +45,7 @@ def read(source: Source, out: FileRead) -> None:
                 out.bad(where, problem)
                 continue
             shapes.append((pathology, where, mask))
-        filename = out.image(cxr_id, rows=len(shapes))
-        if filename is None:
-            continue
-        reader = out.read_by(filename)
-        for pathology, where, mask in shapes:
-            if mask is None:
-                out.left_out[EMPTY] += 1
-                continue
-            label = out.label(pathology)
-            if label is not None:
-                out.regions.append(Region(filename, label, where, reader, mask))
+        out.add_image(cxr_id, shapes, EMPTY)
 
 
 READER = FormatReader(AnnotationFormat.CHEXLOCALIZE, "json", sniff, read,

@@ -10,7 +10,7 @@ from functools import partial
 
 import numpy as np
 
-from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Region, Source, json_number, json_size
+from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Source, json_number, json_size
 from embedstore.annotation_sets.coco import EMPTY, polygon_outside
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
@@ -83,17 +83,7 @@ def read(source: Source, out: FileRead) -> None:
                 continue
             mask = Mask(partial(filled_polygons, polygons, *size), size) if polygons else None
             shapes.append((pathology, where, mask))
-        filename = out.image(cxr_id, rows=len(shapes))
-        if filename is None:
-            continue
-        reader = out.read_by(filename)
-        for pathology, where, mask in shapes:
-            if mask is None:
-                out.left_out[EMPTY] += 1
-                continue
-            label = out.label(pathology)
-            if label is not None:
-                out.regions.append(Region(filename, label, where, reader, mask))
+        out.add_image(cxr_id, shapes, EMPTY)
 
 
 READER = FormatReader(AnnotationFormat.CHEXLOCALIZE_POLYGONS, "json", sniff, read,
