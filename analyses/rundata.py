@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedstore import queries
-from embedstore.embeddings import split_embedding_batches
+from embedstore.embeddings import split_embedding_batches, split_report_batches
 from embedstore.errors import InputError, IntegrityError
 from embedstore.label_sets import OTHER_DOMAIN, known_domain
 from embedstore.store import Store
@@ -48,6 +48,11 @@ class StoredEmbeddings:
         with self.store.reader(settings={"memory_limit": READ_MEMORY_LIMIT}) as con:
             yield from split_embedding_batches(con, self.run_id, split, rows)
 
+    def report_batches(self, split: str, rows: int = VECTOR_BATCH_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sample_ids, float32 vectors) of the split's report embeddings (zs runs), in no particular order."""
+        with self.store.reader(settings={"memory_limit": READ_MEMORY_LIMIT}) as con:
+            yield from split_report_batches(con, self.run_id, split, rows)
+
 
 @dataclass
 class RunData:
@@ -74,6 +79,8 @@ class RunData:
     known: np.ndarray | None = None
     #: label -> clinical domain as the store names it; None: the shipped label sets' (a run built in memory)
     label_domains: dict[str, str] | None = None
+    #: a run built in memory: (sample_ids, vectors) of its report embeddings; a stored run reads them from the store
+    reports: tuple[np.ndarray, np.ndarray] | None = None
     _split_vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +138,27 @@ class RunData:
                                      f"{int(filled.sum())} embeddings; run `embedstore store verify`")
             self._split_vectors[split] = matrix
         return self._split_vectors[split]
+
+    def report_vectors(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sample_ids ascending, float32 vectors) of the report embeddings of the split's samples; none (0 rows)
+        for a run that stored none (lp, ft, a zs run extracted before schema version 4)."""
+        mask = self.split(split)
+        if self.reports is not None:
+            ids, matrix = np.asarray(self.reports[0], dtype=np.int64), np.asarray(self.reports[1], dtype=np.float32)
+            keep = np.isin(ids, self.sample_ids[mask])
+            ids, matrix = ids[keep], matrix[keep]
+        elif isinstance(self.embeddings, StoredEmbeddings):
+            parts = list(self.embeddings.report_batches(split))
+            ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+            matrix = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        else:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        order = np.argsort(ids, kind="stable")
+        ids, matrix = ids[order], matrix[order]
+        if len(np.unique(ids)) != len(ids):
+            raise IntegrityError(f"run {self.run_id}: a sample of split {split} has two report embeddings; "
+                                 "run `embedstore store verify`")
+        return ids, matrix
 
     def vector_batches(self, split: str, rows: int = VECTOR_BATCH_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(sample_ids, float32 vectors) batches of the split, streamed: for building an index over a

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedstore import queries
-from embedstore.analyses import calibration, classification, conformal, neighbors, separability
+from embedstore.analyses import calibration, classification, conformal, neighbors, retrieval, separability
 from embedstore.analyses.common import AnalysisOptions, MetricRow, metrics_table
 from embedstore.analyses.rundata import RunData, dataset_runs, load_run
 from embedstore.choices import Protocol, ProtocolChoice, Resampling, SearchDevice, Split, parse
@@ -25,6 +25,7 @@ ANALYSES: dict[str, Callable[[RunData, AnalysisOptions], list[MetricRow]]] = {
     "neighbors": neighbors.compute,
     "calibration": calibration.compute,
     "conformal": conformal.compute,
+    "retrieval": retrieval.compute,
 }
 
 
@@ -84,11 +85,19 @@ def analyze_run(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
 
 
 def _store_rows(store: Store, analyses: list[RunAnalysis], split: str) -> None:
+    from embedstore.analyses import prompt_sensitivity
+
     table = metrics_table([(a.run.run_id, a.protocol, split, r) for a in analyses for r in a.rows])
     with store.writer("embedstore analyze") as writer, writer.transaction() as con:
         for analysis in analyses:
             queries.execute(con, "clear_metrics", run_id=analysis.run.run_id, protocol=analysis.protocol, split=split)
         append_rows(con, "metrics", table)
+        # zs runs differing only in prompt style: their sweeps' spread and ranks (prompt_sensitivity.*)
+        swept = prompt_sensitivity.refresh(con, {(a.run.run_id, a.protocol) for a in analyses}, split)
+    by_run: dict[tuple[str, str], RunAnalysis] = {(a.run.run_id, a.protocol): a for a in analyses}
+    for run_id, protocol, row in swept:
+        if (run_id, protocol) in by_run:
+            by_run[run_id, protocol].rows.append(row)
 
 
 def _compare_settings(store: Store, analyses: list[RunAnalysis], config: AnalyzeConfig) -> None:

@@ -38,7 +38,13 @@ def analyze(
     from embedstore.analyses.study import AnalyzeConfig
     from embedstore.analyses.study import analyze as run_analyze
     from embedstore.cli.output import print_json, print_tables
-    from embedstore.rendering.tables import comparison_table, detail_tables, metrics_records, study_table
+    from embedstore.rendering.tables import (
+        comparison_table,
+        detail_tables,
+        metrics_records,
+        prompt_sensitivity_table,
+        study_table,
+    )
     from embedstore.store import Store
 
     config = AnalyzeConfig(data=data, runs=tuple(runs), protocol=protocol, split=split, bootstrap=bootstrap,
@@ -53,6 +59,9 @@ def analyze(
         tables[f"study table ({chosen} protocol, {split} split)"] = study_table(analyses, chosen)
         if with_compare:
             tables[f"paired comparisons ({chosen} protocol)"] = comparison_table(analyses, chosen)
+        swept = prompt_sensitivity_table(analyses, chosen)
+        if swept.height:
+            tables[f"prompt sensitivity ({chosen} protocol, {split} split)"] = swept
         tables |= {f"{name} ({chosen})": frame for name, frame in detail_tables(analyses, chosen).items()}
     print_tables(tables, fmt)
 

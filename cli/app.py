@@ -13,7 +13,18 @@ import typer
 import typer.main
 from typer.exceptions import TyperException
 
-from embedstore.cli import analyze_cmd, data_cmd, extract_cmd, gradcam_cmd, models_cmd, report_cmd, sql_cmd, store_cmd
+from embedstore.cli import (
+    analyze_cmd,
+    audit_cmd,
+    data_cmd,
+    drift_cmd,
+    extract_cmd,
+    gradcam_cmd,
+    models_cmd,
+    report_cmd,
+    sql_cmd,
+    store_cmd,
+)
 from embedstore.errors import EmbedstoreError
 
 app = typer.Typer(
@@ -31,6 +42,8 @@ app.command("extract")(extract_cmd.extract)
 app.command("analyze")(analyze_cmd.analyze)
 app.command("compare")(analyze_cmd.compare)
 app.command("neighbors")(analyze_cmd.neighbors)
+app.command("drift")(drift_cmd.drift)
+app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(gradcam_cmd.app, name="gradcam")
 app.command("chart")(report_cmd.chart)
 app.command("report")(report_cmd.report)

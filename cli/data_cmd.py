@@ -23,12 +23,15 @@ def sample(
     layout: SampleLayout = typer.Option(SampleLayout.IUXRAY, "--layout",
                                         help="Write it as this dataset ships: iuxray (the study's CSV, the Kaggle "
                                              "pair, annotations), chexpert, mimic-cxr, nih14 or vindr-cxr."),
+    label_noise: float = typer.Option(0.0, "--label-noise",
+                                      help="iuxray: write this share of the (study, finding) labels flipped, "
+                                           "recorded in label_noise.csv (No Finding recomputed from them)."),
 ) -> None:
     """Write the synthetic benchmark (chest-like films with localised findings) in a dataset's layout."""
     from embedstore.progress import progress_bar
     from embedstore.synthetic import SampleConfig, plan_dataset, write_layout
 
-    config = SampleConfig(out=out, n=n, seed=seed, domain=domain, size=size)
+    config = SampleConfig(out=out, n=n, seed=seed, domain=domain, size=size, label_noise=label_noise)
     config.validate()
     with progress_bar(len(plan_dataset(config)), "drawing images", "img") as advance:
         written = write_layout(layout, config, progress=advance)

@@ -15,5 +15,6 @@ __version__ = "0.1.0"
 #: version is refused, never migrated silently. Version 2: `labels.value` raw and `labels.positive`
 #: derived (version 1 overwrote blank No Finding values with 1), and `datasets.checks`. Version 3:
 #: `samples.patient`, `label_names.chexpert`, `datasets.options`, and `labels.positive` NULL for a pair
-#: left out (`--uncertain ignore`); `embedstore store upgrade` brings a version-2 store to it.
-SCHEMA_VERSION = 3
+#: left out (`--uncertain ignore`). Version 4: `report_embeddings`, a zs run's embedding of each sample's
+#: report. `embedstore store upgrade` brings a version-2 or version-3 store to it.
+SCHEMA_VERSION = 4

@@ -65,7 +65,9 @@ class ChartKind(StrEnum):
     NEIGHBORS = "neighbors"
     CALIBRATION = "calibration"
     COMPARISONS = "comparisons"
+    DRIFT = "drift"
     GRADCAM = "gradcam"
+    PROMPTS = "prompts"
 
 
 class Reducer(StrEnum):
@@ -194,11 +196,26 @@ class SampleLayout(StrEnum):
 
 
 class PromptSet(StrEnum):
-    """Zero-shot prompt sets."""
+    """Zero-shot prompt styles (embedstore/prompts.py builds each)."""
 
     NAMES = "names"
     TEMPLATES = "templates"
     POSNEG = "posneg"
+    CONSISTENT = "consistent"
+    REPORT = "report"
+    LAY = "lay"
+
+
+class PromptChoice(StrEnum):
+    """`embedstore extract --prompts`: one prompt style, or `all`: a sweep of one zs run per style."""
+
+    NAMES = "names"
+    TEMPLATES = "templates"
+    POSNEG = "posneg"
+    CONSISTENT = "consistent"
+    REPORT = "report"
+    LAY = "lay"
+    ALL = "all"
 
 
 class SampleDomain(StrEnum):

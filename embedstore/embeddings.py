@@ -37,6 +37,22 @@ def _embedding_batch(run_id: str, sample_ids: np.ndarray, vectors: np.ndarray) -
     )
 
 
+def report_embedding_rows(run_id: str, sample_ids: np.ndarray, vectors: np.ndarray, truncated: np.ndarray) -> pa.Table:
+    """`report_embeddings` rows (run_id, sample_id, embedding, truncated): one per report encoded."""
+    table = _embedding_batch(run_id, sample_ids, vectors)
+    if len(truncated) != len(sample_ids):
+        raise ValueError(f"need one truncation flag per report: {len(truncated)} flags, {len(sample_ids)} reports")
+    return table.append_column("truncated", pa.array(np.asarray(truncated, dtype=bool)))
+
+
+def split_report_batches(con: duckdb.DuckDBPyConnection, run_id: str, split: str,
+                         rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(sample_ids, float32 matrix) batches of one run's report embeddings in one split, streamed in no
+    particular order (none for a run that stored no report embeddings)."""
+    for batch in queries.fetch_batches(con, "split_report_embeddings", rows, run_id=run_id, split=split):
+        yield batch.column(0).to_numpy().astype(np.int64), vector_matrix(batch.column(1))
+
+
 def insert_image_embeddings(
     con: duckdb.DuckDBPyConnection, run_id: str, sample_ids: np.ndarray, vectors: np.ndarray
 ) -> int:

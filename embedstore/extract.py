@@ -3,7 +3,7 @@
 A run's id is a hash of everything that determines its result (mode, protocol, prompts, model
 weights sha256, preprocessing, dataset manifest, recipe, seed), so asking again for a finished run
 reuses it, and `--resume` finishes an interrupted one. Embeddings are committed in chunks; scores,
-text embeddings, the FAISS index and the `complete` status come last, so a run that never
+text and report embeddings, the FAISS index and the `complete` status come last, so a run that never
 finishes is never shown as complete.
 """
 
@@ -36,6 +36,7 @@ from embedstore.embeddings import (
     read_image_embeddings,
     remove_staged,
     remove_staging,
+    report_embedding_rows,
     stage_image_embeddings,
     staged_files,
     staging_folder,
@@ -56,7 +57,7 @@ from embedstore.images import (
 )
 from embedstore.models import LoadedModel, load_model
 from embedstore.paths import default_cache_path
-from embedstore.prompts import DEFAULT_PROMPTS, build_prompts, zero_shot_head
+from embedstore.prompts import DEFAULT_PROMPTS, PromptFile, build_prompts, fallback_labels, read_prompt_file, zero_shot_head
 from embedstore.store import Store, StoreWriter, append_rows, first_row, resolve_dataset
 from embedstore.vector_index import write_index
 
@@ -86,6 +87,13 @@ class ExtractConfig:
     resume: bool = False
     workers: int = field(default_factory=lambda: default_workers())
     chunk_size: int = 1024
+    #: zs: a custom prompt style from this YAML or CSV file (embedstore/prompts.py, `read_prompt_file`)
+    prompts_file: Path | None = None
+    #: zs: copy the image embeddings of a complete run of the same encoder, preprocessing, dataset and
+    #: precision instead of encoding again (a prompt sweep's runs; lp always does)
+    reuse_embeddings: bool = False
+    #: the custom prompt file as read (set from `prompts_file`)
+    prompt_file: PromptFile | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Plain strings are accepted from Python; a value outside its choices is an InputError."""
@@ -94,6 +102,14 @@ class ExtractConfig:
         object.__setattr__(self, "device", parse(Device, self.device, "device"))
         if self.prompts is not None:
             object.__setattr__(self, "prompts", parse(PromptSet, self.prompts, "prompts"))
+        if self.prompts_file is not None:
+            if self.mode != Mode.ZS:
+                raise InputError(f"prompts_file {self.prompts_file}: prompts are for zs runs only (mode {self.mode})",
+                                 parameter="prompts_file")
+            if self.prompts is not None:
+                raise InputError(f"prompts_file {self.prompts_file}: give a prompt style or a prompts file, not both",
+                                 parameter="prompts_file")
+            object.__setattr__(self, "prompt_file", read_prompt_file(self.prompts_file))
 
     def validate(self) -> None:
         """Refuse numbers out of range (InputError naming the parameter and its value)."""
@@ -108,9 +124,12 @@ class ExtractConfig:
                 raise InputError(f"{name} {value}: must be {bound}", parameter=name)
 
     @property
-    def prompt_set(self) -> PromptSet | None:
+    def prompt_set(self) -> str | None:
+        """The run's prompt style: a `PromptSet`, `custom:<file stem>`, or None for lp and ft."""
         if self.mode != Mode.ZS:
             return None
+        if self.prompt_file is not None:
+            return self.prompt_file.name
         return self.prompts or DEFAULT_PROMPTS[self.protocol]
 
 
@@ -175,6 +194,24 @@ class StageOutput:
     train_seconds: float | None = None
     extract_seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    #: zs: the embeddings of the samples' reports (`report_embeddings`); None for lp and ft
+    reports: ReportEmbeddings | None = None
+
+
+@dataclass(frozen=True)
+class ReportEmbeddings:
+    """A zs run's text tower on each sample's report (samples with report text only), each report cut
+    to the tower's context length; `truncated` marks the reports that were cut."""
+
+    sample_ids: np.ndarray
+    vectors: np.ndarray
+    truncated: np.ndarray
+    context_length: int
+
+    def summary(self) -> dict[str, int]:
+        """What the run's config records: how many reports were encoded and cut, and the context length."""
+        return {"encoded": len(self.sample_ids), "truncated": int(self.truncated.sum()),
+                "context_length": self.context_length}
 
 
 def default_workers() -> int:
@@ -278,6 +315,8 @@ def _run_identity(config: ExtractConfig, model: LoadedModel, dataset_id: str, ma
         "dataset_id": dataset_id, "dataset_manifest_sha256": manifest_sha, "seed": config.seed,
         "encode_precision": encode_precision(config.protocol, device_type),
     }
+    if config.prompt_file is not None:  # a custom style: its prompts, by the file's content
+        identity["prompts_sha256"] = config.prompt_file.sha256
     if config.mode != Mode.ZS:
         identity |= {"epochs": config.epochs, "batch_size": config.batch_size}
     if config.mode == Mode.FT:
@@ -450,18 +489,74 @@ def _run_embeddings(ctx: RunContext) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def run_zero_shot(ctx: RunContext) -> StageOutput | None:
-    """Encode images and prompts; score per protocol (raw dot product, or cosine × logit scale)."""
-    seconds = encode_into_run(ctx)
+    """Encode images (or copy a reusable run's, `reuse_embeddings`) and prompts; score per protocol
+    (raw dot product, or cosine × logit scale)."""
+    source = _shared_source(ctx) if ctx.config.reuse_embeddings else None
+    seconds = encode_into_run(ctx) if source is None else 0.0
     if not ctx.ranks.leader:
         return None
     image = _run_embeddings(ctx)
-    prompts = build_prompts(str(ctx.config.prompt_set), ctx.labels)
+    prompt_file = ctx.config.prompt_file
+    prompts = build_prompts(str(ctx.config.prompt_set), ctx.labels, prompt_file)
     text = ctx.model.encode_text([p.text for p in prompts]).cpu().numpy()
     logit_scale = float(ctx.model.model.logit_scale.detach().exp()) if hasattr(ctx.model.model, "logit_scale") else 1.0
     scores = zero_shot_head(ctx.config.protocol, prompts, text, ctx.labels, logit_scale).logits(image)
     rows = [(p.label, p.text, text[i]) for i, p in enumerate(prompts)]
-    details = {"prompts": [p.text for p in prompts], "logit_scale": logit_scale}
-    return StageOutput(image, scores, rows, None, seconds, details)
+    reports = encode_reports(ctx)
+    details = {"prompts": [p.text for p in prompts], "logit_scale": logit_scale,
+               "report_embeddings": reports.summary(), "embeddings_from": source}
+    fallbacks = fallback_labels(str(ctx.config.prompt_set), ctx.labels, prompt_file)
+    if fallbacks is not None:  # lay or custom: the labels it has no phrase for are prompted with their name
+        details["prompt_fallbacks"] = fallbacks
+    if prompt_file is not None:
+        details["prompts_file"] = prompt_file.as_config()
+    return StageOutput(image, scores, rows, None, seconds, details, reports)
+
+
+def encode_reports(ctx: RunContext) -> ReportEmbeddings:
+    """The text tower on the report of every sample that has report text, in batches of the encode batch
+    size, on the run's device. A report longer than the context length is cut to it (counted). Report
+    text is patient data: it is read here and never logged."""
+    with ctx.store.reader() as con:
+        rows = queries.fetch(con, "dataset_reports", dataset_id=ctx.dataset_id)
+    model, size = ctx.model, ctx.config.encode_batch_size
+    ids = np.array([int(row[0]) for row in rows], dtype=np.int64)
+    vectors: list[np.ndarray] = []
+    truncated: list[np.ndarray] = []
+    advance = ctx.progress(len(rows), "encoding reports") if ctx.progress and rows else None
+    if rows:
+        model.model.to(ctx.device)
+    for start in range(0, len(rows), size):
+        tokens, cut = model.tokenize_long([str(row[1]) for row in rows[start:start + size]])
+        vectors.append(model.encode_tokens(tokens, ctx.device).cpu().numpy().astype(np.float32))
+        truncated.append(cut)
+        if advance:
+            advance(len(cut))
+    dim = vectors[0].shape[1] if vectors else ctx.model.embed_dim
+    result = ReportEmbeddings(ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+                              np.concatenate(truncated) if truncated else np.zeros(0, bool), model.context_length)
+    summary = result.summary()
+    log.info("encoded %d report(s); %d longer than the text tower's %d tokens were cut", summary["encoded"],
+             summary["truncated"], summary["context_length"])
+    return result
+
+
+def _shared_source(ctx: RunContext) -> str | None:
+    """Rank 0 looks for a reusable run and copies its embeddings into this run; every rank learns which."""
+
+    def copy() -> str | None:
+        source = _reusable_source(ctx)
+        if source is not None:
+            _copy_embeddings(ctx, source)
+        return source
+
+    return share(ctx.ranks, _on_rank_0(ctx.ranks, copy))
+
+
+def _copy_embeddings(ctx: RunContext, source: str) -> None:
+    with ctx.leader_writer.transaction() as con:
+        queries.execute_all(con, "copy_embeddings", {"run_id": ctx.run_id, "source_run_id": source})
+    log.info("%s: reusing the embeddings of run %s (no image is encoded)", ctx.config.mode, source)
 
 
 def _reusable_source(ctx: RunContext) -> str | None:
@@ -488,9 +583,7 @@ def run_linear_probe(ctx: RunContext) -> StageOutput:
     source = _reusable_source(ctx)
     seconds = 0.0
     if source is not None:
-        with ctx.leader_writer.transaction() as con:
-            queries.execute_all(con, "copy_embeddings", {"run_id": ctx.run_id, "source_run_id": source})
-        log.info("lp: reusing the embeddings of run %s (no image is encoded)", source)
+        _copy_embeddings(ctx, source)
     else:
         seconds = encode_into_run(ctx)
     embeddings = _run_embeddings(ctx)
@@ -631,6 +724,9 @@ def _finish(ctx: RunContext, output: StageOutput, identity: dict[str, Any]) -> N
                 "embedding": pa.array([r[2].astype(np.float32).tolist() for r in output.text_rows],
                                       pa.list_(pa.float32())),
             }))
+        if output.reports is not None and len(output.reports.sample_ids):
+            append_rows(con, "report_embeddings", report_embedding_rows(
+                ctx.run_id, output.reports.sample_ids, output.reports.vectors, output.reports.truncated))
         queries.execute(con, "complete_run", run_id=ctx.run_id, finished_at=_now(),
                         train_seconds=output.train_seconds, extract_seconds=output.extract_seconds,
                         config=json.dumps(config, default=str), embedding_dim=int(embeddings.shape[1]))

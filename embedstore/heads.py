@@ -248,6 +248,16 @@ def fit_logistic_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
                       "val_bce_by_l2": {penalty: fit[0] for penalty, fit in fits.items()}})
 
 
+def logistic_head(train_x: np.ndarray, train_y: np.ndarray, penalty: float) -> Head:
+    """The multi-label logistic head of `fit_logistic_head` at one L2 strength (chosen elsewhere),
+    fitted on all of `train_x` (NaN targets: pairs left out)."""
+    import torch
+
+    x = torch.nn.functional.normalize(torch.from_numpy(train_x).double(), dim=1)
+    weight, bias = _lbfgs_logistic(x, torch.from_numpy(train_y).double(), penalty)
+    return Head(weight.numpy().astype(np.float32), bias.numpy().astype(np.float32), normalize_input=True)
+
+
 def _lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-batch L-BFGS on BCE (mean over known pairs) + penalty/2 · |W|², bias started at the log
     prior odds (each label's positive share among its known samples; 1/2 for a label with none)."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embedstore import OFFLINE_SWITCHES
 from embedstore.errors import InputError
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 BIOMEDCLIP_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 ALIASES: dict[str, str] = {"biomedclip": BIOMEDCLIP_ID}
+#: The context length of a tokenizer that names none (open_clip's, and CLIP's).
+DEFAULT_CONTEXT_LENGTH = 77
 
 
 class ModelUnavailableError(InputError):
@@ -56,6 +60,29 @@ class LoadedModel:
 
         with torch.no_grad():
             return self.model.encode_text(self.tokenizer(prompts)).float()
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the text tower reads, special tokens included (77 for open_clip's own text towers, 256
+        for BiomedCLIP's BERT): the tokenizer cuts a longer text to this length."""
+        length = getattr(self.tokenizer, "context_length", None) or getattr(self.model, "context_length", None)
+        return int(length or DEFAULT_CONTEXT_LENGTH)
+
+    def tokenize_long(self, texts: list[str]) -> tuple[Any, np.ndarray]:
+        """Tokens of `texts` cut to the context length, and per text whether it was cut: a text is cut when
+        its first `context_length` tokens differ from those it gets with room for one more (the cut
+        sequence ends in the end token where the longer one still holds text)."""
+        tokens = self.tokenizer(texts)
+        roomier = self.tokenizer(texts, context_length=self.context_length + 1)
+        cut = (roomier[:, :tokens.shape[1]] != tokens).any(dim=1)
+        return tokens, cut.cpu().numpy().astype(bool)
+
+    def encode_tokens(self, tokens: Any, device: Any = None) -> Any:
+        """Raw (unnormalised) text embeddings of tokenised texts, on `device` (default: where the model is)."""
+        import torch
+
+        with torch.no_grad():
+            return self.model.encode_text(tokens if device is None else tokens.to(device)).float()
 
 
 @dataclass(frozen=True)

@@ -281,7 +281,8 @@ def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> t
 
 
 #: Tables that bulk appends may target (identifiers are never taken from user input).
-APPENDABLE_TABLES = frozenset({"samples", "labels", "image_embeddings", "text_embeddings", "scores", "metrics", "gradcam"})
+APPENDABLE_TABLES = frozenset({"samples", "labels", "image_embeddings", "text_embeddings", "report_embeddings",
+                               "scores", "metrics", "gradcam"})
 
 
 def append_rows(con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> int:
@@ -328,7 +329,7 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 #: The named query that brings a store from each older schema version to the next.
-UPGRADES: dict[int, str] = {2: "upgrade_v2_to_v3"}
+UPGRADES: dict[int, str] = {2: "upgrade_v2_to_v3", 3: "upgrade_v3_to_v4"}
 
 
 #: Folders whose every file must be in the manifest (beside the store's own files at the top level).

@@ -52,6 +52,10 @@ MASK_DIR = "masks"
 #: The public annotation files written besides annotations.csv: COCO, RSNA Pneumonia, SIIM-ACR.
 ANNOTATION_SETS_DIR = "annotations"
 COCO_JSON, RSNA_CSV, SIIM_CSV = "coco.json", "stage_2_train_labels.csv", "train-rle.csv"
+#: The record of the labels written flipped (`--label-noise`): uid, label, given (as written), true.
+LABEL_NOISE_CSV = "label_noise.csv"
+#: Above half the labels flipped, the written labels say more about the noise than about the films.
+MAX_LABEL_NOISE = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,14 @@ class SampleConfig:
     domain: SampleDomain = SampleDomain.TARGET
     size: int = 256
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    #: share of the (study, finding) labels written flipped (`label_noise.csv` records which); 0: none
+    label_noise: float = 0.0
 
     def validate(self) -> None:
         parse(SampleDomain, self.domain, "domain")
+        if not 0.0 <= self.label_noise <= MAX_LABEL_NOISE:
+            raise InputError(f"label_noise {self.label_noise}: choose a share between 0 and {MAX_LABEL_NOISE}",
+                             parameter="label_noise")
         if self.n < 10:
             raise InputError(f"n {self.n}: need at least 10 images", parameter="n")
         if not 64 <= self.size <= 1024:
@@ -221,6 +230,56 @@ def _make_study(uid: int, findings: set[str], rng: np.random.Generator) -> Study
         "impression": impression,
     }
     return Study(uid, ordered, sides, report, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label noise
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelFlip:
+    """One written label that disagrees with its study: `given` is what the labels file says, `true`
+    what the films and the report show (1 positive, 0 negative)."""
+
+    uid: int
+    label: str
+    given: int
+    true: int
+
+
+def flip_labels(studies: list[Study], share: float, seed: int, domain: SampleDomain) -> tuple[list[Study], list[LabelFlip]]:
+    """Flip `share` of the (study, finding) labels, chosen uniformly from a stream of their own (the
+    films, reports and every other file are drawn as without noise): a positive is written negative
+    (0.0) and a negative or blank one positive (1.0). Uncertain labels (-1.0) are never flipped, and No
+    Finding is not flipped but recomputed from the flipped findings (1.0 where none is positive or
+    uncertain, else blank), as the study's labeler derives it. Returns the studies with the labels to
+    write, and the flips (by uid, then finding order)."""
+    pairs = [(index, label) for index, study in enumerate(studies) for label in FINDINGS
+             if study.values[label] != "-1.0"]
+    count = round(share * len(pairs))
+    if count == 0:
+        return studies, []
+    rng = np.random.default_rng([seed, list(DOMAINS).index(domain), LABEL_NOISE_STREAM])
+    chosen = sorted(int(i) for i in rng.choice(len(pairs), size=count, replace=False))
+    written = [dict(study.values) for study in studies]
+    flips = []
+    for position in chosen:
+        index, label = pairs[position]
+        true = int(studies[index].values[label] == "1.0")
+        written[index][label] = "0.0" if true else "1.0"
+        flips.append(LabelFlip(studies[index].uid, label, 1 - true, true))
+    noisy = []
+    for study, values in zip(studies, written, strict=True):
+        if values != study.values:
+            abnormal = any(values[label] in ("1.0", "-1.0") for label in FINDINGS)
+            values[NO_FINDING] = "" if abnormal else "1.0"
+            study = Study(study.uid, study.findings, study.sides, study.report, values)
+        noisy.append(study)
+    return noisy, flips
+
+
+#: The purpose number of the label-noise stream (plan_dataset draws from 7, the films from 0-1, 2 and 10+).
+LABEL_NOISE_STREAM = 97
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,10 +677,15 @@ def write_sample(config: SampleConfig, progress: Callable[[int], None] | None = 
     boxes = [(job.filename, region.finding, *region.box) for job, regions in zip(jobs, drawn, strict=True)
              for region in regions]
     frontal = [job for job in jobs if job.frontal]
+    studies = {job.study.uid: job.study for job in jobs}
+    written, flips = flip_labels(list(studies.values()), config.label_noise, config.seed, config.domain)
+    labelled = {study.uid: study for study in written}
     write_csv(out / STUDY_CSV, ["uid", "filename", *TEXT_COLUMNS, *CHEXPERT_LABELS],
                [[j.study.uid, j.filename, *(j.study.report[c] for c in TEXT_COLUMNS),
-                 *(j.study.values[label] for label in CHEXPERT_LABELS)] for j in frontal])
-    studies = {job.study.uid: job.study for job in jobs}
+                 *(labelled[j.study.uid].values[label] for label in CHEXPERT_LABELS)] for j in frontal])
+    if config.label_noise > 0:
+        write_csv(out / LABEL_NOISE_CSV, ["uid", "label", "given", "true"],
+                  [[flip.uid, flip.label, flip.given, flip.true] for flip in flips])
     write_csv(out / REPORTS_CSV, ["uid", "MeSH", "Problems", "image", *TEXT_COLUMNS],
                [[s.uid, ";".join(f"{PROBLEM_TERMS[f]}/{('right', 'left')[s.sides[f]]}" for f in s.findings) or "normal",
                  ";".join(PROBLEM_TERMS[f] for f in s.findings) or "normal",
@@ -662,5 +726,7 @@ def write_layout(layout: SampleLayout, config: SampleConfig, progress: Callable[
     import importlib
 
     module, name = SAMPLE_WRITERS[parse(SampleLayout, layout, "layout")].split(":")
+    if config.label_noise > 0 and layout != SampleLayout.IUXRAY:
+        raise InputError(f"layout {layout}: label noise is written for the iuxray layout only", parameter="layout")
     writer: Callable[[SampleConfig, Callable[[int], None] | None], Path] = getattr(importlib.import_module(module), name)
     return writer(config, progress)

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS text_embeddings (
     prompt VARCHAR NOT NULL,
     embedding FLOAT[] NOT NULL
 );
+-- A zs run's embedding of each sample's report (samples with report text only), by the run's text
+-- tower; `truncated`: the report had more tokens than the tower's context length and was cut
+CREATE TABLE IF NOT EXISTS report_embeddings (
+    run_id VARCHAR NOT NULL,
+    sample_id BIGINT NOT NULL,
+    embedding FLOAT[] NOT NULL,
+    truncated BOOLEAN NOT NULL
+);
 CREATE TABLE IF NOT EXISTS scores (
     run_id VARCHAR NOT NULL,
     sample_id BIGINT NOT NULL,

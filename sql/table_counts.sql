@@ -7,6 +7,7 @@ UNION ALL SELECT 'label_names', count(*) FROM label_names
 UNION ALL SELECT 'runs', count(*) FROM runs
 UNION ALL SELECT 'image_embeddings', count(*) FROM image_embeddings
 UNION ALL SELECT 'text_embeddings', count(*) FROM text_embeddings
+UNION ALL SELECT 'report_embeddings', count(*) FROM report_embeddings
 UNION ALL SELECT 'scores', count(*) FROM scores
 UNION ALL SELECT 'metrics', count(*) FROM metrics
 UNION ALL SELECT 'gradcam', count(*) FROM gradcam

@@ -130,6 +130,14 @@ def test_every_chart_kind_draws_stored_results(reported_store: Store, tmp_path: 
             with pytest.raises(InputError, match="no Grad-CAM figures"):
                 chart_spec(reported_store, kind, ChartOptions())
             continue
+        if kind == "drift":  # needs `embedstore drift` first (tests/test_drift.py draws it)
+            with pytest.raises(InputError, match="no stored domain-shift figures"):
+                chart_spec(reported_store, kind, ChartOptions())
+            continue
+        if kind == "prompts":  # needs zs runs of two prompt styles (tests/test_prompt_sensitivity.py draws it)
+            with pytest.raises(InputError, match="no stored prompt sensitivity"):
+                chart_spec(reported_store, kind, ChartOptions())
+            continue
         spec = chart_spec(reported_store, kind, ChartOptions())
         values = chart_values(spec)
         assert values, kind
@@ -272,7 +280,8 @@ def _check_sorting(found: dict) -> None:
 
 def test_report_and_charts_open_offline_in_headless_chromium(reported_store: Store, tmp_path: Path) -> None:
     report = write_report(reported_store, tmp_path / "report.html")
-    assert set(report.charts) == set(CHARTS) - {"gradcam"} and "gradcam" in report.skipped
+    unstored = {"gradcam", "drift", "prompts"}  # figures of other commands, or of a prompt sweep
+    assert set(report.charts) == set(CHARTS) - unstored and unstored <= set(report.skipped)
     page = report.path.read_text()
     for text in ("Study table — study protocol", "Provenance", "Dataset statistics", "weights sha256",
                  "Ingest checks", "no_finding_derived", "cross_split_duplicate_groups", "encode fp32"):

@@ -18,7 +18,7 @@ from tests.conftest import add_embedding_run
 
 SCHEMA_TABLES = {
     "meta", "datasets", "samples", "labels", "label_names", "runs", "image_embeddings",
-    "text_embeddings", "scores", "metrics", "gradcam", "manifest",
+    "text_embeddings", "report_embeddings", "scores", "metrics", "gradcam", "manifest",
 }
 
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from embedstore import queries
-from embedstore.choices import Mode, PromptSet, Protocol
+from embedstore.choices import Mode, Protocol
 from embedstore.errors import InputError, IntegrityError
 from embedstore.heads import Head, row_minmax
 from embedstore.integrity import load_arrays, load_tensors
 from embedstore.models import LoadedModel, load_model
+from embedstore.prompts import has_negatives
 from embedstore.store import Store
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class CamSubject:
         and ft heads, posneg prompts), else the study's per-row min-max scaling (raw dot products,
         cosine × logit scale)."""
         logits = np.asarray(logits, dtype=np.float64)
-        if self.protocol == Protocol.MULTILABEL and (self.mode != Mode.ZS or self.prompt_set == PromptSet.POSNEG):
+        if self.protocol == Protocol.MULTILABEL and (self.mode != Mode.ZS or has_negatives(self.prompt_set, self.config)):
             return 1.0 / (1.0 + np.exp(-logits))
         return row_minmax(logits)
 
@@ -98,12 +99,12 @@ class StoredRun:
 
 def _zero_shot_head(store: Store, run: StoredRun, visual: torch.nn.Module) -> Head:
     """The protocol's zero-shot head from the run's stored text embeddings."""
-    from embedstore.prompts import build_prompts, zero_shot_head
+    from embedstore.prompts import build_prompts, custom_prompts, zero_shot_head
 
     with store.reader() as con:
         rows = queries.fetch(con, "run_prompts", run_id=run.run_id)
     stored = {(label, prompt): np.asarray(embedding, dtype=np.float32) for label, prompt, embedding in rows}
-    prompts = build_prompts(str(run.prompt_set), run.labels)
+    prompts = build_prompts(str(run.prompt_set), run.labels, custom_prompts(run.config))
     missing = [p.text for p in prompts if (p.label, p.text) not in stored]
     if missing:
         raise IntegrityError(f"run {run.run_id}: text embeddings missing for prompts {missing[:3]}")

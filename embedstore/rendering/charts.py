@@ -340,6 +340,75 @@ def comparisons_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
         title="Paired comparisons of the settings (test split, 95 % paired intervals)")
 
 
+def prompts_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
+    """Prompt sensitivity of zero-shot runs (stored `prompt_sensitivity.*` rows): per label, and for the
+    macro mean, each prompt style's AUROC as a point and the sweep's min–max range as a rule; one panel
+    per sweep (model, dataset, protocol extracted under) and protocol analysed under."""
+    import altair as alt
+
+    with store.reader() as con:
+        rows = [row for row in queries.fetch_arrow(con, "prompt_sensitivity").to_pylist()
+                if row["split"] == "test" and (not options.runs or row["run_id"] in options.runs)
+                and (options.protocol is None or row["protocol"] == options.protocol)]
+    if not rows:
+        raise InputError("no stored prompt sensitivity to draw; extract zs runs with `--prompts all` and run "
+                         "`embedstore analyze` first")
+    rows = _with_positions(store, rows)
+    for row in rows:
+        row.update({key: None for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)})
+        if row["label"] is None:
+            row["label"], row["position"] = "macro AUROC", -1
+        row["panel"] = f"{row['sweep']} — {row['protocol']} protocol"
+    base = alt.Chart().encode(y=alt.Y("label:N", sort=_BY_POSITION, title=None))
+    ranges = base.mark_rule(color="grey").encode(x=alt.X("auroc_min:Q", title="AUROC (test split)"), x2="auroc_max:Q")
+    points = base.mark_point(filled=True, size=50).encode(
+        x="auroc:Q", color=alt.Color("style:N", title="prompt style"),
+        tooltip=["style:N", "label:N", "run_id:N", alt.Tooltip("auroc:Q", format=".3f"), "rank:Q",
+                 alt.Tooltip("auroc_min:Q", format=".3f"), alt.Tooltip("auroc_max:Q", format=".3f"),
+                 alt.Tooltip("auroc_sd:Q", format=".3f"), alt.Tooltip("f1:Q", format=".3f")])
+    return alt.layer(ranges, points, data=alt.Data(values=rows)).properties(width=360).facet(
+        row=alt.Row("panel:N", title=None),
+        title="Prompt sensitivity of zero-shot runs: AUROC per prompt style (rule: min–max across styles)")
+
+
+def drift_chart(store: Store, options: ChartOptions) -> alt.TopLevelMixin:
+    """The newest stored `embedstore drift` pair (of `--runs`, or of the dataset's runs): both sides'
+    image embeddings on one projection fitted on them together (PCA, or UMAP), coloured by side, at
+    most `max_points` a side (the subsample `drift` drew, cut); the title's figures are the stored ones."""
+    import altair as alt
+
+    from embedstore.analyses.drift import latest_pair, projection_sides
+
+    pair = latest_pair(store, options.runs, None if options.runs else resolve_dataset(store, options.data))
+    sides = projection_sides(store, pair, options.max_points)
+    coords, _ = REDUCERS[options.reduce](np.concatenate([s.vectors for s in sides]),
+                                         np.zeros((0, sides[0].vectors.shape[1])), options.seed)
+    points, start = [], 0
+    for role, side in zip(("from", "to"), sides, strict=True):
+        for position, (a, b) in zip(side.kept, coords[start:start + len(side.kept)], strict=True):
+            points.append({"side": f"{role}: {side.name}", "pc1": float(a), "pc2": float(b),
+                           "sample_id": int(side.run.sample_ids[position])})
+        start += len(side.kept)
+    figures = pair.figures
+
+    def shown(metric: str, text: str) -> str:
+        row = figures.get(metric)
+        if row is None:
+            return ""
+        interval = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row["ci_low"] is not None else ""
+        return f"{text} {row['value']:.3g}{interval}"
+
+    parts = [shown("mmd2", "MMD²"), shown("mmd_p", "p"), shown("c2st_auroc", "C2ST AUROC"),
+             shown("centroid_cosine", "centroid cosine")]
+    title = [f"Domain shift {pair.from_side} → {pair.to_side} (run {pair.run_id}, {options.reduce.upper()} of both)",
+             ", ".join(part for part in parts if part)]
+    return alt.Chart(alt.Data(values=points), title=title).mark_point(filled=True, opacity=0.5, size=18).encode(
+        x=alt.X("pc1:Q", title=f"{options.reduce.upper()} 1"), y=alt.Y("pc2:Q", title=f"{options.reduce.upper()} 2"),
+        color=alt.Color("side:N", title=None),
+        tooltip=["side:N", "sample_id:Q"],
+    ).properties(width=420, height=360)
+
+
 #: `embedstore chart KIND`.
 CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
     ChartKind.LABELS: labels_chart,
@@ -352,6 +421,8 @@ CHARTS: dict[ChartKind, Callable[[Store, ChartOptions], alt.TopLevelMixin]] = {
     ChartKind.CALIBRATION: calibration_chart,
     ChartKind.COMPARISONS: comparisons_chart,
     ChartKind.GRADCAM: gradcam_chart,
+    ChartKind.DRIFT: drift_chart,
+    ChartKind.PROMPTS: prompts_chart,
 }
 
 

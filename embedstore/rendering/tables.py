@@ -34,6 +34,10 @@ TIME_COLUMN = "train time (min) ↓"
 MACRO_AUROC_HEADER = "macro AUROC (labels with both classes)"
 MACRO_AUPRC_HEADER = "macro AUPRC (labels with a positive)"
 
+#: The image–report retrieval table's rows (stored metric direction, title) and recall cut-offs.
+RETRIEVAL_DIRECTIONS = (("image_to_report", "images → reports"), ("report_to_image", "reports → images"))
+RETRIEVAL_KS = (1, 5, 10)
+
 #: The order of settings in every table: the study's (zs, ft, lp), then anything else.
 SETTING_ORDER = ("zs", "ft", "lp")
 
@@ -86,9 +90,9 @@ def study_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataFrame:
 
 
 def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, pl.DataFrame]:
-    """Per-label, per-domain, normal-vs-abnormal and neighbour tables for one protocol."""
+    """Per-label, per-domain, normal-vs-abnormal, neighbour, calibration and retrieval tables for one protocol."""
     chosen = [a for a in analyses if a.protocol == protocol]
-    per_label, per_domain, binary, knn, calibrated = [], [], [], [], []
+    per_label, per_domain, binary, knn, calibrated, retrieved = [], [], [], [], [], []
     for analysis in chosen:
         setting = setting_name(analysis, analyses)
         for label in analysis.run.labels:
@@ -132,10 +136,17 @@ def detail_tables(analyses: Sequence[RunAnalysis], protocol: str) -> dict[str, p
                                        "calibration.ece_equal_mass_temperature", maybe_label)),
                                    "ECE after isotonic": _cell(analysis.figure("calibration.ece_equal_mass_isotonic",
                                                                                maybe_label))})
+        for direction, title in RETRIEVAL_DIRECTIONS:
+            if analysis.figure(f"retrieval.{direction}.median_rank") is not None:
+                retrieved.append({"setting": setting, "queries → gallery": title}
+                                 | {f"recall@{k} ↑": _cell(analysis.figure(f"retrieval.{direction}.recall_at_{k}"))
+                                    for k in RETRIEVAL_KS}
+                                 | {"median rank ↓": _cell(analysis.figure(f"retrieval.{direction}.median_rank"), 1)})
     return {"per label": pl.DataFrame(per_label), "per domain": pl.DataFrame(per_domain),
             "normal vs abnormal, and threshold-free": pl.DataFrame(binary),
             "nearest-neighbour label agreement": pl.DataFrame(knn),
-            "calibration (recalibrated on val)": pl.DataFrame(calibrated)}
+            "calibration (recalibrated on val)": pl.DataFrame(calibrated),
+            "image–report retrieval (a hit: same study)": pl.DataFrame(retrieved)}
 
 
 def comparison_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataFrame:
@@ -155,6 +166,38 @@ def comparison_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataF
                              "DeLong p": "—" if p_value is None or not np.isfinite(p_value) else f"{p_value:.3g}"})
     return pl.DataFrame(rows, schema={"comparison": pl.String, "figure": pl.String,
                                       "difference [95 % paired]": pl.String, "DeLong p": pl.String})
+
+
+def prompt_sensitivity_table(analyses: Sequence[RunAnalysis], protocol: str) -> pl.DataFrame:
+    """The prompt sweeps of one protocol (`prompt_sensitivity.*`): per sweep and label (macro first) the
+    styles' AUROC and F1 range and standard deviation, and the best style(s) by AUROC."""
+    found: dict[tuple[str, str | None], dict[str, MetricRow]] = {}
+    for analysis in analyses:
+        if analysis.protocol != protocol:
+            continue
+        for row in analysis.rows:
+            if row.metric.startswith("prompt_sensitivity."):
+                found.setdefault((str(row.params.get("sweep")), row.label), {})[row.metric.partition(".")[2]] = row
+
+    def spread(figures: dict[str, MetricRow], name: str) -> tuple[str, str]:
+        low, high, sd = (figures.get(f"{name}_{part}") for part in ("min", "max", "sd"))
+        if low is None or high is None or sd is None:
+            return "—", "—"
+        return f"{low.value:.3f}–{high.value:.3f}", f"{sd.value:.3f}"
+
+    rows = []
+    for (sweep, label), figures in found.items():
+        rank = figures.get("rank")
+        values = rank.params.get("values", {}) if rank is not None else {}
+        best = max(values.values()) if values else None
+        (auroc, auroc_sd), (f1, f1_sd) = spread(figures, "auroc"), spread(figures, "f1")
+        rows.append({"sweep": sweep, "label": label or "macro", "styles": len(values), "AUROC min–max": auroc,
+                     "AUROC sd": auroc_sd, "F1 min–max": f1, "F1 sd": f1_sd,
+                     "best style (AUROC)": ", ".join(style for style, value in values.items() if value == best)})
+    rows.sort(key=lambda row: (row["sweep"], row["label"] != "macro"))
+    return pl.DataFrame(rows, schema={"sweep": pl.String, "label": pl.String, "styles": pl.Int64,
+                                      "AUROC min–max": pl.String, "AUROC sd": pl.String, "F1 min–max": pl.String,
+                                      "F1 sd": pl.String, "best style (AUROC)": pl.String})
 
 
 #: The localisation tables of `gradcam validate`: title → (the figure counting each line's maps, column → metric).

@@ -1,0 +1,1 @@
+"""Prompt-style data files (`lay.json`: lay-language phrases per label), read by embedstore/prompts.py."""
