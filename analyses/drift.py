@@ -394,10 +394,12 @@ def resolve_side(store: Store, run: RunData, value: str, parameter: str, index: 
         positions = np.arange(len(source.sample_ids))
         if not len(positions):
             raise InputError(f"{parameter} {value!r}: run {source.run_id} has no samples", parameter=parameter)
-    kept = positions
-    if len(positions) > max_samples:
-        kept = positions[np.sort(np.random.default_rng([seed, index]).choice(len(positions), max_samples,
-                                                                              replace=False))]
+    # One film per study: a study's films (and a patient's) are alike, and resampling or permuting
+    # them one by one would make the two-sample tests too confident.
+    studies = np.asarray(source.uids)[positions] if source.uids is not None else positions
+    kept = positions[np.sort(np.unique(studies, return_index=True)[1])]
+    if len(kept) > max_samples:
+        kept = kept[np.sort(np.random.default_rng([seed, index]).choice(len(kept), max_samples, replace=False))]
     if len(kept) < 2:
         raise InputError(f"{parameter} {value!r}: {len(kept)} sample; the figures need two or more a side",
                          parameter=parameter)
@@ -411,7 +413,7 @@ def figures(a: Side, b: Side, config: DriftConfig) -> tuple[list[MetricRow], lis
     params: dict[str, Any] = {
         "from": a.name, "to": b.name, "from_run": a.run.run_id, "to_run": b.run.run_id,
         "n_from": len(x), "n_to": len(y), "n_from_total": len(a.positions), "n_to_total": len(b.positions),
-        "max_samples": config.max_samples,
+        "max_samples": config.max_samples, "one_film_per_study": True,
         "subsampled": bool(len(x) < len(a.positions) or len(y) < len(b.positions)),
         "bandwidth": bandwidth, "bandwidth_points": bandwidth_points, "permutations": config.permutations,
         "bootstrap": config.bootstrap, "seed": config.seed, "kernel": "rbf, median heuristic",
@@ -453,9 +455,9 @@ def drift(store: Store, config: DriftConfig) -> DriftResult:
     run = load_run(store, config.run)
     a = resolve_side(store, run, config.from_side, "from_side", 0, config.max_samples, config.seed)
     b = resolve_side(store, run, config.to_side, "to_side", 1, config.max_samples, config.seed)
-    if a.run.run_id == b.run.run_id and np.array_equal(a.positions, b.positions):
-        raise InputError(f"to_side {config.to_side!r}: the same samples as {config.from_side!r}; name two "
-                         "different splits or datasets", parameter="to_side")
+    if a.run.run_id == b.run.run_id and np.intersect1d(a.positions, b.positions).size:
+        raise InputError(f"to_side {config.to_side!r}: shares samples with {config.from_side!r} (a two-sample "
+                         "test needs disjoint sides); name two different splits or datasets", parameter="to_side")
     rows, skipped = figures(a, b, config)
     if skipped:
         log.info("drift: no prevalence figures for %s (labelled on one side only, or with no known value)",

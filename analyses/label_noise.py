@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -81,14 +82,12 @@ class AuditConfig:
     search_device: SearchDevice = SearchDevice.AUTO
 
     def validate(self) -> None:
-        if self.folds < 2:
-            raise InputError(f"folds {self.folds}: need at least 2", parameter="folds")
+        if self.folds < 3:  # each fit's L2 strength is chosen on one of its training folds: two at least
+            raise InputError(f"folds {self.folds}: need at least 3", parameter="folds")
         if self.k < 1:
             raise InputError(f"k {self.k}: need at least 1 neighbour", parameter="k")
         if self.top < 1:
             raise InputError(f"top {self.top}: list at least 1 candidate", parameter="top")
-        if self.truth is not None and not self.truth.is_file():
-            raise InputError(f"truth {self.truth}: no such file", parameter="truth")
 
 
 @dataclass
@@ -215,14 +214,36 @@ def ranking(score: np.ndarray, known: np.ndarray, sample_ids: np.ndarray) -> tup
 # Figures against the injected flips
 # ---------------------------------------------------------------------------------------------
 
-def read_truth(path: Path) -> set[tuple[str, str]]:
+#: Largest truth file read (a million flipped pairs take about 40 MB).
+MAX_TRUTH_BYTES = 256 << 20
+
+
+def truth_bytes(path: Path) -> bytes:
+    """The truth file's bytes: a regular file of bounded size, read once (hashed and parsed from these)."""
+    from embedstore.images import read_regular_bytes
+
+    try:
+        return read_regular_bytes(path, MAX_TRUTH_BYTES)
+    except InputError as error:
+        raise InputError(f"truth {path}: {error}", parameter="truth") from None
+
+
+def read_truth(path: Path, data: bytes | None = None) -> set[tuple[str, str]]:
     """The (uid, label) pairs a `label_noise.csv` records as flipped."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    try:
+        text = (truth_bytes(path) if data is None else data).decode("utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if reader.fieldnames is None or any(column not in reader.fieldnames for column in TRUTH_COLUMNS):
             raise InputError(f"truth {path}: expected the columns {', '.join(TRUTH_COLUMNS)} (the label_noise.csv "
                              "that `data sample --label-noise` writes)", parameter="truth")
-        return {(row["uid"].strip(), row["label"].strip()) for row in reader}
+        pairs = set()
+        for row in reader:
+            if row["uid"] is None or row["label"] is None:
+                raise InputError(f"truth {path}:{reader.line_num}: a row without uid or label", parameter="truth")
+            pairs.add((row["uid"].strip(), row["label"].strip()))
+        return pairs
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"truth {path}: not a UTF-8 CSV ({error})", parameter="truth") from None
 
 
 def truth_figures(is_flip: np.ndarray) -> dict[str, Any]:
@@ -303,11 +324,15 @@ def audit_labels(store: Store, config: AuditConfig) -> AuditResult:
     """Rank a run's train+val (sample, label) pairs by how likely the given label is wrong; store the top
     candidates (`label_noise.candidate`) and, with the truth file, the figures (`label_noise.*`)."""
     config.validate()
-    truth = read_truth(config.truth) if config.truth is not None else None
+    truth_data = truth_bytes(config.truth) if config.truth is not None else None
+    truth = read_truth(config.truth, truth_data) if config.truth is not None else None
     run = load_run(store, config.run)
-    if run.mode not in set(Mode):
-        raise InputError(f"run {run.run_id}: mode {run.mode!r} is none of {', '.join(Mode)}; the audit reads the "
-                         "image embeddings of a zs, lp or ft run", parameter="run")
+    if run.mode not in (Mode.ZS, Mode.LP):
+        # An ft run's encoder was fitted to the very labels audited: its embeddings already carry each
+        # sample's given label, so a flipped one would look right. Audit a frozen run of the model.
+        raise InputError(f"run {run.run_id}: mode {run.mode!r}; the audit reads a frozen encoder's image "
+                         "embeddings (a zs or lp run): a fine-tuned encoder has learnt the labels it would audit",
+                         parameter="run")
     rows, vectors, columns = _audited(run)
     scores, params = score_pairs(run, rows, vectors, columns, config)
     known = run.known_pairs[np.ix_(rows, columns)]
@@ -322,7 +347,7 @@ def audit_labels(store: Store, config: AuditConfig) -> AuditResult:
                                                                                  strict=True)], dtype=bool)
         measured = truth_figures(is_flip)
         audited_pairs = {(str(uid), label) for uid in set(uids) for label in labels}
-        params |= {"truth_sha256": hashlib.sha256(config.truth.read_bytes()).hexdigest(),
+        params |= {"truth_sha256": hashlib.sha256(truth_data or b"").hexdigest(),
                    "truth_file": config.truth.name, "n_flips": measured["n_flips"],
                    "flips_recorded": len(truth), "flips_outside_audit": len(truth - audited_pairs)}
         figures = [MetricRow("label_noise.precision_at_100", measured["precision_at_100"], params=params),

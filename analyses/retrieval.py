@@ -1,12 +1,13 @@
 """Image–report retrieval of zs runs: each image of the analysed split ranks the split's reports, and each
 report ranks the split's images, by cosine similarity of the run's image and report embeddings.
 
-The queries and the gallery are the split's samples that have a report embedding (a sample without
-report text takes no part). A retrieved item counts as a hit when it belongs to the query's study (same
-uid): a study's images share one report. A query's rank is that of its first hit, with ties broken
-pessimistically: every item of another study at least as similar as the query's best hit is ranked
-ahead of it. Recall@K is the share of queries whose rank is at most K; the median rank is the median
-over queries. Intervals resample the queries (the gallery stays the whole split).
+The images are the split's samples that have a report embedding (a sample without report text takes
+no part); a study's films share one report, which is in the report gallery once and queries once. A
+retrieved item counts as a hit when it belongs to the query's study (same uid). A query's rank is that
+of its first hit, with ties broken pessimistically: every item of another study at least as similar
+as the query's best hit is ranked ahead of it. Recall@K is the share of queries whose rank is at most
+K; the median rank is the median over queries. Intervals resample studies, a study's films together
+(the gallery stays the whole split).
 
 The similarities are computed a block of queries at a time (SIMILARITY_BLOCK_CELLS), so memory stays
 bounded for a split of any size.
@@ -104,26 +105,34 @@ def compute(run: RunData, options: AnalysisOptions) -> list[MetricRow]:
     if len(ids) == 0:
         return []
     images, reports = unit_rows(images), unit_rows(reports)
-    ranks = {"image_to_report": first_hit_ranks(images, reports, studies, studies),
-             "report_to_image": first_hit_ranks(reports, images, studies, studies)}
+    # A study's films share one report: it is one report, in the gallery once and a query once.
+    first = np.unique(studies, return_index=True)[1]
+    study_reports, study_codes = reports[first], studies[first]
+    ranks = {"image_to_report": first_hit_ranks(images, study_reports, studies, study_codes),
+             "report_to_image": first_hit_ranks(study_reports, images, study_codes, studies)}
+    query_studies = {"image_to_report": studies, "report_to_image": study_codes}
     del images, reports
 
     def figures(weights: np.ndarray) -> dict[str, np.ndarray]:
-        total = weights.sum(axis=1)
+        """Studies are resampled (weights: resamples × studies); a study's films go with it."""
         out: dict[str, np.ndarray] = {}
         for direction, rank in ranks.items():
+            per_query = weights[:, query_studies[direction]]
+            total = per_query.sum(axis=1)
             for k in RECALL_KS:
-                out[f"retrieval.{direction}.recall_at_{k}"] = weights @ (rank <= k).astype(np.float64) / total
-            out[f"retrieval.{direction}.median_rank"] = weighted_median(rank, weights)
+                out[f"retrieval.{direction}.recall_at_{k}"] = per_query @ (rank <= k).astype(np.float64) / total
+            out[f"retrieval.{direction}.median_rank"] = weighted_median(rank, per_query)
         return out
 
-    point = {name: float(values[0]) for name, values in figures(np.ones((1, len(ids)))).items()}
-    params = {"queries": len(ids), "gallery": len(ids), "studies": int(studies.max()) + 1, "similarity": "cosine",
-              "hit": "an item of the query's study (same uid)", "ties": "pessimistic"}
+    n_studies = len(first)
+    point = {name: float(values[0]) for name, values in figures(np.ones((1, n_studies))).items()}
+    params = {"images": len(ids), "reports": n_studies, "studies": n_studies, "similarity": "cosine",
+              "hit": "the query's study (same uid): its one report, or any of its films",
+              "ties": "pessimistic", "resampled": "studies"}
     params_of = {f"retrieval.{direction}.recall_at_{k}": {"k": k, "queries_are": queried, "retrieved": retrieved}
                  for direction, queried, retrieved in DIRECTIONS for k in RECALL_KS}
     params_of |= {f"retrieval.{direction}.median_rank": {"queries_are": queried, "retrieved": retrieved}
                   for direction, queried, retrieved in DIRECTIONS}
-    targets = run.targets[np.searchsorted(run.sample_ids, ids)]
-    return with_intervals(point, figures, len(ids), options, params=params, params_of=params_of,
+    targets = run.targets[np.searchsorted(run.sample_ids, ids[first])]
+    return with_intervals(point, figures, n_studies, options, params=params, params_of=params_of,
                           strata=resampling_strata(targets, options))

@@ -1013,7 +1013,7 @@ def study(bench: Bench) -> dict[str, Any]:
     assert bench.biomed_id is not None
     plan = DemoPlan(n_images=sizes.study_images, model=bench.biomed_id, ft_epochs=sizes.study_ft_epochs,
                     bootstrap=sizes.study_bootstrap, protocols=(Protocol.STUDY,), gradcam_validate=sizes.study_gradcam,
-                    gradcam_maps=sizes.study_gradcam, sample_workers=cores())
+                    gradcam_maps=sizes.study_gradcam, sample_workers=cores(), source_images=sizes.study_images)
     root = Path(tempfile.mkdtemp(prefix="embedstore-gpu-bench-study-"))
     try:
         started = time.perf_counter()

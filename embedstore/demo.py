@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from embedstore.choices import Mode, Protocol, ProtocolChoice
+from embedstore.choices import Mode, Protocol, ProtocolChoice, SampleDomain
 from embedstore.errors import InputError
 from embedstore.store import Store
 
@@ -38,10 +38,12 @@ class DemoPlan:
     gradcam_maps: int = 15
     #: processes writing the synthetic sample (None: `SampleConfig`'s default).
     sample_workers: int | None = None
+    #: images of the source-domain sample the domain-shift check compares the target with.
+    source_images: int = 800
 
 
 FULL = DemoPlan(n_images=3818, model="demo", ft_epochs=10, bootstrap=1000)
-FAST = DemoPlan(n_images=600, model="demo-fast", ft_epochs=2, bootstrap=200)
+FAST = DemoPlan(n_images=600, model="demo-fast", ft_epochs=2, bootstrap=200, source_images=200)
 
 
 @dataclass(frozen=True)
@@ -69,29 +71,20 @@ def run_demo(store_path: Path, fast: bool = False) -> DemoResult:
 
 def run_plan(store_path: Path, plan: DemoPlan) -> DemoResult:
     """The demo's steps at the sizes of `plan`, in `store_path` (reusing what a previous run left)."""
+    from embedstore.analyses.label_noise import AuditConfig, audit_labels
     from embedstore.analyses.study import AnalyzeConfig, analyze
     from embedstore.cam.run import MapsConfig, ValidateConfig, render_maps, validate
     from embedstore.extract import ExtractConfig, extract
-    from embedstore.ingest import IngestConfig, ingest
+    from embedstore.prompt_sweep import extract_prompt_sweep
     from embedstore.rendering.charts import CHARTS, ChartOptions, chart_spec, save_chart
     from embedstore.rendering.report import write_report
     from embedstore.rendering.tables import study_table
-    from embedstore.synthetic import ANNOTATIONS_CSV, MASK_DIR, SampleConfig, write_sample
+    from embedstore.synthetic import ANNOTATIONS_CSV, MASK_DIR
 
     seconds: dict[str, float] = {}
     dataset = f"iuxray-synthetic-{plan.n_images}"
     store, _ = Store.init(store_path)
-    data = store.path / "data" / dataset
-    with _timed(seconds, "sample"):
-        if not (data / "iuxray_frontal_14labels.csv").exists():
-            log.info("demo: writing the synthetic IU-Xray sample (%d images)", plan.n_images)
-            sample = SampleConfig(out=data, n=plan.n_images)
-            write_sample(sample if plan.sample_workers is None else replace(sample, workers=plan.sample_workers))
-    with _timed(seconds, "ingest"):
-        with store.reader() as con:
-            have = con.execute("SELECT count(*) FROM datasets WHERE name = ?", [dataset]).fetchall()[0][0]
-        if not have:
-            ingest(store, IngestConfig(path=data, name=dataset))
+    data = _ensure_sample(store, plan, dataset, plan.n_images, SampleDomain.TARGET, seconds)
     runs: dict[tuple[Mode, Protocol], str] = {}
     for mode, protocol in itertools.product(Mode, plan.protocols):  # zs, lp, ft; each under every protocol
         log.info("demo: extract --mode %s --protocol %s", mode, protocol)
@@ -99,6 +92,10 @@ def run_plan(store_path: Path, plan: DemoPlan) -> DemoResult:
             runs[(mode, protocol)] = extract(store, ExtractConfig(mode=mode, model=plan.model, data=dataset,
                                                                   protocol=protocol, epochs=plan.ft_epochs,
                                                                   resume=True)).run_id
+    last = plan.protocols[-1]
+    with _timed(seconds, "prompt sweep"):  # zs under every prompt style, images and reports encoded once
+        extract_prompt_sweep(store, ExtractConfig(mode=Mode.ZS, model=plan.model, data=dataset, protocol=last,
+                                                  resume=True))
     chosen = ProtocolChoice(plan.protocols[0]) if len(set(plan.protocols)) == 1 else ProtocolChoice.BOTH
     with _timed(seconds, "analyze"):
         analyses = analyze(store, AnalyzeConfig(data=dataset, protocol=chosen, bootstrap=plan.bootstrap, compare=True))
@@ -117,6 +114,10 @@ def run_plan(store_path: Path, plan: DemoPlan) -> DemoResult:
         render_maps(store, MapsConfig(runs=tuple(runs[(mode, plan.protocols[-1])] for mode in Mode),
                                       out=store.path / "report" / "gradcam", n=plan.gradcam_maps,
                                       annotations=(data / ANNOTATIONS_CSV,), masks=data / MASK_DIR))
+    with _timed(seconds, "label audit"):
+        audit_labels(store, AuditConfig(run=runs[(Mode.LP, last)]))
+    with _timed(seconds, "domain shift"):
+        _domain_shift(store, plan, dataset, runs[(Mode.ZS, last)])
     charts = store.path / "report" / "charts"
     with _timed(seconds, "charts"):
         for kind in CHARTS:
@@ -127,3 +128,41 @@ def run_plan(store_path: Path, plan: DemoPlan) -> DemoResult:
     with _timed(seconds, "report"):
         report = write_report(store, store.path / "report" / "report.html", dataset)
     return DemoResult(store.path, report.path, {p: study_table(analyses, p) for p in plan.protocols}, seconds)
+
+
+def _ensure_sample(store: Store, plan: DemoPlan, name: str, n: int, domain: SampleDomain,
+                   seconds: dict[str, float]) -> Path:
+    """The synthetic sample `name` (n images of `domain`) written under the store's data/ and ingested,
+    unless an earlier call left it there; returns its folder."""
+    from embedstore.ingest import IngestConfig, ingest
+    from embedstore.synthetic import SampleConfig, write_sample
+
+    folder = store.path / "data" / name
+    with _timed(seconds, "sample"):
+        if not (folder / "iuxray_frontal_14labels.csv").exists():
+            log.info("demo: writing the synthetic IU-Xray sample %s (%d images)", name, n)
+            sample = SampleConfig(out=folder, n=n, domain=domain)
+            write_sample(sample if plan.sample_workers is None else replace(sample, workers=plan.sample_workers))
+    with _timed(seconds, "ingest"):
+        with store.reader() as con:
+            have = con.execute("SELECT count(*) FROM datasets WHERE name = ?", [name]).fetchall()[0][0]
+        if not have:
+            ingest(store, IngestConfig(path=folder, name=name))
+    return folder
+
+
+def _domain_shift(store: Store, plan: DemoPlan, dataset: str, zs_run: str) -> None:
+    """The shift check: a source-domain sample (balanced, other acquisition) ingested and encoded by the
+    same model, then `drift` train vs test of the target (no shift expected) and source vs target (a
+    shift expected; stored last, so that `chart drift` draws it)."""
+    from embedstore.analyses.drift import DriftConfig, drift
+    from embedstore.extract import ExtractConfig, extract
+
+    source = f"{dataset}-source"
+    _ensure_sample(store, plan, source, plan.source_images, SampleDomain.SOURCE, {})
+    protocol = plan.protocols[-1]
+    extract(store, ExtractConfig(mode=Mode.ZS, model=plan.model, data=source, protocol=protocol, resume=True))
+    for side_from, side_to in (("train", "test"), (source, dataset)):
+        log.info("demo: drift --from %s --to %s", side_from, side_to)
+        drift(store, DriftConfig(run=zs_run, from_side=side_from, to_side=side_to, permutations=plan.bootstrap,
+                                 bootstrap=plan.bootstrap))

@@ -502,7 +502,7 @@ def run_zero_shot(ctx: RunContext) -> StageOutput | None:
     logit_scale = float(ctx.model.model.logit_scale.detach().exp()) if hasattr(ctx.model.model, "logit_scale") else 1.0
     scores = zero_shot_head(ctx.config.protocol, prompts, text, ctx.labels, logit_scale).logits(image)
     rows = [(p.label, p.text, text[i]) for i, p in enumerate(prompts)]
-    reports = encode_reports(ctx)
+    reports = (_stored_reports(ctx, source) if source else None) or encode_reports(ctx)
     details = {"prompts": [p.text for p in prompts], "logit_scale": logit_scale,
                "report_embeddings": reports.summary(), "embeddings_from": source}
     fallbacks = fallback_labels(str(ctx.config.prompt_set), ctx.labels, prompt_file)
@@ -539,6 +539,19 @@ def encode_reports(ctx: RunContext) -> ReportEmbeddings:
     log.info("encoded %d report(s); %d longer than the text tower's %d tokens were cut", summary["encoded"],
              summary["truncated"], summary["context_length"])
     return result
+
+
+def _stored_reports(ctx: RunContext, source: str) -> ReportEmbeddings | None:
+    """The report embeddings of the run whose image embeddings this one reuses (same weights, so the same
+    text tower), or None when it stored none (an lp run)."""
+    with ctx.store.reader() as con:
+        rows = queries.fetch(con, "run_report_embeddings", run_id=source)
+    if not rows:
+        return None
+    log.info("zs: reusing the report embeddings of run %s (no report is encoded)", source)
+    return ReportEmbeddings(np.array([r[0] for r in rows], dtype=np.int64),
+                            np.array([r[1] for r in rows], dtype=np.float32),
+                            np.array([r[2] for r in rows], dtype=bool), int(rows[0][3]))
 
 
 def _shared_source(ctx: RunContext) -> str | None:

@@ -81,7 +81,12 @@ def _not_regular(mode: int) -> InputError:
 
 
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of one image file, refusing anything but a regular file of at most MAX_IMAGE_BYTES.
+    """The bytes of one image file: `read_regular_bytes` at most MAX_IMAGE_BYTES."""
+    return read_regular_bytes(path, MAX_IMAGE_BYTES)
+
+
+def read_regular_bytes(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of one input file, refusing anything but a regular file of at most `limit` bytes.
 
     A FIFO would block, a device such as /dev/zero never ends, a directory is no image: the path is
     stat'ed and refused before it is opened, opened non-blocking, and checked again on the open file
@@ -100,13 +105,13 @@ def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise _not_regular(info.st_mode)
-            data = handle.read(MAX_IMAGE_BYTES + 1)
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         raise InputError(NOT_FOUND) from None
     except OSError as error:
         raise InputError(f"is unreadable ({error.strerror or error})") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InputError(f"is larger than the limit of {MAX_IMAGE_BYTES:,} bytes")
+    if len(data) > limit:
+        raise InputError(f"is larger than the limit of {limit:,} bytes")
     if not data:
         raise InputError("is empty (0 bytes)")
     return data

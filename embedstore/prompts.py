@@ -184,6 +184,13 @@ def _refuse(where: str, message: str) -> InputError:
 def _csv_prompts(path: Path, text: str) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, int]]:
     """(positives, negatives, first row of each label) of a CSV file with columns label,prompt[,negative]."""
     reader = csv.reader(io.StringIO(text))
+    try:
+        return _csv_rows(path, reader)
+    except csv.Error as error:  # a field over csv's size limit, a NUL byte…
+        raise _refuse(f"{path}:{reader.line_num}", f"not a CSV row ({error})") from None
+
+
+def _csv_rows(path: Path, reader: Any) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, int]]:
     header = [cell.strip().lower() for cell in next(reader, [])]
     if header[:2] != ["label", "prompt"] or len(header) > 3 or header[2:] not in ([], ["negative"]):
         raise _refuse(f"{path}:1", f"the header must be label,prompt[,negative] (found {','.join(header) or 'nothing'})")
@@ -241,8 +248,10 @@ def _yaml_prompts(path: Path, text: str) -> tuple[dict[str, list[str]], dict[str
     rows: dict[str, int] = {}
     shape = "a prompt, a list of prompts, or {positive: …, negative: …}"
     for key, value in data.items():
-        label = str(key).strip()
-        row = _yaml_line(text, str(key))
+        if not isinstance(key, str):  # `yes:` is a boolean, `1:` a number in YAML: a label is text
+            raise _refuse(f"{path}:{_yaml_line(text, str(key))}", f"label {key!r} is not text; quote it")
+        label = key.strip()
+        row = _yaml_line(text, key)
         if not label:
             raise _refuse(f"{path}:{row}", "the label is empty")
         if isinstance(value, dict):
@@ -271,16 +280,22 @@ PROMPT_FILE_READERS: dict[str, Callable[[Path, str], tuple[dict[str, list[str]],
 }
 
 
+#: Largest custom prompt file read (a few thousand prompts take a few hundred kilobytes).
+MAX_PROMPT_FILE_BYTES = 4 << 20
+
+
 def read_prompt_file(path: Path | str) -> PromptFile:
     """A custom prompt style from a YAML or CSV file; a bad file is one InputError naming file:row."""
     path = Path(path)
     reader = PROMPT_FILE_READERS.get(path.suffix.lower())
     if reader is None:
         raise _refuse(str(path), f"suffix {path.suffix or '(none)'!r}: give a .yaml, .yml or .csv file")
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise _refuse(str(path), f"cannot be read ({error.strerror or error})") from None
+    from embedstore.images import read_regular_bytes
+
+    try:  # a regular file of bounded size only: a FIFO would block, /dev/zero never end
+        raw = read_regular_bytes(path, MAX_PROMPT_FILE_BYTES)
+    except InputError as error:
+        raise _refuse(str(path), str(error)) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -1,5 +1,5 @@
 -- Brings a schema-version-3 store to version 4 (`embedstore store upgrade`): the table of zs runs'
--- report embeddings. Runs extracted before hold none (extract a zs run again to add them).
+-- report embeddings. Runs extracted before hold none (a new zs run has them; see docs/store.md).
 -- internal
 CREATE TABLE IF NOT EXISTS report_embeddings (
     run_id VARCHAR NOT NULL,

@@ -244,3 +244,20 @@ def test_cli_refuses_an_unknown_run_and_a_run_of_another_mode(noisy_run: tuple[S
         result = run_cli("audit", "labels", "--run", run, "--store", str(store.path))
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_fine_tuned_run_two_folds_and_a_fifo_truth_are_refused(cam_store: tuple[Store, dict[str, str]],
+                                                                  tmp_path: Path) -> None:
+    """An ft encoder learnt the labels it would audit; two folds leave no fold to choose the L2 strength
+    on; a truth file must be a regular file of bounded size (a FIFO would block)."""
+    import os
+
+    store, runs = cam_store
+    with pytest.raises(InputError, match="a fine-tuned encoder has learnt the labels"):
+        ln.audit_labels(store, ln.AuditConfig(run=runs["ft-study"]))
+    with pytest.raises(InputError, match="folds 2: need at least 3"):
+        ln.AuditConfig(run=runs["lp-multilabel"], folds=2).validate()
+    fifo = tmp_path / "label_noise.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is a FIFO, not a regular file"):
+        ln.audit_labels(store, ln.AuditConfig(run=runs["lp-multilabel"], truth=fifo))

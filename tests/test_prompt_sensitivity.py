@@ -138,6 +138,10 @@ def test_a_prompts_file_is_for_zs_only_and_not_beside_a_style(tmp_path: Path) ->
 SWEEP_STYLES = [*(s.value for s in PromptSet), "custom:mine"]
 
 
+#: The runs whose reports the sweep fixture encoded.
+REPORT_ENCODES: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, native_model: str
           ) -> Iterator[tuple[Store, dict[str, str], int, Path]]:
@@ -157,7 +161,14 @@ def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, native_
         encoded.append(len(images))
         return original(visual, images, *args, **kwargs)
 
+    original_reports = extract_module.encode_reports
+
+    def counting_reports(ctx):  # type: ignore[no-untyped-def]
+        REPORT_ENCODES.append(ctx.run_id)
+        return original_reports(ctx)
+
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(extract_module, "encode_reports", counting_reports)
         patch.setenv("EMBEDSTORE_CACHE", str(tmp_path_factory.getbasetemp() / "embedstore-cache"))
         patch.setattr(extract_module, "encode_batch", counting)
         store, _ = Store.init(folder / "store")
@@ -207,6 +218,13 @@ def test_the_sweep_encodes_the_images_once_and_makes_one_complete_run_per_style(
     assert {"pulmonary edema", "fluid in the lungs", "no pneumothorax"} <= texts[runs["custom:mine"]]
     assert _config(store, runs["lay"])["prompt_fallbacks"] == []  # every CheXpert label has lay phrases
     assert "prompt_fallbacks" not in _config(store, runs["report"])
+    # The reports are encoded once too: every later run stores the first run's report embeddings.
+    with store.reader() as con:
+        reports = {run_id: con.execute("SELECT sample_id, embedding, truncated FROM report_embeddings WHERE run_id = ? "
+                                       "ORDER BY sample_id", [run_id]).fetchall() for run_id in runs.values()}
+    assert REPORT_ENCODES == [first]
+    assert reports[first] and all(rows == reports[first] for rows in reports.values())
+    assert all(_config(store, r)["report_embeddings"] == _config(store, first)["report_embeddings"] for r in runs.values())
 
 
 def test_the_sweep_scores_as_separate_runs_do(swept: tuple[Store, dict[str, str], int, Path],
@@ -419,3 +437,20 @@ def test_cli_sweeps_prints_every_run_and_refuses_a_bad_file_in_one_line(
     analysed = run_cli("analyze", "--protocol", "study", "--bootstrap", "0", "--store", str(store.path))
     assert analysed.returncode == 0, analysed.stderr
     assert "prompt sensitivity (study protocol, test split)" in analysed.stdout
+
+
+def test_a_prompt_file_must_be_a_small_regular_file_with_text_labels(tmp_path: Path) -> None:
+    """A FIFO would block and /dev/zero never end: refused before reading; YAML's `yes:` is a boolean
+    and `1:` a number, not a label; a CSV field past csv's limit is one line naming the row."""
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is a FIFO, not a regular file"):
+        read_prompt_file(fifo)
+    (tmp_path / "bools.yaml").write_text("yes: a chest x-ray\n")
+    with pytest.raises(InputError, match=r"bools.yaml:1: label True is not text; quote it"):
+        read_prompt_file(tmp_path / "bools.yaml")
+    (tmp_path / "huge.csv").write_text("label,prompt\nEdema," + "x" * 200_000 + "\n")
+    with pytest.raises(InputError, match=r"huge.csv:\d+: not a CSV row"):
+        read_prompt_file(tmp_path / "huge.csv")

@@ -117,8 +117,11 @@ def test_retrieval_figures_equal_the_brute_force_ranks() -> None:
     test = [i for i in range(60) if run.splits[i] == "test" and i not in (4, 9)]
     chosen_studies = [studies[i] for i in test]
     images = np.asarray(run.embeddings)[test]
-    expected = {"image_to_report": _brute_ranks(images, reports[test], chosen_studies, chosen_studies),
-                "report_to_image": _brute_ranks(reports[test], images, chosen_studies, chosen_studies)}
+    # A study's films share one report: the first film's (in sample order), in the gallery once, a query once.
+    firsts = [i for k, i in enumerate(test) if studies[i] not in [studies[j] for j in test[:k]]]
+    one_report = [studies[i] for i in firsts]
+    expected = {"image_to_report": _brute_ranks(images, reports[firsts], chosen_studies, one_report),
+                "report_to_image": _brute_ranks(reports[firsts], images, one_report, chosen_studies)}
     by_name = {row.metric: row for row in rows}
     assert set(by_name) == {f"retrieval.{d}.{m}" for d in expected
                             for m in (*(f"recall_at_{k}" for k in RECALL_KS), "median_rank")}
@@ -127,7 +130,8 @@ def test_retrieval_figures_equal_the_brute_force_ranks() -> None:
             row = by_name[f"retrieval.{direction}.recall_at_{k}"]
             assert row.value == pytest.approx(sum(r <= k for r in ranks) / len(ranks), abs=1e-12)
             assert row.ci_low is not None and row.ci_high is not None and row.ci_low <= row.value <= row.ci_high
-            assert row.params["k"] == k and row.params["queries"] == len(test) == 38
+            assert row.params["k"] == k and row.params["images"] == len(test) == 38
+            assert row.params["reports"] == len(firsts) < len(test)
         assert by_name[f"retrieval.{direction}.median_rank"].value == float(np.median(ranks))
         assert by_name[f"retrieval.{direction}.median_rank"].params["ties"] == "pessimistic"
 
@@ -214,10 +218,11 @@ def test_a_zs_run_stores_one_report_embedding_per_report_and_analyze_retrieves(
     with synthetic_store.reader() as con:
         metrics = con.execute("SELECT run_id, metric, value, params FROM metrics WHERE metric LIKE 'retrieval.%'"
                               ).fetchall()
-        test_with_text = con.execute("SELECT count(*) FROM samples WHERE split = 'test' AND trim(report) <> ''"
-                                     ).fetchone()[0]
+        test_with_text, test_studies = con.execute("SELECT count(*), count(DISTINCT uid) FROM samples "
+                                                   "WHERE split = 'test' AND trim(report) <> ''").fetchone()
     assert {r[0] for r in metrics} == {zs.run_id}
     assert {r[1] for r in metrics} == {f"retrieval.{d}.{m}" for d in ("image_to_report", "report_to_image")
                                        for m in ("recall_at_1", "recall_at_5", "recall_at_10", "median_rank")}
-    assert all(json.loads(r[3])["queries"] == test_with_text for r in metrics)
+    assert all(json.loads(r[3])["images"] == test_with_text for r in metrics)
+    assert all(json.loads(r[3])["reports"] == test_studies for r in metrics)
     assert all(0 <= r[2] <= 1 for r in metrics if "recall" in r[1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,12 +85,17 @@ details{margin:6px 0}details>summary{cursor:pointer}
 """
 
 
-def table_html(frame: pl.DataFrame, sortable: bool = True) -> str:
+def table_html(frame: pl.DataFrame, sortable: bool = True, links: Collection[str] = ()) -> str:
     """`frame` as an HTML table, every header and cell escaped; `sortable` tables sort by a clicked
-    header once SORT_SCRIPT is on the page."""
+    header once SORT_SCRIPT is on the page; cells of the `links` columns (relative paths) become links."""
+    def cell(column: str, value: object) -> str:
+        if column in links and value:
+            return f"<a href='{html_text(value)}'>{html_text(value)}</a>"
+        return html_text(value)
+
     head = "".join(f"<th>{html_text(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.iter_rows())
+    body = "".join("<tr>" + "".join(f"<td>{cell(c, v)}</td>" for c, v in zip(frame.columns, row, strict=True))
+                   + "</tr>" for row in frame.iter_rows())
     kind = " class='sortable'" if sortable else ""
     return f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from embedstore.rendering.pages import (
     table_html,
     vega_embed,
 )
-from embedstore.rendering.tables import comparison_table, detail_tables, localisation_tables, study_table
+from embedstore.rendering.tables import (
+    comparison_table,
+    detail_tables,
+    localisation_tables,
+    prompt_sensitivity_table,
+    study_table,
+)
 from embedstore.store import Store, resolve_dataset
 
 log = logging.getLogger(__name__)
@@ -139,6 +146,10 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
         for name, frame in detail_tables(analyses, protocol).items():
             if not frame.is_empty():
                 sections.append(collapsed(f"{name} ({protocol}) — {frame.height} rows", table_html(frame)))
+        sweep = prompt_sensitivity_table(analyses, protocol)
+        if not sweep.is_empty():
+            sections.append(f"<h3>Prompt sensitivity — {html_text(protocol)} protocol (zs runs of one model, one "
+                            f"per prompt style)</h3>{table_html(sweep)}")
     sections.append("<h2>Charts</h2>")
     drawn: list[ChartKind] = []
     skipped: dict[ChartKind, str] = {}
@@ -156,6 +167,7 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
     for kind, reason in skipped.items():
         sections.append(f"<p class='note'>{html_text(kind)}: not drawn — {html_text(reason)}</p>")
     sections += _gradcam_sections(store, data)
+    sections += _diagnostics_sections(store, data, run_ids, out, include_text)
     sections.append(f"<h2>Dataset statistics</h2>{table_html(pl.DataFrame(stats.splits))}"
                     f"{table_html(pl.DataFrame(stats.per_label))}")
     options = json.loads(stats.dataset.column("options")[0].as_py() or "{}")
@@ -168,6 +180,75 @@ def write_report(store: Store, out: Path, data: str | None = None, include_text:
     with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return ReportResult(out, drawn, skipped)
+
+
+#: Label-noise candidates listed in the report, per audited run.
+REPORT_CANDIDATES = 20
+#: Thumbnail side, in pixels, of each listed candidate's image (written beside the report).
+THUMBNAIL_SIDE = 96
+
+
+def _diagnostics_sections(store: Store, data: str, run_ids: list[str], out: Path, include_text: bool) -> list[str]:
+    """Domain shift (`embedstore drift`) and label-noise candidates (`embedstore audit labels`) of the
+    dataset's runs, as stored. With `include_text` (patient data asked for), each candidate also links a
+    thumbnail written into `<report stem>_files/` and shows its report's start."""
+    sections = []
+    with store.reader() as con:
+        shifts = [r for r in queries.fetch_arrow(con, "drift_figures").to_pylist()
+                  if r["run_id"] in run_ids and r["label"] is None]
+    if shifts:
+        rows = [{"run": r["run_id"], "from → to": f"{r['from_side']} → {r['to_side']}", "figure": r["metric"],
+                 "value [95 %]": _interval(r["value"], r["ci_low"], r["ci_high"]), "n": f"{r['n_from']} / {r['n_to']}"}
+                for r in shifts]
+        sections.append("<h2>Domain shift</h2><p class='note'>MMD² with its permutation p-value, the classifier "
+                        "two-sample AUROC (0.5: indistinguishable), centroid shift — `embedstore drift`</p>"
+                        + table_html(pl.DataFrame(rows)))
+    thumbnails = out.parent / f"{out.stem}_files"
+    for run_id in run_ids:
+        with store.reader() as con:
+            candidates = queries.fetch_arrow(con, "label_noise_candidates", run_id=run_id).to_pylist()
+            figures = dict(queries.fetch(con, "label_noise_figures", run_id=run_id))
+        if not candidates:
+            continue
+        rows = []
+        for c in candidates[:REPORT_CANDIDATES]:
+            row = {"rank": c["rank"], "sample": str(c["sample_id"]), "label": c["label"], "given": c["given"],
+                   "score": f"{c['score']:.3f}", "probe probability": f"{c['probability']:.3f}",
+                   "neighbours disagreeing": f"{c['disagreement']:.2f}"}
+            if include_text:  # patient data (the image, the report): only when asked for
+                row["image"] = _thumbnail(store, int(c["sample_id"]), thumbnails) or ""
+                row["report"] = (c["report"] or "")[:80]
+            rows.append(row)
+        found = ", ".join(f"{html_text(k.removeprefix('label_noise.'))} {v:.3f}" for k, v in figures.items())
+        sections.append(f"<h2>Label-noise candidates — {html_text(run_id)}</h2><p class='note'>out-of-fold probe "
+                        "probabilities (cleanlab's label quality) and neighbour disagreement; the highest-ranked "
+                        f"(sample, label) pairs{'; against the injected flips: ' + found if found else ''}</p>"
+                        + table_html(pl.DataFrame(rows), links={"image"}))
+    return sections
+
+
+def _interval(value: float, low: float | None, high: float | None) -> str:
+    return f"{value:.4g}" + (f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else "")
+
+
+def _thumbnail(store: Store, sample_id: int, folder: Path) -> str | None:
+    """A small PNG of the sample's image in `folder` (written once); its path relative to the report."""
+    from embedstore.images import load_rgb
+
+    with store.reader() as con:
+        found = queries.fetch_one(con, "sample_path", sample_id=sample_id)
+    if found is None:
+        return None
+    target = folder / f"{sample_id}.png"
+    try:  # written every time: a file left by another store's report must never stand in for this image
+        image, _ = load_rgb(Path(found[0]))
+    except InputError:
+        return None
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, durable=False) as tmp:
+        image.save(tmp, format="PNG")
+    return f"{quote(folder.name)}/{target.name}"
 
 
 def _gradcam_sections(store: Store, data: str) -> list[str]:
