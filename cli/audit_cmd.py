@@ -14,7 +14,8 @@ app = typer.Typer(help="Audit a dataset's given labels from a run's cached embed
 
 @app.command()
 def labels(
-    run: str = typer.Option(..., "--run", help="Run id (zs or lp: a frozen encoder): its cached image embeddings are audited."),
+    run: str = typer.Option(..., "--run",
+                            help="Run id (zs or lp: a frozen encoder): its cached image embeddings are audited."),
     folds: int = typer.Option(5, "--folds", help="Folds of the out-of-fold linear probe over train+val (at least 3)."),
     k: int = typer.Option(10, "--k", help="Neighbours for the neighbour disagreement."),
     top: int = typer.Option(100, "--top", help="Candidates to print and store."),

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 
