@@ -171,12 +171,16 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
                  - 2.0 * kxy.mean())
 
 
+#: The permutations' random stream under a seed (the centroid and prevalence bootstraps draw their own).
+PERMUTATION_STREAM = 7
+
+
 def _permutation_chunks(total: int, n: int, permutations: int, seed: int) -> Iterator[np.ndarray]:
     """Membership of the first side (pooled points × columns, 0/1) for the observed split (the first
     column of the first chunk) and each permutation: permutation p is `rng.permutation(total)` of a
-    `default_rng(seed)`, its first n pooled rows being the first side. At most PERMUTATION_CELLS cells
+    `default_rng([seed, PERMUTATION_STREAM])`, its first n pooled rows being the first side. At most PERMUTATION_CELLS cells
     a chunk."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, PERMUTATION_STREAM])   # its own stream, apart from the bootstraps'
     width = max(1, PERMUTATION_CELLS // max(total, 1))
     observed = np.zeros(total)
     observed[:n] = 1.0

@@ -165,14 +165,17 @@ def _unrecorded_files(store: Store, recorded: set[str]) -> list[Problem]:
 
 def verify_store(store: Store) -> VerifyReport:
     """Check the database's every block, every artefact against the manifest, every index against
-    its table, that every complete run has its artefacts, and that no stray file is left."""
+    its table, that no run has two report embeddings of one sample, that every complete run has its
+    artefacts, and that no stray file is left."""
     damaged = check_database(store)
     if damaged:  # nothing read from a damaged database can be trusted; restore it first
         return VerifyReport(0, 0, tuple(damaged))
     with store.reader() as con:
         rows = queries.fetch(con, "manifest_files")
         complete_runs = [(str(r[0]), str(r[1])) for r in queries.fetch(con, "complete_run_modes")]
-    problems: list[Problem] = []
+        repeated = queries.fetch(con, "duplicate_report_embeddings")
+    problems: list[Problem] = [Problem(f"report_embeddings ({run_id})", f"{count} duplicate sample ids")
+                               for run_id, count in repeated]
     n_indices = 0
     for relpath, kind, run_id, table_name, digest, size in rows:
         path = store.resolve(relpath)

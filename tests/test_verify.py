@@ -72,3 +72,12 @@ def test_deleted_and_unrecorded_files_are_caught(tmp_store: Store) -> None:
     problems = _problems(tmp_store)
     assert f"{index_relpath('run-a')}: missing" in problems
     assert "stray.bin: file not recorded in the manifest" in problems
+
+
+def test_verify_names_a_run_with_two_report_embeddings_of_one_sample(tmp_store: Store) -> None:
+    """Retrieval would count such a sample twice: `store verify` names the run."""
+    with tmp_store.writer("test") as writer, writer.transaction() as con:
+        for _ in range(2):
+            con.execute("INSERT INTO report_embeddings VALUES ('zs-x', 7, [0.5, 0.5]::FLOAT[], false)")
+    report = verify_store(tmp_store)
+    assert [(p.where, p.what) for p in report.problems] == [("report_embeddings (zs-x)", "1 duplicate sample ids")]
