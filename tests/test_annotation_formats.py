@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torchxrayvision
 
 from embedstore.annotation_sets import (
     READERS,
@@ -56,12 +56,9 @@ def _json(path: Path, document: object) -> Path:
 
 
 def _real(name: str) -> Path:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or spec.origin is None:
-        pytest.skip("torchxrayvision (a dev dependency) is not installed")
-    path = Path(spec.origin).parent / "data" / name
-    if not path.is_file():
-        pytest.skip(f"torchxrayvision ships no {name}")
+    """A real annotation file the dev dependency torchxrayvision ships (installed by `make test`)."""
+    path = Path(torchxrayvision.__file__).parent / "data" / name
+    assert path.is_file(), f"torchxrayvision ships no {name}"
     return path
 
 

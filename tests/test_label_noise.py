@@ -261,3 +261,26 @@ def test_a_fine_tuned_run_two_folds_and_a_fifo_truth_are_refused(cam_store: tupl
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="is a FIFO, not a regular file"):
         ln.audit_labels(store, ln.AuditConfig(run=runs["lp-multilabel"], truth=fifo))
+
+
+def test_the_report_lists_candidates_and_links_thumbnails_only_when_asked(noisy_run: tuple[Store, str, Path],
+                                                                         tmp_path: Path) -> None:
+    """Candidates are on the page with their figures; their images (patient data) are written beside it,
+    and linked, only with include_text."""
+    from embedstore.analyses.study import AnalyzeConfig, analyze
+    from embedstore.rendering.report import write_report
+
+    store, run_id, truth = noisy_run
+    analyze(store, AnalyzeConfig(runs=(run_id,), protocol="multilabel", bootstrap=0))
+    ln.audit_labels(store, ln.AuditConfig(run=run_id, folds=3, k=5, top=30, truth=truth))
+    shared = write_report(store, tmp_path / "shared.html").path
+    assert f"Label-noise candidates — {run_id}" in shared.read_text() and "precision_at_100" in shared.read_text()
+    assert not (tmp_path / "shared_files").exists() and "shared_files/" not in shared.read_text()
+    with store.reader() as con:
+        first = queries.fetch(con, "label_noise_candidates", run_id=run_id)[0][1]
+    asked = write_report(store, tmp_path / "asked.html", include_text=True).path
+    assert f"<a href='asked_files/{first}.png'>" in asked.read_text()
+    thumbnail = tmp_path / "asked_files" / f"{first}.png"
+    from PIL import Image
+
+    assert max(Image.open(thumbnail).size) <= 96

@@ -42,6 +42,8 @@ MAX_JSON_BYTES = 256 << 20
 #: Most CSV rows read (VinDr-CXR's train annotations have 67,914; a few short bytes per row of a
 #: compressed file must not become tens of gigabytes of Python objects).
 MAX_ROWS = 5_000_000
+#: Why a row that names an image but draws nothing on it (an all-zero mask) is left out.
+EMPTY = "empty mask"
 #: Bad rows listed in an error's details.
 MAX_DETAILS = 50
 #: Image suffixes stripped from a filename to give its stem (repeatedly: `x.dcm.png` → `x`).
@@ -321,13 +323,14 @@ class FileRead:
             self.left_out[reason] += 1
         return label
 
-    def add_image(self, key: str, shapes: Sequence[tuple[str, str, Box | Mask | None]], empty: str) -> None:
-        """One image's (label, source, shape) entries read by the file's reader; a None shape draws
-        nothing (counted as `empty`), and the image still counts as read."""
+    def add_image(self, key: str, shapes: Sequence[tuple[str, str, Box | Mask | None]], empty: str = EMPTY,
+                  reader_id: str | None = None) -> None:
+        """One image's (label, source, shape) entries read by `reader_id` (else the file's reader); a
+        None shape draws nothing (counted as `empty`), and the image still counts as read."""
         filename = self.image(key, rows=len(shapes))
         if filename is None:
             return
-        reader = self.read_by(filename)
+        reader = self.read_by(filename, reader_id)
         for name, where, shape in shapes:
             if shape is None:
                 self.left_out[empty] += 1
@@ -356,6 +359,23 @@ class FileRead:
             counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.left_out.items())) or "none"
             raise InputError(f"annotations {where}: no annotation of the run's images and labels (left out: {counts})",
                              parameter="annotations")
+
+
+def cell_box(out: FileRead, where: str, cells: Sequence[str], message: str, corners: bool = False,
+             frame: tuple[int, int] | None = None) -> Box | None:
+    """A box from four table cells — x, y, width, height (or x0, y0, x1, y1 with `corners`) — or None
+    with the row recorded as bad (`message` when a cell is not a number)."""
+    try:
+        a, b, c, d = (number(text) for text in cells)
+    except ValueError:
+        out.bad(where, message)
+        return None
+    x1, y1 = (c, d) if corners else (a + c, b + d)
+    problem = box_problem(a, b, x1, y1)
+    if problem:
+        out.bad(where, problem)
+        return None
+    return Box(a, b, x1, y1, frame)
 
 
 def number(text: str) -> float:

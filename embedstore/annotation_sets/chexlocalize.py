@@ -5,7 +5,7 @@ ten pathologies per image, absent ones all-zero (no region, but the image was re
 from __future__ import annotations
 
 from embedstore.annotation_sets.base import FileRead, FormatReader, Source
-from embedstore.annotation_sets.coco import EMPTY, rle_shape
+from embedstore.annotation_sets.coco import rle_shape
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import shown
@@ -45,7 +45,7 @@ def read(source: Source, out: FileRead) -> None:
                 out.bad(where, problem)
                 continue
             shapes.append((pathology, where, mask))
-        out.add_image(cxr_id, shapes, EMPTY)
+        out.add_image(cxr_id, shapes)
 
 
 READER = FormatReader(AnnotationFormat.CHEXLOCALIZE, "json", sniff, read,

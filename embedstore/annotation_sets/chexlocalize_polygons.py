@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 
 from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Source, json_number, json_size
-from embedstore.annotation_sets.coco import EMPTY, polygon_outside
+from embedstore.annotation_sets.coco import polygon_outside
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import shown
@@ -83,7 +83,7 @@ def read(source: Source, out: FileRead) -> None:
                 continue
             mask = Mask(partial(filled_polygons, polygons, *size), size) if polygons else None
             shapes.append((pathology, where, mask))
-        out.add_image(cxr_id, shapes, EMPTY)
+        out.add_image(cxr_id, shapes)
 
 
 READER = FormatReader(AnnotationFormat.CHEXLOCALIZE_POLYGONS, "json", sniff, read,

@@ -19,7 +19,6 @@ from embedstore.annotation_sets.base import (
     FileRead,
     FormatReader,
     Mask,
-    Region,
     Source,
     box_problem,
     frame_problem,
@@ -30,7 +29,6 @@ from embedstore.errors import InputError
 from embedstore.images import shown
 
 KEYS = ("images", "annotations", "categories")
-EMPTY = "empty mask"
 
 
 def rle_counts(counts: str) -> list[int] | None:
@@ -237,16 +235,7 @@ def read(source: Source, out: FileRead) -> None:
             out.bad(where, problem)
             continue
         annotated.add(image_id)
-        filename = out.image(file_name)
-        if filename is None:
-            continue
-        reader = out.read_by(filename, _reader_id(annotation))
-        if shape is None:
-            out.left_out[EMPTY] += 1
-            continue
-        label = out.label(categories[category_id])
-        if label is not None:
-            out.regions.append(Region(filename, label, where, reader, shape))
+        out.add_image(file_name, [(categories[category_id], where, shape)], reader_id=_reader_id(annotation))
     for image_id, (file_name, _) in images.items():
         if image_id not in annotated:
             filename, _ = out.images.match(file_name)

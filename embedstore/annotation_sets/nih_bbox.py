@@ -4,7 +4,7 @@ empty columns. One reader."""
 
 from __future__ import annotations
 
-from embedstore.annotation_sets.base import Box, FileRead, FormatReader, Region, Source, box_problem, number
+from embedstore.annotation_sets.base import FileRead, FormatReader, Source, cell_box
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import shown
@@ -28,22 +28,9 @@ def read(source: Source, out: FileRead) -> None:
             continue
         if not out.filled(where, **{"Image Index": fields[0], "Finding Label": fields[1]}):
             continue
-        try:
-            x, y, w, h = (number(value) for value in fields[2:6])
-        except ValueError:
-            out.bad(where, "x, y, w, h must be numbers")
-            continue
-        problem = box_problem(x, y, x + w, y + h)
-        if problem:
-            out.bad(where, problem)
-            continue
-        filename = out.image(fields[0])
-        if filename is None:
-            continue
-        reader = out.read_by(filename)
-        label = out.label(fields[1])
-        if label is not None:
-            out.regions.append(Region(filename, label, where, reader, Box(x, y, x + w, y + h)))
+        box = cell_box(out, where, fields[2:6], "x, y, w, h must be numbers")
+        if box is not None:
+            out.add_image(fields[0], [(fields[1], where, box)])
 
 
 READER = FormatReader(AnnotationFormat.NIH_BBOX, "csv", sniff, read, "NIH ChestX-ray14 BBox_List_2017.csv")

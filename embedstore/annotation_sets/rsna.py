@@ -5,15 +5,12 @@ Pneumonia label); Target 0 rows have empty coordinates: the image was read, noth
 from __future__ import annotations
 
 from embedstore.annotation_sets.base import (
-    Box,
     FileRead,
     FormatReader,
-    Region,
     Source,
-    box_problem,
     cell,
+    cell_box,
     header_names,
-    number,
 )
 from embedstore.choices import AnnotationFormat
 
@@ -28,9 +25,7 @@ def sniff(source: Source) -> bool:
 def read(source: Source, out: FileRead) -> None:
     table = source.table()
     columns = table.columns(REQUIRED)
-    label, reason = out.labels.match("Pneumonia")
-    if label is None:
-        label, reason = out.labels.match("Lung Opacity")
+    name = "Pneumonia" if out.labels.match("Pneumonia")[0] is not None else "Lung Opacity"
     for row, fields in table.rows:
         where = out.where(row)
         target = cell(fields, columns["Target"]).strip()
@@ -41,26 +36,11 @@ def read(source: Source, out: FileRead) -> None:
             continue
         box = None
         if target == "1":
-            try:
-                x, y, w, h = (number(cell(fields, columns[c])) for c in REQUIRED[1:5])
-            except ValueError:
-                out.bad(where, "Target 1 needs numbers x, y, width, height")
+            box = cell_box(out, where, [cell(fields, columns[c]) for c in REQUIRED[1:5]],
+                           "Target 1 needs numbers x, y, width, height")
+            if box is None:
                 continue
-            problem = box_problem(x, y, x + w, y + h)
-            if problem:
-                out.bad(where, problem)
-                continue
-            box = Box(x, y, x + w, y + h)
-        filename = out.image(cell(fields, columns["patientId"]).strip())
-        if filename is None:
-            continue
-        reader = out.read_by(filename)
-        if box is None:
-            out.left_out[NO_BOX] += 1
-        elif label is None:
-            out.left_out[reason] += 1
-        else:
-            out.regions.append(Region(filename, label, where, reader, box))
+        out.add_image(cell(fields, columns["patientId"]).strip(), [(name, where, box)], NO_BOX)
 
 
 READER = FormatReader(AnnotationFormat.RSNA, "csv", sniff, read, "RSNA Pneumonia stage_2_train_labels.csv")

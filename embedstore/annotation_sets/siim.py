@@ -10,7 +10,7 @@ from functools import partial
 
 import numpy as np
 
-from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Region, Source, cell, header_names
+from embedstore.annotation_sets.base import FileRead, FormatReader, Mask, Source, cell, header_names
 from embedstore.choices import AnnotationFormat
 from embedstore.errors import InputError
 from embedstore.images import MAX_IMAGE_PIXELS, shown
@@ -44,7 +44,6 @@ def sniff(source: Source) -> bool:
 def read(source: Source, out: FileRead) -> None:
     table = source.table()
     columns = table.columns(REQUIRED)
-    label, reason = out.labels.match(LABEL)
     for row, fields in table.rows:
         where = out.where(row)
         code = cell(fields, columns["EncodedPixels"]).strip()
@@ -64,16 +63,8 @@ def read(source: Source, out: FileRead) -> None:
             if len(runs) == 0 or len(runs) % 2 or (runs < 0).any() or (runs[1::2] == 0).any():
                 out.bad(where, "EncodedPixels must be (offset, length) pairs, offsets ≥ 0, lengths ≥ 1")
                 continue
-        filename = out.image(cell(fields, columns["ImageId"]).strip())
-        if filename is None:
-            continue
-        reader = out.read_by(filename)
-        if runs is None:
-            out.left_out[NO_MASK] += 1
-        elif label is None:
-            out.left_out[reason] += 1
-        else:
-            out.regions.append(Region(filename, label, where, reader, Mask(partial(decode_relative, runs, where))))
+        shape = None if runs is None else Mask(partial(decode_relative, runs, where))
+        out.add_image(cell(fields, columns["ImageId"]).strip(), [(LABEL, where, shape)], NO_MASK)
 
 
 READER = FormatReader(AnnotationFormat.SIIM, "csv", sniff, read, "SIIM-ACR Pneumothorax train-rle.csv")

@@ -6,15 +6,12 @@ label) draws nothing, but its reader read the image. Without a rad_id column the
 from __future__ import annotations
 
 from embedstore.annotation_sets.base import (
-    Box,
     FileRead,
     FormatReader,
-    Region,
     Source,
-    box_problem,
     cell,
+    cell_box,
     header_names,
-    number,
 )
 from embedstore.choices import AnnotationFormat
 
@@ -38,26 +35,11 @@ def read(source: Source, out: FileRead) -> None:
         image_id, class_name, rad_id = names["image_id"], names["class_name"], names.get("rad_id")
         box = None
         if any(values):
-            try:
-                x0, y0, x1, y1 = (number(v) for v in values)
-            except ValueError:
-                out.bad(where, "x_min, y_min, x_max, y_max must be numbers (or all empty)")
+            box = cell_box(out, where, values, "x_min, y_min, x_max, y_max must be numbers (or all empty)",
+                           corners=True)
+            if box is None:
                 continue
-            problem = box_problem(x0, y0, x1, y1)
-            if problem:
-                out.bad(where, problem)
-                continue
-            box = Box(x0, y0, x1, y1)
-        filename = out.image(image_id)
-        if filename is None:
-            continue
-        reader = out.read_by(filename, rad_id)
-        if box is None:
-            out.left_out[NO_BOX] += 1
-            continue
-        label = out.label(class_name)
-        if label is not None:
-            out.regions.append(Region(filename, label, where, reader, box))
+        out.add_image(image_id, [(class_name, where, box)], NO_BOX, rad_id)
 
 
 READER = FormatReader(AnnotationFormat.VINDR, "csv", sniff, read,

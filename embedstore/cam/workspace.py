@@ -102,6 +102,7 @@ class Workspace:
         self.subject: CamSubject = load_subject(store, run_id, self.device)
         self._cache = TensorCache(default_cache_path(), self.subject.loaded.preprocess_key)
         self.layer_selection: dict[str, float] = {}
+        self._geometries: dict[int, InputGeometry] = {}
         self.layout = self._layout()
 
     def pixels(self, sample_ids: Sequence[int]) -> np.ndarray:
@@ -112,12 +113,19 @@ class Workspace:
 
     def input_mask(self, sample_id: int, annotation: Region) -> np.ndarray:
         """An annotation of one of the dataset's images, on the pixels the model sees."""
-        path = self.images[sample_id].path
-        try:
-            original = image_size(path)
-        except InputError as error:
-            raise InputError(f"image {shown(path)} (sample {sample_id}) {error}") from None
-        return annotation.input_mask(InputGeometry.from_transform(self.subject.loaded.pixel_transform, original))
+        return annotation.input_mask(self.geometry(sample_id))
+
+    def geometry(self, sample_id: int) -> InputGeometry:
+        """How an image's original pixels reach the model's input (its header read once per image: an
+        image may carry many readers' regions)."""
+        if sample_id not in self._geometries:
+            path = self.images[sample_id].path
+            try:
+                original = image_size(path)
+            except InputError as error:
+                raise InputError(f"image {shown(path)} (sample {sample_id}) {error}") from None
+            self._geometries[sample_id] = InputGeometry.from_transform(self.subject.loaded.pixel_transform, original)
+        return self._geometries[sample_id]
 
     def inputs(self, pixels: np.ndarray) -> torch.Tensor:
         """Normalised model inputs on the workspace's device."""

@@ -210,13 +210,18 @@ def _diagnostics_sections(store: Store, data: str, run_ids: list[str], out: Path
             figures = dict(queries.fetch(con, "label_noise_figures", run_id=run_id))
         if not candidates:
             continue
+        listed = candidates[:REPORT_CANDIDATES]
+        paths: dict[int, str] = {}
+        if include_text:
+            with store.reader() as con:
+                paths = dict(queries.fetch(con, "sample_paths", ids=[int(c["sample_id"]) for c in listed]))
         rows = []
-        for c in candidates[:REPORT_CANDIDATES]:
+        for c in listed:
             row = {"rank": c["rank"], "sample": str(c["sample_id"]), "label": c["label"], "given": c["given"],
                    "score": f"{c['score']:.3f}", "probe probability": f"{c['probability']:.3f}",
                    "neighbours disagreeing": f"{c['disagreement']:.2f}"}
             if include_text:  # patient data (the image, the report): only when asked for
-                row["image"] = _thumbnail(store, int(c["sample_id"]), thumbnails) or ""
+                row["image"] = _thumbnail(Path(paths[int(c["sample_id"])]), int(c["sample_id"]), thumbnails) or ""
                 row["report"] = (c["report"] or "")[:80]
             rows.append(row)
         found = ", ".join(f"{html_text(k.removeprefix('label_noise.'))} {v:.3f}" for k, v in figures.items())
@@ -231,23 +236,19 @@ def _interval(value: float, low: float | None, high: float | None) -> str:
     return f"{value:.4g}" + (f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else "")
 
 
-def _thumbnail(store: Store, sample_id: int, folder: Path) -> str | None:
-    """A small PNG of the sample's image in `folder` (written once); its path relative to the report."""
+def _thumbnail(image: Path, sample_id: int, folder: Path) -> str | None:
+    """A small PNG of the sample's image in `folder`; its path relative to the report."""
     from embedstore.images import load_rgb
 
-    with store.reader() as con:
-        found = queries.fetch_one(con, "sample_path", sample_id=sample_id)
-    if found is None:
-        return None
     target = folder / f"{sample_id}.png"
     try:  # written every time: a file left by another store's report must never stand in for this image
-        image, _ = load_rgb(Path(found[0]))
+        picture, _ = load_rgb(image)
     except InputError:
         return None
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, durable=False) as tmp:
-        image.save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
     return f"{quote(folder.name)}/{target.name}"
 
 
